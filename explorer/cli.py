@@ -1,0 +1,215 @@
+"""`merge-explorer` command line: run, pick, export, verify (and demo, see zoo.py).
+
+Errors are caught here, at the edge, and printed as one line with a non-zero exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ExplorerError, SpecError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def parse_assignments(text: str | None, option: str) -> dict[str, float] | None:
+    """'a=2,b=1' -> {'a': 2.0, 'b': 1.0}."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise SpecError(f"{option}: expected task=value pairs separated by commas, got {part!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise SpecError(f"{option}: value for task {name.strip()!r} is not a number: {value!r}") from None
+    return out
+
+
+def _check_tasks(values: dict | None, tasks: list[str], option: str) -> None:
+    if values:
+        import difflib
+
+        for name in values:
+            if name not in tasks:
+                close = difflib.get_close_matches(name, tasks, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; tasks are {', '.join(tasks)}"
+                raise SpecError(f"{option}: unknown task {name!r}{hint}")
+
+
+def _fmt(v: float) -> str:
+    return "—" if v is None or not np.isfinite(v) else f"{v:.4f}"
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *[line(r) for r in rows]])
+
+
+def summary(experiment, result) -> str:
+    """Per task: base, expert, best plain task arithmetic, surrogate R²; then a few front points."""
+    refs = result.extra.get("references", {})
+    lam, ta_pred = result.best_task_arithmetic()
+    ta = refs.get("task_arithmetic")
+    ta_lam = refs.get("task_arithmetic_lambda", [lam])[0]
+    rows = []
+    for i, t in enumerate(result.tasks):
+        rows.append([
+            t, experiment.spec.tasks[t].metric,
+            _fmt(refs["base"][i]) if "base" in refs else "—",
+            _fmt(refs["experts"][i]) if "experts" in refs else "—",
+            _fmt(ta[i]) if ta is not None else _fmt(ta_pred[i]),
+            f"{result.surrogates[t].r2_cv_:.3f}",
+        ])
+    text = [f"experiment {experiment.spec.name!r}: {len(result.samples)} evaluated points, "
+            f"{len(result.front_coefficients)} front points",
+            format_table(["task", "metric", "base", "expert", f"task arith. (λ={ta_lam:.2f})", "R² (LOO-CV)"], rows)]
+    poor = [t for t in result.tasks if result.surrogates[t].r2_cv_ < 0.8]
+    if poor:
+        text.append(f"warning: surrogate fit is poor (R² < 0.8) for {', '.join(poor)}: trust the front less there")
+    picks = [("balanced", None)] + [(f"favour {t}", {t: 4.0}) for t in result.tasks]
+    front_rows = []
+    for label, w in picks[: 1 + min(len(result.tasks), 4)]:
+        d = result.decide(weights=w)
+        front_rows.append([label] + [f"{c:.3f}" for c in d.coefficients] + [_fmt(v) for v in d.predicted])
+    headers = ["front point"] + [f"c[{t}]" for t in result.tasks] + [f"pred {t}" for t in result.tasks]
+    text += ["", format_table(headers, front_rows)]
+    return "\n".join(text)
+
+
+def _experiment(args):
+    from .runner import Experiment
+
+    return Experiment.from_file(args.spec, store_path=args.store, device=getattr(args, "device", None))
+
+
+def cmd_run(args) -> int:
+    exp = _experiment(args)
+    result = exp.run(budget=args.budget, progress=not args.no_progress)
+    print(summary(exp, exp.result()))
+    return 0
+
+
+def _decide(args):
+    exp = _experiment(args)
+    result = exp.result()
+    weights = parse_assignments(args.weights, "--weights")
+    minimums = parse_assignments(args.min, "--min")
+    _check_tasks(weights, exp.tasks, "--weights")
+    _check_tasks(minimums, exp.tasks, "--min")
+    try:
+        decision = result.decide(weights, minimums)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    return exp, result, decision, weights, minimums
+
+
+def _print_decision(exp, decision) -> None:
+    if not decision.feasible:
+        missed = [f"{t} (short by {s:.4f})" for t, s in zip(exp.tasks, decision.shortfall) if s > 0]
+        print(f"infeasible: no front point meets every minimum; closest feasible point misses {', '.join(missed)}")
+    rows = [[t, f"{c:.4f}", _fmt(v)] for t, c, v in zip(exp.tasks, decision.coefficients, decision.predicted)]
+    print(format_table(["task", "coefficient", "predicted"], rows))
+
+
+def cmd_pick(args) -> int:
+    exp, _, decision, _, _ = _decide(args)
+    _print_decision(exp, decision)
+    return 0 if decision.feasible else 1
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    exp, result, decision, weights, minimums = _decide(args)
+    _print_decision(exp, decision)
+    paths = export(exp, result, decision, args.out, weights, minimums, checkpoint=not args.no_checkpoint)
+    for p in paths.values():
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    exp, _, decision, _, _ = _decide(args)
+    measured = exp.evaluate(decision.coefficients, kind="verify")
+    rows = [[t, f"{c:.4f}", _fmt(p), _fmt(m), f"{m - p:+.4f}"]
+            for t, c, p, m in zip(exp.tasks, decision.coefficients, decision.predicted, measured)]
+    print(format_table(["task", "coefficient", "predicted", "measured", "error"], rows))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .zoo import ensure_zoo
+
+    ensure_zoo(progress=not args.no_progress)
+    args.spec = str(Path(__file__).resolve().parent.parent / "examples" / "demo.yaml") if args.spec is None else args.spec
+    return cmd_run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="merge-explorer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, spec_required=True):
+        if spec_required:
+            p.add_argument("spec", help="experiment spec (YAML)")
+        p.add_argument("--store", help="evaluation store (default: the spec's `store`, else cache/store.sqlite)")
+        p.add_argument("--device", help="cpu, cuda, mps (default: the spec's `device`, auto)")
+
+    def prefs(p):
+        p.add_argument("--weights", help="importance per task, e.g. a=2,b=1")
+        p.add_argument("--min", help="per-task bound on the predicted metric, e.g. b=0.80 (a ceiling for losses)")
+
+    p = sub.add_parser("run", help="evaluate the design (resumable), fit surrogates, print the front")
+    common(p)
+    p.add_argument("--budget", type=int, help="number of design points (default 2·(T+1)(T+2)/2)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("pick", help="choose a front point from preferences")
+    common(p)
+    prefs(p)
+    p.set_defaults(func=cmd_pick)
+
+    p = sub.add_parser("export", help="write coefficients.json, mergekit.yaml, merged.safetensors")
+    common(p)
+    prefs(p)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--no-checkpoint", action="store_true", help="skip merged.safetensors")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify", help="evaluate the real merged model at the chosen point and store it")
+    common(p)
+    prefs(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("demo", help="build the offline demo zoo if missing, then run its spec")
+    common(p, spec_required=False)
+    p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--budget", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ExplorerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: finished evaluations are stored; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

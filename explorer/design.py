@@ -1,0 +1,83 @@
+"""Sample designs in the coefficient box.
+
+A full quadratic in T coefficients has P = (T+1)(T+2)/2 terms and needs at least three distinct
+levels per coordinate; designs built only from {0, 1} (as in MAP's reference code) make cᵢ² ≡ cᵢ
+and are rank-deficient. We combine the informative corners (base, each expert alone, equal
+weights) with a scrambled Sobol sequence, which is space-filling and in general position.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.stats import qmc
+
+from .errors import SpecError
+
+
+def n_quadratic_terms(n_tasks: int) -> int:
+    """Number of terms of a full quadratic in `n_tasks` variables: (T+1)(T+2)/2."""
+    return (n_tasks + 1) * (n_tasks + 2) // 2
+
+
+def default_budget(n_tasks: int) -> int:
+    """MAP's default sample count: twice the number of quadratic terms."""
+    return 2 * n_quadratic_terms(n_tasks)
+
+
+def normalize_bounds(bounds, n_tasks: int) -> np.ndarray:
+    """Return bounds as an array of shape (T, 2); accepts one (lo, hi) pair or one pair per task."""
+    arr = np.asarray(bounds, dtype=float)
+    if arr.shape == (2,):
+        arr = np.tile(arr, (n_tasks, 1))
+    if arr.shape != (n_tasks, 2):
+        raise SpecError(f"bounds must be one (lo, hi) pair or {n_tasks} pairs, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise SpecError("bounds must be finite numbers")
+    bad = np.nonzero(arr[:, 0] >= arr[:, 1])[0]
+    if bad.size:
+        lo, hi = arr[bad[0]]
+        raise SpecError(f"bounds for task #{bad[0]} have lo >= hi ({lo} >= {hi})")
+    return arr
+
+
+def corner_points(bounds: np.ndarray) -> np.ndarray:
+    """Base (all zero), each expert alone (cᵢ = 1) and equal weights (all 1/2), clipped to the box.
+
+    Clipping keeps the design inside the user's box; duplicates (e.g. when 0 is outside it) are dropped.
+    """
+    n_tasks = bounds.shape[0]
+    points = [np.zeros(n_tasks)]
+    points += [np.eye(n_tasks)[i] for i in range(n_tasks)]
+    points.append(np.full(n_tasks, 0.5))
+    clipped = np.clip(np.array(points), bounds[:, 0], bounds[:, 1])
+    _, first = np.unique(clipped.round(12), axis=0, return_index=True)
+    return clipped[np.sort(first)]
+
+
+def sample_design(bounds, n_tasks: int, budget: int | None = None, seed: int = 0) -> np.ndarray:
+    """Deterministic design of `budget` points (default 2P) with full quadratic rank.
+
+    Corners come first, then scrambled-Sobol points fill the box. The result always has full
+    rank for the quadratic feature map (checked; a few extra Sobol points are drawn if needed).
+    """
+    box = normalize_bounds(bounds, n_tasks)
+    needed = n_quadratic_terms(n_tasks)
+    budget = default_budget(n_tasks) if budget is None else int(budget)
+    if budget < needed:
+        raise SpecError(
+            f"budget {budget} is smaller than the {needed} evaluations a quadratic surrogate over "
+            f"{n_tasks} tasks needs; use at least {needed} (default {default_budget(n_tasks)})"
+        )
+    from .surrogate import quadratic_features
+
+    corners = corner_points(box)[:budget]
+    n_fill = budget - len(corners)
+    for attempt in range(20):
+        with warnings.catch_warnings():  # Sobol prefers powers of two; any count is still space-filling
+            warnings.simplefilter("ignore", UserWarning)
+            unit = qmc.Sobol(d=n_tasks, scramble=True, seed=seed + 7919 * attempt).random(n_fill)
+        design = np.vstack([corners, qmc.scale(unit, box[:, 0], box[:, 1])]) if n_fill else corners
+        if np.linalg.matrix_rank(quadratic_features(design)) == needed:
+            return design
+    raise SpecError(f"could not draw a full-rank design of {budget} points for {n_tasks} tasks")

@@ -1,0 +1,21 @@
+"""Exceptions a user can act on; caught only at the CLI and app edges."""
+
+
+class ExplorerError(Exception):
+    """Base class: the message is one line that names the file, key or tensor at fault."""
+
+
+class SpecError(ExplorerError):
+    """The spec (or an argument standing in for it) is invalid."""
+
+
+class CheckpointError(ExplorerError):
+    """A checkpoint is missing, unreadable, unsafe to load or inconsistent with the base."""
+
+
+class EvaluationError(ExplorerError):
+    """An evaluator failed or returned a non-finite metric."""
+
+
+class StoreError(ExplorerError):
+    """The evaluation store is corrupt, foreign or unwritable."""

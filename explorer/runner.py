@@ -1,0 +1,275 @@
+"""Running a spec: checkpoints -> task vectors -> in-place merges -> evaluations through the store.
+
+Everything heavy (checkpoints, task vectors, the model, the evaluators' cached data) is built
+once per `Experiment`, lazily: reading results back from the store (pick, export's coefficients,
+the app's views) needs no model at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .checkpoints import check_compatible, check_finite, content_hash, load_state_dict
+from .design import normalize_bounds, sample_design
+from .errors import EvaluationError, SpecError
+from .explore import ExploreResult, fit_result
+from .models import build_model, pick_device, resolve_callable
+from .spec import Spec, load_spec, resolve
+from .store import Store, coefficient_key
+
+DEFAULT_STORE = Path("cache") / "store.sqlite"
+FIT_KINDS = ("design", "adaptive")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Engine:
+    """The loaded model side of an experiment: base, task vectors, model, merger, evaluators."""
+
+    def __init__(self, experiment: "Experiment"):
+        from .merge import Merger
+        from .task_vectors import compute_task_vectors
+
+        spec, spec_dir = experiment.spec, experiment.spec_dir
+        base_path = resolve(spec_dir, spec.model.base)
+        self.base = load_state_dict(base_path, spec.model.trust_pickle)
+        check_finite(self.base, str(base_path))
+        finetuned = []
+        for task in experiment.tasks:
+            path = resolve(spec_dir, spec.tasks[task].checkpoint)
+            state = load_state_dict(path, spec.model.trust_pickle)
+            check_compatible(self.base, state, str(path), str(base_path))
+            check_finite(state, str(path))
+            finetuned.append(state)
+        self.task_vectors = compute_task_vectors(
+            self.base, finetuned, spec.merge.method, spec.merge.density, spec.merge.seed, spec.model.merge_prefix
+        )
+        del finetuned
+        self.device = pick_device(experiment.device or spec.device)
+        self.model = build_model(
+            spec.model.family, self.base, str(base_path), spec.model.architecture, resolve(spec_dir, spec.model.config_dir)
+        )
+        self.merger = Merger(self.model, self.base, self.task_vectors, self.device)
+        self.evaluators = {t: self._evaluator(spec, spec_dir, t) for t in experiment.tasks}
+
+    @staticmethod
+    def _evaluator(spec: Spec, spec_dir: Path, task: str) -> Callable:
+        ts = spec.tasks[task]
+        fn = resolve_callable(ts.evaluator, f"tasks.{task}.evaluator")
+        kwargs = dict(ts.params)
+        try:
+            if "spec_dir" in inspect.signature(fn).parameters:
+                kwargs["spec_dir"] = str(spec_dir)
+        except (TypeError, ValueError):
+            pass
+        return lambda model: fn(model, **kwargs)
+
+    def measure(self, coefficients: np.ndarray, tasks: Iterable[str]) -> Iterator[tuple[str, float, float]]:
+        """Merge at `coefficients` (once) and yield (task, metric, seconds) for each task."""
+        self.merger.apply(coefficients)
+        for task in tasks:
+            start = time.perf_counter()
+            try:
+                value = float(self.evaluators[task](self.model))
+            except EvaluationError:
+                raise
+            except (ValueError, RuntimeError, OSError, TypeError) as exc:
+                raise EvaluationError(f"evaluator of task {task!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            if not np.isfinite(value):
+                raise EvaluationError(
+                    f"evaluator of task {task!r} returned {value} at c={np.round(coefficients, 4).tolist()}; nothing was stored"
+                )
+            yield task, value, time.perf_counter() - start
+
+    def merged_state_dict(self, coefficients) -> dict:
+        return self.merger.merged_state_dict(coefficients, self.base)
+
+
+class Experiment:
+    """A validated spec bound to a store: knows its content key and which evaluations exist."""
+
+    def __init__(self, spec: Spec, spec_dir: Path, store: Store | None = None, device: str | None = None,
+                 spec_path: Path | None = None):
+        self.spec, self.spec_dir, self.device, self.spec_path = spec, Path(spec_dir), device, spec_path
+        self.tasks = list(spec.tasks)
+        self.bounds = normalize_bounds(spec.bounds, len(self.tasks))
+        self._check_paths()
+        self.store = store or Store(resolve(self.spec_dir, spec.store) if spec.store else Path.cwd() / DEFAULT_STORE)
+        self.senses = np.array([1.0 if spec.tasks[t].maximise() else -1.0 for t in self.tasks])
+        cache = self.store.hash_cache()
+        self.checkpoint_hashes = {
+            "base": content_hash(resolve(self.spec_dir, spec.model.base), cache),
+            **{t: content_hash(resolve(self.spec_dir, spec.tasks[t].checkpoint), cache) for t in self.tasks},
+        }
+        self.key = _digest({
+            "family": spec.model.family, "architecture": spec.model.architecture, "prefix": spec.model.merge_prefix,
+            "checkpoints": [self.checkpoint_hashes["base"]] + [self.checkpoint_hashes[t] for t in self.tasks],
+            "merge": self.merge_parameters(),
+        })
+        self.task_identities = {t: self._task_identity(t) for t in self.tasks}
+        self.store.register_experiment(self.key, spec.name, {
+            "tasks": self.tasks, "spec_path": str(spec_path) if spec_path else None,
+            "bounds": self.bounds.tolist(), "merge": self.merge_parameters(), "senses": self.senses.tolist(),
+            "metrics": {t: spec.tasks[t].metric for t in self.tasks},
+        })
+
+    @classmethod
+    def from_file(cls, path: str | Path, store_path: str | Path | None = None, device: str | None = None) -> "Experiment":
+        spec, spec_dir = load_spec(path)
+        store = Store(store_path) if store_path else None
+        return cls(spec, spec_dir, store, device, Path(path).resolve())
+
+    def _check_paths(self) -> None:
+        from .checkpoints import checkpoint_files
+
+        checkpoint_files(resolve(self.spec_dir, self.spec.model.base))
+        for t in self.tasks:
+            checkpoint_files(resolve(self.spec_dir, self.spec.tasks[t].checkpoint))
+
+    def merge_parameters(self) -> dict:
+        m = self.spec.merge
+        if m.method == "task_arithmetic":
+            return {"method": m.method}
+        if m.method == "ties":
+            return {"method": m.method, "density": m.density}
+        return {"method": m.method, "density": m.density, "seed": m.seed}
+
+    def _task_identity(self, task: str) -> str:
+        ts = self.spec.tasks[task]
+        fn = resolve_callable(ts.evaluator, f"tasks.{task}.evaluator")
+        fingerprint = None
+        if hasattr(fn, "fingerprint"):
+            kwargs = dict(ts.params)
+            try:
+                if "spec_dir" in inspect.signature(fn.fingerprint).parameters:
+                    kwargs["spec_dir"] = str(self.spec_dir)
+            except (TypeError, ValueError):
+                pass
+            fingerprint = fn.fingerprint(**kwargs)
+        return _digest({"evaluator": ts.evaluator, "params": ts.params, "metric": ts.metric, "fingerprint": fingerprint})
+
+    # --- model side -------------------------------------------------------------------------
+    @cached_property
+    def engine(self) -> Engine:
+        return Engine(self)
+
+    # --- evaluations ------------------------------------------------------------------------
+    def stored(self, coefficients) -> dict[str, float]:
+        """The metrics already in the store at `coefficients` (possibly for only some tasks)."""
+        out = {}
+        for t in self.tasks:
+            v = self.store.get(self.key, self.task_identities[t], coefficients)
+            if v is not None:
+                out[t] = v
+        return out
+
+    def evaluate(self, coefficients, kind: str = "design") -> np.ndarray:
+        """Metrics (T,) at `coefficients`, measuring and storing only what the store lacks."""
+        c = np.asarray(coefficients, dtype=float)
+        have = self.stored(c)
+        missing = [t for t in self.tasks if t not in have]
+        if missing:
+            for task, value, seconds in self.engine.measure(c, missing):
+                self.store.put(self.key, self.task_identities[task], task, c, value, seconds, kind)
+                have[task] = value
+        return np.array([have[t] for t in self.tasks])
+
+    def design(self, budget: int | None = None) -> np.ndarray:
+        return sample_design(self.bounds, len(self.tasks), budget if budget is not None else self.spec.budget, self.spec.seed)
+
+    def run(self, budget: int | None = None, progress: bool = True, executor=None) -> ExploreResult:
+        """Evaluate the design (resuming from the store), the reference points, then fit."""
+        design = self.design(budget)
+        references = self.reference_points()
+        points = [(c, "design") for c in design] + [(c, "reference") for c in references]
+        pending = [(c, k) for c, k in points if len(self.stored(c)) < len(self.tasks)]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(points), initial=len(points) - len(pending), desc="evaluations", unit="pt",
+                       dynamic_ncols=True)
+        try:
+            if executor is None:
+                for c, kind in pending:
+                    self.evaluate(c, kind)
+                    if bar:
+                        bar.update(1)
+            else:
+                for _ in executor.run(self, pending):
+                    if bar:
+                        bar.update(1)
+        finally:
+            if bar:
+                bar.close()
+        result = self.result()
+        lam, _ = result.best_task_arithmetic()
+        if np.isfinite(lam):
+            self.evaluate(np.full(len(self.tasks), lam), "reference")
+        return result
+
+    def reference_points(self) -> list[np.ndarray]:
+        """Base (c = 0) and each expert alone (c = eᵢ): the markers every view compares against."""
+        t = len(self.tasks)
+        return [np.zeros(t)] + [np.eye(t)[i] for i in range(t)]
+
+    def measured(self, kinds: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """All points with every task measured: (coefficients (n, T), metrics (n, T), kinds)."""
+        by_point: dict[str, dict] = {}
+        ids = {v: k for k, v in self.task_identities.items()}
+        for row in self.store.evaluations(self.key):
+            if row["task_identity"] not in ids:
+                continue
+            entry = by_point.setdefault(coefficient_key(row["coefficients"]), {"c": row["coefficients"], "v": {}, "kind": row["kind"]})
+            entry["v"][ids[row["task_identity"]]] = row["value"]
+        rows = [e for e in by_point.values() if len(e["v"]) == len(self.tasks) and (kinds is None or e["kind"] in kinds)]
+        if not rows:
+            return np.empty((0, len(self.tasks))), np.empty((0, len(self.tasks))), []
+        C = np.array([r["c"] for r in rows], dtype=float)
+        M = np.array([[r["v"][t] for t in self.tasks] for r in rows], dtype=float)
+        return C, M, [r["kind"] for r in rows]
+
+    def result(self, front_points: int = 1000) -> ExploreResult:
+        """Fit surrogates to the stored design points and compute the front (no model needed)."""
+        C, M, _ = self.measured(FIT_KINDS)
+        inside = np.all((C >= self.bounds[:, 0] - 1e-12) & (C <= self.bounds[:, 1] + 1e-12), axis=1) if len(C) else []
+        C, M = C[inside], M[inside]
+        from .design import n_quadratic_terms
+
+        need = n_quadratic_terms(len(self.tasks))
+        if len(C) < need:
+            raise SpecError(
+                f"experiment {self.spec.name!r} has {len(C)} complete evaluations; a quadratic surrogate needs {need}: "
+                f"run `merge-explorer run` first"
+            )
+        result = fit_result(self.tasks, C, M, self.bounds, [s > 0 for s in self.senses], self.spec.seed,
+                            front_points=front_points)
+        result.extra["references"] = self.references()
+        return result
+
+    def references(self) -> dict[str, np.ndarray]:
+        """Measured base, experts and best task arithmetic, where the store has them."""
+        out = {}
+        t = len(self.tasks)
+        base = self.stored(np.zeros(t))
+        if len(base) == t:
+            out["base"] = np.array([base[k] for k in self.tasks])
+        experts = [self.stored(np.eye(t)[i]).get(self.tasks[i]) for i in range(t)]
+        if all(v is not None for v in experts):
+            out["experts"] = np.array(experts)
+        C, M, kinds = self.measured()
+        equal = [i for i in range(len(C)) if np.ptp(C[i]) < 1e-12 and C[i, 0] > 0]
+        if equal:
+            best = max(equal, key=lambda i: float(np.mean(M[i] * self.senses)))
+            out["task_arithmetic"] = M[best]
+            out["task_arithmetic_lambda"] = np.array([C[best, 0]])
+        return out
