@@ -85,24 +85,28 @@ def surrogate_objectives(surrogates: Sequence, senses: np.ndarray):
             Z = quadratic_features(X) @ W
             return -np.column_stack([_inverse(l, Z[:, m]) for m, l in enumerate(links)]) * senses
 
-        def jacobian(X: np.ndarray) -> np.ndarray:  # (n, M, T)
+        def jacobian(X: np.ndarray, with_objectives: bool = False):  # (n, M, T)
             Z = quadratic_features(X) @ W
             d = np.column_stack([_inverse_derivative(l, Z[:, m]) for m, l in enumerate(links)])
             G = np.einsum("nt,mts->nms", X, A) + B[None]
-            return -(d * senses)[:, :, None] * G
+            J = -(d * senses)[:, :, None] * G
+            if with_objectives:
+                return -np.column_stack([_inverse(l, Z[:, m]) for m, l in enumerate(links)]) * senses, J
+            return J
 
         return objectives, jacobian
 
     def objectives(X: np.ndarray) -> np.ndarray:
         return -np.column_stack([s.predict(X) for s in surrogates]) * senses
 
-    def jacobian(X: np.ndarray) -> np.ndarray:  # (n, M, T)
-        return -np.stack([s.gradient(X) for s in surrogates], axis=1) * senses[None, :, None]
+    def jacobian(X: np.ndarray, with_objectives: bool = False):  # (n, M, T)
+        J = -np.stack([s.gradient(X) for s in surrogates], axis=1) * senses[None, :, None]
+        return (objectives(X), J) if with_objectives else J
 
     return objectives, jacobian
 
 
-def refine(X0, objectives, jacobian, bounds, scale, iterations: int = 300) -> np.ndarray:
+def refine(X0, objectives, jacobian, bounds, scale, iterations: int = 150) -> np.ndarray:
     """Move each row of X0 to a point in the box that dominates it and is locally Pareto-optimal.
 
     Ascends the soft minimum over objectives of the (scaled) improvement over the start point;
@@ -117,16 +121,20 @@ def refine(X0, objectives, jacobian, bounds, scale, iterations: int = 300) -> np
         frac = k / max(iterations - 1, 1)
         step = 0.05 * (1e-3 / 0.05) ** frac  # geometric decay, in box widths
         tau = 0.05 * (2e-4 / 0.05) ** frac
-        gain = (F0 - objectives(X)) / scale  # improvement per objective, > 0 is better
-        wts = np.exp(-(gain - gain.min(axis=1, keepdims=True)) / tau)
+        F, J = jacobian(X, with_objectives=True)
+        gain = (F0 - F) / scale  # improvement per objective, > 0 is better
+        true_gain = gain.min(axis=1)
+        better = true_gain > best_gain
+        best_X[better], best_gain[better] = X[better], true_gain[better]
+        wts = np.exp(-(gain - true_gain[:, None]) / tau)
         wts /= wts.sum(axis=1, keepdims=True)
-        grad = -np.einsum("nm,nmt->nt", wts / scale, jacobian(X))  # ascent direction of soft-min
+        grad = -np.einsum("nm,nmt->nt", wts / scale, J)  # ascent direction of the soft minimum
         grad_unit = grad * width  # gradient w.r.t. coordinates scaled to the unit box
         norm = np.linalg.norm(grad_unit, axis=1, keepdims=True) + 1e-12
         X = np.clip(X + step * width * grad_unit / norm, lo, hi)
-        true_gain = ((F0 - objectives(X)) / scale).min(axis=1)
-        better = true_gain > best_gain
-        best_X[better], best_gain[better] = X[better], true_gain[better]
+    true_gain = ((F0 - objectives(X)) / scale).min(axis=1)
+    better = true_gain > best_gain
+    best_X[better] = X[better]
     return best_X
 
 
@@ -186,7 +194,7 @@ def compute_front(
     t = bounds.shape[0]
     senses = np.ones(len(surrogates)) if senses is None else np.asarray(senses, dtype=float)
     objectives, jacobian = surrogate_objectives(surrogates, senses)
-    n_candidates = n_candidates or (4096 if t <= 4 else 8192)
+    n_candidates = n_candidates or 4096
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         unit = qmc.Sobol(d=t, scramble=True, seed=seed).random(n_candidates)
@@ -196,10 +204,15 @@ def compute_front(
         X = np.vstack([X, grid])
     F = objectives(X)
     idx = non_dominated(F)
-    start = np.unique(np.concatenate([idx, np.argmin(F, axis=0)]))
+    # Start from the candidates' non-dominated set, topped up with dominated candidates: refining
+    # those lands them on other parts of the front, which densifies it where the sample was thin.
     rng = np.random.default_rng(seed)
-    if len(start) > 3000:
-        start = np.unique(np.concatenate([rng.choice(start, 3000, replace=False), np.argmin(F, axis=0)]))
+    n_start = 3000 if t <= 4 else 2000
+    if len(idx) > n_start:
+        idx = rng.choice(idx, n_start, replace=False)
+    others = np.setdiff1d(np.arange(len(X)), idx)
+    top_up = rng.choice(others, min(len(others), n_start - len(idx)), replace=False)
+    start = np.unique(np.concatenate([idx, top_up, np.argmin(F, axis=0)]))
     scale = np.ptp(F, axis=0) + 1e-9
     Xr = refine(X[start], objectives, jacobian, bounds, scale)
     # Anchors: each objective alone, ascended from its best candidate, to reach the front's edges.

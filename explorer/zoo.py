@@ -136,29 +136,28 @@ def build_zoo(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    if True:
-        write_config(out, config)
-        model = create(config, out)
-        rare = rare_classes(config)
+    write_config(out, config)
+    model = create(config, out)
+    rare = rare_classes(config)
 
-        t = time.perf_counter()
-        pretrain(model, config, rare, progress=progress)
-        timings["pretrain_s"] = time.perf_counter() - t
-        base = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        save_file(_contiguous(base), str(out / "base.safetensors"))
+    t = time.perf_counter()
+    pretrain(model, config, rare, progress=progress)
+    timings["pretrain_s"] = time.perf_counter() - t
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    save_file(_contiguous(base), str(out / "base.safetensors"))
 
-        t = time.perf_counter()
-        experts = {}
-        for task in config.tasks:
-            model.load_state_dict(base)
-            finetune(model, task, config, progress=progress)
-            experts[task] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            save_file(_contiguous(experts[task]), str(out / f"{task}.safetensors"))
-        timings["finetune_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    experts = {}
+    for task in config.tasks:
+        model.load_state_dict(base)
+        finetune(model, task, config, progress=progress)
+        experts[task] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        save_file(_contiguous(experts[task]), str(out / f"{task}.safetensors"))
+    timings["finetune_s"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        report = measure(model, base, experts, config, progress=progress)
-        timings["evaluate_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report = measure(model, base, experts, config, progress=progress)
+    timings["evaluate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
 
     files = [f"{ARCHITECTURE}.json", "base.safetensors"] + [f"{t}.safetensors" for t in config.tasks]

@@ -1,0 +1,408 @@
+"""merge-explorer: the interactive Pareto-front explorer (a thin streamlit view over `explorer/`).
+
+    streamlit run app.py                          # the demo experiment (examples/demo.yaml)
+    streamlit run app.py -- --spec my.yaml        # any spec; or set MERGE_EXPLORER_SPEC
+
+All computation and every figure come from the engine (`explorer.app_state`, `explorer.figures`,
+`explorer.report`); this file only lays out widgets, caches and calls.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from explorer import app_state as S
+from explorer import figures as F
+from explorer.errors import ExplorerError
+
+LOG = logging.getLogger("merge-explorer.app")
+PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+
+
+# --- caches ------------------------------------------------------------------------------------
+@st.cache_resource
+def workspace() -> S.Workspace:
+    """Per process: the demo build job."""
+    return S.Workspace()
+
+
+@st.cache_resource(show_spinner="Loading the experiment…")
+def open_experiment(spec_signature: tuple, store: str | None) -> S.ExperimentHandle:
+    """One handle (store connection, lazily built model and task vectors) per spec file version."""
+    return workspace().open(Path(spec_signature[0]), Path(store) if store else None)
+
+
+@st.cache_data(show_spinner="Fitting surrogates and computing the front…", max_entries=16)
+def fit(fingerprint: str, _handle: S.ExperimentHandle):
+    """Surrogates and front, cached by the content of the stored evaluations (the fingerprint)."""
+    return _handle.fit()
+
+
+# --- sidebar: experiment ------------------------------------------------------------------------
+def experiment_picker(args: S.AppArgs) -> Path:
+    ss = st.session_state
+    ss.setdefault("spec_path", str(args.spec))
+    st.sidebar.header("Experiment")
+    handle = ss.get("_handle_for_picker")
+    if handle is not None:
+        try:
+            experiments = [e for e in handle.experiment.store.experiments() if e["meta"].get("spec_path")]
+        except ExplorerError:
+            experiments = []
+        if len(experiments) > 1:
+            labels = {e["meta"]["spec_path"]: f"{e['name']} ({e['n_points']} points)" for e in experiments}
+            current = ss["spec_path"] if ss["spec_path"] in labels else None
+            choice = st.sidebar.selectbox("In this store", list(labels), format_func=labels.get,
+                                          index=list(labels).index(current) if current else None,
+                                          placeholder="pick an experiment", key="picker_store")
+            if choice and choice != ss["spec_path"]:
+                ss["spec_path"] = choice
+    with st.sidebar.form("load_spec", border=False):
+        path = st.text_input("Spec file (YAML)", value=ss["spec_path"], help="Paths inside a spec are relative to it.")
+        if st.form_submit_button("Load spec"):
+            ss["spec_path"] = str(Path(path).expanduser().resolve())
+    st.sidebar.caption(f"Showing `{Path(ss['spec_path']).name}`")
+    return Path(ss["spec_path"])
+
+
+def demo_missing(message: str) -> None:
+    st.info(message)
+    job = workspace().demo_job
+    if job is not None and job.running:
+        st.write(job.progress_text())
+        st.progress(0.0, text="building… the page refreshes when the demo is ready")
+        poll_demo()
+        return
+    if job is not None and job.error:
+        st.error(f"Building the demo failed: {job.error} (log: {job.log_path})")
+    st.code(S.DEMO_COMMAND, language="bash")
+    if st.button("Build the demo now", type="primary"):
+        workspace().start_demo_build()
+        st.rerun()
+
+
+@st.fragment(run_every=2.0)
+def poll_demo() -> None:
+    job = workspace().demo_job
+    if job is None or not job.running:
+        st.rerun()
+    st.caption(job.progress_text())
+
+
+# --- sidebar: evaluation runs -------------------------------------------------------------------
+def run_panel(handle: S.ExperimentHandle, done: int, total: int) -> None:
+    st.sidebar.header("Evaluations")
+    job = handle.job
+    if job is not None and job.running:
+        with st.sidebar:
+            run_progress(handle)
+        return
+    demo = workspace().demo_job
+    if demo is not None and demo.running:
+        with st.sidebar:
+            st.caption(demo.progress_text())
+            poll_store(handle, done)
+    if job is not None and job.error:
+        st.sidebar.error(job.error)
+    st.sidebar.progress(min(done / max(total, 1), 1.0), text=f"{done} / {total} design and reference points evaluated")
+    if done < total:
+        label = "Start evaluation" if done == 0 else "Continue evaluation"
+        if st.sidebar.button(label, type="primary", help="Evaluates the design in the background; views fill in as results arrive."):
+            handle.start_run()
+            st.rerun()
+
+
+@st.fragment(run_every=1.0)
+def run_progress(handle: S.ExperimentHandle) -> None:
+    """Polled while a run is active; a full rerun refreshes the views when new points arrived."""
+    job = handle.job
+    if job is None:
+        return
+    st.progress(min(job.done / max(job.total, 1), 1.0), text=job.progress_text())
+    if st.button("Stop after the current point"):
+        job.cancel.set()
+    ss = st.session_state
+    if not job.running or job.done - ss.get("_views_at", -1) >= max(1, job.total // 10):
+        ss["_views_at"] = job.done
+        st.rerun()
+
+
+@st.fragment(run_every=3.0)
+def poll_store(handle: S.ExperimentHandle, done_when_drawn: int) -> None:
+    """Another process (the demo build, a terminal run) writes the store: refresh when points arrive."""
+    C, _, _ = handle.experiment.measured()
+    done = S.count_done(handle.experiment, C, None)
+    st.progress(min(done / max(handle.design_size(), 1), 1.0), text=f"{done} / {handle.design_size()} points evaluated")
+    if done != done_when_drawn or not workspace().demo_job.running:
+        st.rerun()
+
+
+# --- sidebar: preferences -----------------------------------------------------------------------
+def preference_sliders(result, handle: S.ExperimentHandle, units: F.Units) -> tuple[dict, dict]:
+    """One importance and one minimum slider per task; values seeded once from the URL."""
+    ss, exp = st.session_state, handle.experiment
+    ekey = exp.key[:12]
+    if ss.get("_prefs_for") != ekey:
+        weights, minimums, picked, problems = S.decode_preferences(st.query_params.to_dict(), result.tasks)
+        if st.query_params.get("exp") not in (None, ekey):
+            weights, minimums, picked = {}, {}, None
+        for t in result.tasks:
+            ss[f"w:{ekey}:{t}"] = float(np.clip(round(weights.get(t, 1.0), 1), 0.0, 10.0))
+            if t in minimums:
+                ss[f"min:{ekey}:{t}"] = float(minimums[t])
+        ss["_picked"], ss["_prefs_for"], ss["_link_problems"] = picked, ekey, problems
+    for p in ss.get("_link_problems", []):
+        st.sidebar.warning(p)
+
+    def clear_pick():
+        ss["_picked"] = None
+
+    st.sidebar.header("Trade-off")
+    st.sidebar.caption("Importance: how much each task counts. Minimum: the worst predicted value you accept "
+                       "(a ceiling for metrics to minimise). Moving a slider re-reads the surrogates only.")
+    weights, minimums = {}, {}
+    for t in result.tasks:
+        ss.setdefault(f"w:{ekey}:{t}", 1.0)  # widget state is dropped on runs that did not draw the slider
+    for i, t in enumerate(result.tasks):
+        lo, hi = S.slider_range(result, i)
+        step = S.slider_step(lo, hi)
+        maximise = result.senses[i] > 0
+        off = lo if maximise else hi
+        mkey = f"min:{ekey}:{t}"
+        if mkey not in ss or ss.get(f"_off:{mkey}") == ss[mkey]:
+            ss[mkey] = off  # no bound (also when the range moved under an unset slider)
+        ss[mkey] = float(np.clip(ss[mkey], lo, hi))
+        ss[f"_off:{mkey}"] = off
+        with st.sidebar.container(border=True):
+            weights[t] = st.slider(f"Importance of {t}", 0.0, 10.0, step=0.1, key=f"w:{ekey}:{t}", on_change=clear_pick)
+            unit = " (%)" if units.is_fraction(t) else ""
+            fmt = "%.3f" if step < 1e-2 else "%.2f"
+            value = st.slider(f"{'Minimum' if maximise else 'Maximum'} {t} {units.metrics.get(t, '')}{unit}".strip(),
+                              lo, hi, step=step, key=mkey, format=fmt, on_change=clear_pick,
+                              help="at the left end (right end for metrics to minimise) there is no bound")
+            if abs(value - off) > step / 2:
+                minimums[t] = float(value)
+    if sum(weights.values()) <= 0:
+        st.sidebar.warning("All importances are zero; using equal importance.")
+        weights = {t: 1.0 for t in result.tasks}
+    return weights, minimums
+
+
+# --- main area ----------------------------------------------------------------------------------
+def chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey) -> None:
+    exp = handle.experiment
+    metrics = units.metrics
+    st.subheader("Chosen merge")
+    if ss_picked() is not None:
+        st.caption("Selected by clicking a point in a view.")
+        if st.button("Back to the choice from the sliders"):
+            st.session_state["_picked"] = None
+            st.rerun()
+    if not decision.feasible:
+        short = ", ".join(f"{t} by {s:.4f}" for t, s in zip(result.tasks, decision.shortfall) if s > 0)
+        st.warning(f"No front point meets every minimum; showing the closest one (short: {short}).")
+    rows = S.choice_rows(result.tasks, metrics, decision, measured, minimums)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="chosen_table")
+    st.markdown("<span id='chosen-coefficients'>c = [" + ", ".join(f"{c:.3f}" for c in decision.coefficients) + "]</span>",
+                unsafe_allow_html=True)
+
+    st.subheader("Verify")
+    if measured is not None:
+        st.success("Verified: the real merged model at these coefficients is measured and stored.")
+    disabled = handle.busy
+    if st.button("Evaluate the real merged model here", disabled=disabled, key="verify",
+                 help="Merges the checkpoints at the chosen coefficients, runs every task's evaluator and stores the result."):
+        with st.spinner("Merging and evaluating…"):
+            handle.verify(decision.coefficients)
+        st.rerun()
+    if disabled:
+        st.caption("Verification waits until the running evaluation has finished.")
+
+    st.subheader("Export")
+    w = {t: float(weights[t]) for t in result.tasks}
+    m = {t: float(v) for t, v in minimums.items()} or None
+    files = handle.export_text_files(result, decision, w, m)
+    cols = st.columns(2)
+    cols[0].download_button("coefficients.json", files["coefficients.json"], "coefficients.json", "application/json",
+                            key="dl_json", on_click="ignore")
+    cols[1].download_button("mergekit.yaml", files["mergekit.yaml"], "mergekit.yaml", "application/x-yaml",
+                            key="dl_yaml", on_click="ignore")
+    c = decision.coefficients.copy()
+    cols[0].download_button("merged.safetensors", lambda: handle.merged_checkpoint(c), "merged.safetensors",
+                            "application/octet-stream", key="dl_ckpt", on_click="ignore", disabled=handle.busy,
+                            help="Built on click (loads the checkpoints once per server).")
+    title = f"merge-explorer report: {exp.spec.name}"
+    notes = report_notes(result, decision)
+    cols[1].download_button("report.html", lambda: S.report_bytes(title, figs, rows, notes), "report.html",
+                            "text/html", key="dl_report", on_click="ignore",
+                            help="The plots and the chosen point in one file that opens in any browser.")
+
+
+def report_notes(result, decision) -> list[str]:
+    notes = []
+    poor = S.poor_fits(result)
+    if poor:
+        notes.append("Surrogate fit is poor (R² < 0.8) for " + ", ".join(f"{t} (R² = {r:.2f})" for t, r in poor.items())
+                     + ": predictions for these tasks are unreliable.")
+    if not decision.feasible:
+        notes.append("No front point meets every minimum; the closest one is shown.")
+    return notes
+
+
+def ss_picked():
+    return st.session_state.get("_picked")
+
+
+def handle_selection(event, key: str) -> None:
+    """A click on any view picks the clicked point's coefficients (carried in customdata)."""
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    sig = str([p.get("customdata") for p in points])
+    ss = st.session_state
+    if ss.get(f"_sel:{key}") == sig:
+        return
+    ss[f"_sel:{key}"] = sig
+    for p in points:
+        data = p.get("customdata")
+        if data is not None and len(np.atleast_1d(data)) > 1:
+            ss["_picked"] = np.asarray(data, dtype=float)
+            st.rerun()
+
+
+def views(result, chosen, minimums, refs, verified, units, evaluated, ekey):
+    tasks = result.tasks
+    tabs = st.tabs(["Front", "All tasks", "Radar", "Landscape", "Surrogate quality"])
+    figs = {}
+    with tabs[0]:
+        default = tasks[:2]
+        chosen_tasks = st.multiselect("Tasks to plot (two for 2-D, three for 3-D)", tasks, default=default,
+                                      max_selections=3, key=f"front_tasks:{ekey}")
+        if len(chosen_tasks) < 2:
+            st.info("Choose two or three tasks.")
+        idx = [tasks.index(t) for t in chosen_tasks]
+        if len(idx) >= 2:
+            figs["front_2d"] = F.front_2d(result, (idx[0], idx[1]), chosen, refs, verified, units, evaluated)
+            if len(idx) == 3:
+                figs["front_3d"] = F.front_3d(result, tuple(idx), chosen, refs, verified, units, evaluated)
+                st.plotly_chart(figs["front_3d"], key=f"front3d:{ekey}", config=PLOT_CONFIG)
+                st.caption("Click a point in the 2-D view below to select it.")
+            event = st.plotly_chart(figs["front_2d"], key=f"front2d:{ekey}", on_select="rerun",
+                                    selection_mode="points", config=PLOT_CONFIG)
+            handle_selection(event, "front2d")
+    with tabs[1]:
+        figs["parallel"] = F.parallel(result, [minimums.get(t, np.nan) for t in tasks], chosen, verified, units)
+        st.plotly_chart(figs["parallel"], key=f"parallel:{ekey}", config=PLOT_CONFIG)
+        st.caption("Greyed lines miss a minimum (the bars on the axes show the ranges the sliders allow).")
+    with tabs[2]:
+        experts = F.expert_diagonal(refs, len(tasks))
+        if experts is None:
+            st.info("The radar needs every expert's own metric (the reference points of the run).")
+        else:
+            figs["radar"] = F.radar(tasks, experts, result.senses, chosen, refs)
+            st.plotly_chart(figs["radar"], key=f"radar:{ekey}", config=PLOT_CONFIG)
+    with tabs[3]:
+        c1, c2, c3 = st.columns(3)
+        task = c1.selectbox("Surrogate of task", tasks, key=f"ls_task:{ekey}")
+        ax = c2.selectbox("x: coefficient of", tasks, index=0, key=f"ls_x:{ekey}")
+        ay = c3.selectbox("y: coefficient of", tasks, index=1, key=f"ls_y:{ekey}")
+        if ax == ay:
+            st.info("Choose two different coefficients.")
+        else:
+            figs["landscape"] = F.landscape(result, tasks.index(task), (tasks.index(ax), tasks.index(ay)),
+                                            chosen.coefficients, chosen, refs, verified, units)
+            event = st.plotly_chart(figs["landscape"], key=f"landscape:{ekey}", on_select="rerun",
+                                    selection_mode="points", config=PLOT_CONFIG)
+            handle_selection(event, "landscape")
+    with tabs[4]:
+        figs["quality"] = F.surrogate_quality(result, verified, units)
+        st.plotly_chart(figs["quality"], key=f"quality:{ekey}", config=PLOT_CONFIG)
+        st.caption("R² is leave-one-out cross-validated. Verified merges (stars) were measured after the fit: "
+                   "the honest check of the predictions.")
+    return figs
+
+
+def sync_url(result, weights, minimums, ekey) -> None:
+    wanted = S.encode_preferences(result.tasks, weights, minimums, ekey, ss_picked())
+    current = st.query_params.to_dict()
+    if current != wanted:
+        st.query_params.from_dict(wanted)
+
+
+def follow_link(handle: S.ExperimentHandle) -> None:
+    """A shared link names its experiment (exp=key prefix): open that one if this store knows it."""
+    ss = st.session_state
+    if ss.get("_link_followed"):
+        return
+    ss["_link_followed"] = True
+    want = st.query_params.get("exp")
+    if not want or handle.experiment.key.startswith(want):
+        return
+    for e in handle.experiment.store.experiments():
+        path = e["meta"].get("spec_path")
+        if e["key"].startswith(want) and path and Path(path).is_file():
+            ss["spec_path"] = path
+            st.rerun()
+    st.warning(f"The link names experiment {want!r}, which this store does not have; showing {handle.experiment.spec.name!r}.")
+
+
+def main() -> None:
+    st.set_page_config(page_title="merge-explorer", page_icon="🔀", layout="wide")
+    st.title("merge-explorer")
+    st.caption("Amortized Pareto fronts for model merging (MAP): pick the trade-off, see it at once, verify it, export it.")
+    args = S.app_args()
+    spec = experiment_picker(args)
+    if Path(spec) == S.DEFAULT_SPEC:
+        ready, message = S.demo_ready(spec)
+        if not ready:
+            demo_missing(message)
+            return
+    handle = open_experiment(S.file_signature(spec), str(args.store) if args.store else None)
+    st.session_state["_handle_for_picker"] = handle
+    exp = handle.experiment
+    ekey = exp.key[:12]
+    C, M, kinds, fingerprint = handle.snapshot()
+    total = handle.design_size()
+    done = S.count_done(exp, C, None)
+    follow_link(handle)
+    run_panel(handle, done, total)
+    units = F.units_for(exp.tasks, {t: exp.spec.tasks[t].metric for t in exp.tasks}, exp.senses)
+    try:
+        result = fit(fingerprint, handle)
+    except ExplorerError as exc:
+        st.info(f"No front yet: {exc}. Press **Start evaluation** in the sidebar "
+                f"(or run `merge-explorer run {spec}` in a terminal); the views appear as results arrive.")
+        return
+    poor = S.poor_fits(result)
+    if poor:
+        st.warning("Surrogate fit is poor (cross-validated R² < 0.8) for "
+                   + ", ".join(f"**{t}** (R² = {r:.2f})" for t, r in poor.items())
+                   + ": predictions for these tasks are unreliable. Verify the chosen merge, or evaluate more points.")
+    weights, minimums = preference_sliders(result, handle, units)
+    try:
+        decision = S.choose(result, weights, minimums, ss_picked())
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    measured = handle.stored(decision.coefficients)
+    chosen = S.chosen_view(decision, measured)
+    refs, verified = handle.markers(C, M, kinds)
+    keep = [k != "verify" for k in kinds]
+    evaluated = (C[keep], M[keep])
+    sync_url(result, weights, minimums, ekey)
+    left, right = st.columns([3, 2], gap="medium")
+    with left:
+        figs = views(result, chosen, minimums, refs, verified, units, evaluated, ekey)
+    with right:
+        chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey)
+
+
+try:
+    main()
+except ExplorerError as exc:
+    st.error(str(exc))
+except Exception as exc:  # noqa: BLE001 - the page shows a message, the log keeps the traceback
+    LOG.exception("merge-explorer app error")
+    st.error(f"Unexpected error ({type(exc).__name__}): {exc}. The server log has the details.")

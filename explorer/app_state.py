@@ -1,0 +1,455 @@
+"""Engine-side helpers for the app: arguments, share links, background runs, the chosen point.
+
+Nothing here imports streamlit, so every piece is testable on its own and the app stays a thin
+view (widgets, layout, calls). Objects shared by all browser sessions of one server process
+(`Workspace`, `ExperimentHandle`) are thread-safe: a lock serialises everything that writes a
+merge into the model (runs, verification, merged checkpoints), and SQLite's WAL lets the page
+read the store while a run writes to it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+from .decision import Decision
+from .errors import ExplorerError, SpecError
+from .figures import Chosen, Marker
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = REPO_ROOT / "examples" / "demo.yaml"
+SPEC_ENV = "MERGE_EXPLORER_SPEC"
+STORE_ENV = "MERGE_EXPLORER_STORE"
+DEMO_COMMAND = "merge-explorer demo"
+
+
+# --- arguments ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AppArgs:
+    spec: Path
+    store: Path | None
+    is_default: bool  # True when no spec was given (the demo)
+
+
+def app_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppArgs:
+    """`streamlit run app.py -- --spec S [--store DB]`, else $MERGE_EXPLORER_SPEC, else the demo spec."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--spec")
+    parser.add_argument("--store")
+    known, _ = parser.parse_known_args(argv)
+    spec = known.spec or environ.get(SPEC_ENV)
+    store = known.store or environ.get(STORE_ENV)
+    return AppArgs(Path(spec).expanduser().resolve() if spec else DEFAULT_SPEC,
+                   Path(store).expanduser().resolve() if store else None, spec is None)
+
+
+# --- share links: preferences in the URL --------------------------------------------------------
+def encode_preferences(tasks: Sequence[str], weights: Mapping[str, float] | None,
+                       minimums: Mapping[str, float] | None, experiment_key: str | None = None,
+                       picked: np.ndarray | None = None) -> dict[str, str]:
+    """Query parameters for a choice: w=task:2,other:1 & min=task:0.85 (& exp=key prefix, pick=c1,c2)."""
+    def pairs(values: Mapping[str, float]) -> str:
+        return ",".join(f"{quote(t, safe='')}:{_short(values[t])}" for t in tasks if t in values)
+
+    out = {}
+    if weights:
+        out["w"] = pairs(weights)
+    if minimums:
+        out["min"] = pairs(minimums)
+    if experiment_key:
+        out["exp"] = experiment_key[:12]
+    if picked is not None:
+        out["pick"] = ",".join(_short(float(c), 6) for c in picked)
+    return out
+
+
+def _short(value: float, digits: int = 4) -> str:
+    return f"{float(value):.{digits}g}"
+
+
+def decode_preferences(params: Mapping[str, str], tasks: Sequence[str]) -> tuple[dict, dict, np.ndarray | None, list[str]]:
+    """(weights, minimums, picked coefficients or None, problems) from query parameters.
+
+    Malformed parts are skipped and reported in `problems` (shown to the user), never raised.
+    """
+    problems: list[str] = []
+
+    def parse(name: str) -> dict[str, float]:
+        text = params.get(name)
+        out: dict[str, float] = {}
+        if not text:
+            return out
+        for part in str(text).split(","):
+            task, sep, value = part.rpartition(":")
+            task = unquote(task)
+            try:
+                number = float(value)
+            except ValueError:
+                number = float("nan")
+            if not sep or task not in tasks or not np.isfinite(number):
+                problems.append(f"ignored {name}={part!r} from the link (tasks are {', '.join(tasks)})")
+                continue
+            out[task] = number
+        return out
+
+    weights = {t: w for t, w in parse("w").items() if w >= 0}
+    minimums = parse("min")
+    picked = None
+    if params.get("pick"):
+        try:
+            c = np.array([float(x) for x in str(params["pick"]).split(",")])
+            if c.shape == (len(tasks),) and np.all(np.isfinite(c)):
+                picked = c
+            else:
+                problems.append("ignored pick= from the link: wrong number of coefficients")
+        except ValueError:
+            problems.append("ignored pick= from the link: not numbers")
+    return weights, minimums, picked, problems
+
+
+# --- experiments and their shared state ---------------------------------------------------------
+def file_signature(path: Path) -> tuple:
+    """(path, mtime, size): a cache key that changes when the file is edited."""
+    try:
+        st = Path(path).stat()
+        return str(Path(path).resolve()), st.st_mtime_ns, st.st_size
+    except OSError:
+        return str(path), 0, 0
+
+
+@dataclass
+class Job:
+    """A background evaluation (thread) or demo build (subprocess) whose progress the page polls."""
+
+    kind: str  # "run" | "demo"
+    started: float = field(default_factory=time.time)
+    total: int = 0
+    done_at_start: int = 0
+    done: int = 0
+    finished: bool = False
+    error: str | None = None
+    thread: threading.Thread | None = None
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def running(self) -> bool:
+        if self.process is not None and not self.finished:
+            code = self.process.poll()
+            if code is not None:
+                self.finished = True
+                if code != 0:
+                    self.error = _last_line(self.log_path) or f"exited with status {code}"
+        return not self.finished
+
+    def eta_seconds(self) -> float | None:
+        measured = self.done - self.done_at_start
+        if measured <= 0:
+            return None
+        rate = (time.time() - self.started) / measured
+        return rate * max(self.total - self.done, 0)
+
+    def progress_text(self) -> str:
+        if self.kind == "demo":
+            return f"building the demo zoo and running its design: {time.time() - self.started:.0f} s elapsed"
+        eta = self.eta_seconds()
+        eta_text = f", about {format_seconds(eta)} left" if eta is not None else ", estimating time left…"
+        return f"{self.done} / {self.total} points evaluated{eta_text if not self.finished else ''}"
+
+
+def _last_line(path: Path | None) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    lines = [l.strip() for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    return lines[-1] if lines else None
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _ProgressExecutor:
+    """An executor for `Experiment.run` that evaluates in order and counts finished points."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def run(self, experiment, pending):
+        self.job.done_at_start = self.job.total - len(pending)
+        self.job.done = self.job.done_at_start
+        self.job.started = time.time()
+        for c, kind in pending:
+            if self.job.cancel.is_set():
+                raise _Cancelled()
+            experiment.evaluate(c, kind)
+            self.job.done += 1
+            yield c
+
+
+class ExperimentHandle:
+    """One loaded experiment shared by all sessions: the model is built at most once (lazily)."""
+
+    def __init__(self, experiment):
+        self.experiment = experiment
+        self.lock = threading.Lock()  # whoever writes a merge into the model holds it
+        self.job: Job | None = None
+        self._job_lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and self.job.running
+
+    # --- store snapshots ---------------------------------------------------------------------
+    def snapshot(self):
+        """(C, M, kinds, fingerprint) of every complete stored point; the fingerprint keys the fit cache."""
+        C, M, kinds = self.experiment.measured()
+        fitted = np.array([k != "verify" for k in kinds], dtype=bool)  # verifications do not change the fit
+        Cf, Mf = C[fitted] if len(C) else C, M[fitted] if len(M) else M
+        digest = hashlib.sha256()
+        digest.update(self.experiment.key.encode())
+        order = np.lexsort(Cf.T[::-1]) if len(Cf) else np.zeros(0, dtype=int)
+        digest.update(np.ascontiguousarray(np.round(Cf[order], 10)).tobytes())
+        digest.update(np.ascontiguousarray(Mf[order]).tobytes())
+        kinds_f = [k for k in kinds if k != "verify"]
+        digest.update(json.dumps([kinds_f[i] for i in order]).encode())
+        return C, M, kinds, digest.hexdigest()
+
+    def fit(self):
+        """Surrogates and front from the store (raises SpecError when too few points)."""
+        return self.experiment.result()
+
+    def design_size(self, budget: int | None = None) -> int:
+        return len(self.experiment.design(budget)) + len(self.experiment.reference_points())
+
+    def markers(self, C: np.ndarray, M: np.ndarray, kinds: Sequence[str]) -> tuple[list[Marker], list[Marker]]:
+        """(reference markers: base, experts, task arithmetic; verified markers) from a snapshot."""
+        tasks = self.experiment.tasks
+        t = len(tasks)
+        refs, verified = [], []
+        index = {tuple(np.round(c, 10)): k for k, c in enumerate(C)}
+        base = index.get(tuple(np.zeros(t)))
+        if base is not None:
+            refs.append(Marker("base", "base", C[base], M[base]))
+        for i, task in enumerate(tasks):
+            k = index.get(tuple(np.round(np.eye(t)[i], 10)))
+            if k is not None:
+                refs.append(Marker(f"expert: {task}", "expert", C[k], M[k]))
+        senses = self.experiment.senses
+        equal = [k for k in range(len(C)) if np.ptp(C[k]) < 1e-12 and C[k, 0] > 0]
+        if equal:
+            best = max(equal, key=lambda k: float(np.mean(M[k] * senses)))
+            refs.append(Marker(f"task arithmetic (λ={C[best, 0]:.2f})", "task_arithmetic", C[best], M[best]))
+        for k, kind in enumerate(kinds):
+            if kind == "verify":
+                verified.append(Marker("verified", "verified", C[k], M[k]))
+        return refs, verified
+
+    # --- background runs -----------------------------------------------------------------------
+    def start_run(self, budget: int | None = None) -> Job:
+        """Start (or return the running) evaluation of the design in a thread writing to the store."""
+        with self._job_lock:
+            if self.busy:
+                return self.job
+            job = Job("run", total=self.design_size(budget))
+            C, _, _ = self.experiment.measured()
+            job.done = job.done_at_start = count_done(self.experiment, C, budget)
+
+            def work():
+                try:
+                    with self.lock:
+                        self.experiment.run(budget=budget, progress=False, executor=_ProgressExecutor(job))
+                except _Cancelled:
+                    job.error = "stopped: finished evaluations are stored; start again to resume"
+                except ExplorerError as exc:
+                    job.error = str(exc)
+                except Exception as exc:  # noqa: BLE001 - reported on the page, not as a traceback
+                    job.error = f"{type(exc).__name__}: {exc}"
+                finally:
+                    job.finished = True
+
+            job.thread = threading.Thread(target=work, name=f"merge-explorer-run-{self.experiment.key[:8]}", daemon=True)
+            self.job = job
+            job.thread.start()
+            return job
+
+    # --- the model side ------------------------------------------------------------------------
+    def verify(self, coefficients: np.ndarray) -> np.ndarray:
+        """Measure the real merged model at `coefficients`, store it (kind 'verify'), return (T,)."""
+        if self.busy:
+            raise SpecError("an evaluation run is in progress; verify when it has finished")
+        with self.lock:
+            return self.experiment.evaluate(np.asarray(coefficients, dtype=float), kind="verify")
+
+    def stored(self, coefficients: np.ndarray) -> np.ndarray | None:
+        have = self.experiment.stored(np.asarray(coefficients, dtype=float))
+        if len(have) < len(self.experiment.tasks):
+            return None
+        return np.array([have[t] for t in self.experiment.tasks])
+
+    def export_text_files(self, result, decision: Decision, weights=None, minimums=None) -> dict[str, bytes]:
+        """coefficients.json and mergekit.yaml exactly as `merge-explorer export` writes them."""
+        from .export import export
+
+        with tempfile.TemporaryDirectory(prefix="merge-explorer-export-") as tmp:
+            paths = export(self.experiment, result, decision, tmp, weights, minimums, checkpoint=False)
+            return {p.name: p.read_bytes() for p in paths.values()}
+
+    def merged_checkpoint(self, coefficients: np.ndarray) -> bytes:
+        """merged.safetensors bytes, as `merge-explorer export` writes them (builds the model once)."""
+        from .export import write_merged_checkpoint
+
+        with self.lock, tempfile.TemporaryDirectory(prefix="merge-explorer-export-") as tmp:
+            path = Path(tmp) / "merged.safetensors"
+            write_merged_checkpoint(path, self.experiment, np.asarray(coefficients, dtype=float))
+            return path.read_bytes()
+
+
+def count_done(experiment, C: np.ndarray, budget: int | None) -> int:
+    from .store import coefficient_key
+
+    have = {coefficient_key(c) for c in C}
+    points = list(experiment.design(budget)) + list(experiment.reference_points())
+    return sum(coefficient_key(c) in have for c in points)
+
+
+class Workspace:
+    """Per server process: loaded experiments by spec file, and the demo build job."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._handles: dict[tuple, ExperimentHandle] = {}
+        self.demo_job: Job | None = None
+
+    def open(self, spec: Path, store: Path | None = None) -> ExperimentHandle:
+        """The shared handle for a spec (reloaded when the spec file changes); raises ExplorerError."""
+        from .runner import Experiment
+
+        key = (file_signature(spec), str(store) if store else None)
+        with self._lock:
+            handle = self._handles.get(key)
+            if handle is None:
+                handle = ExperimentHandle(Experiment.from_file(spec, store_path=store))
+                self._handles[key] = handle
+            return handle
+
+    def start_demo_build(self, log_dir: Path | None = None) -> Job:
+        """`merge-explorer demo --no-progress` in a subprocess (builds the zoo, then runs its design)."""
+        with self._lock:
+            if self.demo_job is not None and self.demo_job.running:
+                return self.demo_job
+            log_dir = Path(log_dir or REPO_ROOT / "cache")
+            log_dir.mkdir(parents=True, exist_ok=True)
+            log = log_dir / "demo-build.log"
+            job = Job("demo", log_path=log)
+            with open(log, "w") as fh:
+                job.process = subprocess.Popen([sys.executable, "-m", "explorer.cli", "demo", "--no-progress"],
+                                               cwd=str(REPO_ROOT), stdout=fh, stderr=subprocess.STDOUT)
+            self.demo_job = job
+            return job
+
+
+def demo_ready(spec: Path = DEFAULT_SPEC) -> tuple[bool, str]:
+    """Whether the demo spec and its zoo exist; otherwise a message saying how to build them."""
+    if not Path(spec).is_file():
+        return False, (f"The demo spec {spec} is not there yet. Build the demo zoo and run its design with "
+                       f"`{DEMO_COMMAND}` (a few minutes on a laptop CPU), or open another spec.")
+    try:
+        from .runner import Experiment  # noqa: F401
+        from .spec import load_spec, resolve
+
+        s, d = load_spec(spec)
+        missing = [p for p in [resolve(d, s.model.base), *(resolve(d, t.checkpoint) for t in s.tasks.values())]
+                   if not p.exists()]
+    except ExplorerError as exc:
+        return False, str(exc)
+    if missing:
+        return False, (f"The demo zoo is not built yet ({missing[0].name} is missing). Build it and run its design "
+                       f"with `{DEMO_COMMAND}` (a few minutes on a laptop CPU), or press the button below.")
+    return True, ""
+
+
+# --- the chosen point --------------------------------------------------------------------------
+def choose(result, weights: Mapping[str, float], minimums: Mapping[str, float], picked: np.ndarray | None = None) -> Decision:
+    """The decision for the current preferences, or a clicked point (`picked`) judged against them."""
+    if picked is None:
+        return result.decide(weights, minimums or None)
+    c = np.asarray(picked, dtype=float)
+    predicted = result.predict(c)[0]
+    floors = np.array([minimums.get(t, np.nan) for t in result.tasks], dtype=float)
+    miss = np.where(np.isfinite(floors), np.maximum(floors * result.senses - predicted * result.senses, 0.0), 0.0)
+    return Decision(-1, c, predicted, bool(np.all(miss <= 1e-12)), miss)
+
+
+def chosen_view(decision: Decision, measured: np.ndarray | None) -> Chosen:
+    return Chosen(decision.coefficients, decision.predicted, measured)
+
+
+def slider_range(result, task_index: int) -> tuple[float, float]:
+    """The range of a task's minimum slider: its predicted span on the front (rounded outwards)."""
+    v = result.front_predicted[:, task_index]
+    lo, hi = float(np.min(v)), float(np.max(v))
+    if not hi > lo:
+        lo, hi = lo - 1e-3, hi + 1e-3
+    step = slider_step(lo, hi)
+    return float(np.floor(lo / step) * step), float(np.ceil(hi / step) * step)
+
+
+def slider_step(lo: float, hi: float) -> float:
+    span = max(hi - lo, 1e-9)
+    return float(10 ** np.floor(np.log10(span / 200)))
+
+
+def poor_fits(result, threshold: float = 0.8) -> dict[str, float]:
+    """Tasks whose surrogate's cross-validated R² is below `threshold` (or undefined)."""
+    return {t: float(s.r2_cv_) for t, s in result.surrogates.items() if not (float(s.r2_cv_) >= threshold)}
+
+
+def choice_rows(tasks: Sequence[str], metrics: Mapping[str, str], decision: Decision,
+                measured: np.ndarray | None, minimums: Mapping[str, float]) -> list[dict]:
+    """The chosen-point table: one row per task."""
+    rows = []
+    for i, t in enumerate(tasks):
+        row = {"task": t, "metric": metrics.get(t, ""), "coefficient": round(float(decision.coefficients[i]), 4),
+               "predicted": round(float(decision.predicted[i]), 4)}
+        if measured is not None:
+            row["measured"] = round(float(measured[i]), 4)
+            row["measured − predicted"] = round(float(measured[i] - decision.predicted[i]), 4)
+        row["minimum"] = round(float(minimums[t]), 4) if t in minimums else None
+        rows.append(row)
+    return rows
+
+
+def report_bytes(title: str, figures: dict, rows: list[dict], notes: Sequence[str] = (),
+                 meta: Mapping[str, str] | None = None) -> bytes:
+    from .report import report_html
+
+    return report_html(title, figures, rows, notes, meta).encode("utf-8")
+
+
+def to_buffer(data: bytes) -> io.BytesIO:
+    return io.BytesIO(data)

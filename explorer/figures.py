@@ -1,0 +1,502 @@
+"""Plotly figures of an exploration, shared by the app, the HTML report and the tests.
+
+Every builder takes engine objects (an `ExploreResult`, reference `Marker`s, the chosen point) and
+returns a `plotly.graph_objects.Figure`; nothing here knows about streamlit. Conventions, so the
+views read the same everywhere:
+
+- colours come from the Okabe-Ito palette (distinguishable with the common colour-vision
+  deficiencies), and every reference kind also has its own marker symbol, so colour is never the
+  only cue;
+- every axis names its task and unit ("digits: accuracy (%)"; coefficients are unitless);
+- clickable traces carry the coefficient vector of each point in `customdata`, so a click on any
+  view selects a merge without the caller knowing which trace it came from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# Okabe & Ito (2008), "Color Universal Design".
+OKABE_ITO = {
+    "black": "#000000", "orange": "#E69F00", "sky_blue": "#56B4E9", "bluish_green": "#009E73",
+    "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish_purple": "#CC79A7",
+}
+GREY = "#8C8C8C"
+CONTINUOUS_SCALE = "Cividis"  # perceptually uniform and colour-blind-safe
+
+#: kind -> (colour, marker symbol, display name)
+STYLE = {
+    "evaluated": (OKABE_ITO["sky_blue"], "circle", "evaluated points (measured)"),
+    "front": (OKABE_ITO["blue"], "circle", "surrogate front (predicted)"),
+    "frontier": (OKABE_ITO["blue"], "circle", "2-D frontier of the surrogate front"),
+    "base": (OKABE_ITO["black"], "square", "base model"),
+    "expert": (OKABE_ITO["bluish_green"], "diamond", "fine-tuned expert"),
+    "task_arithmetic": (OKABE_ITO["reddish_purple"], "triangle-up", "task arithmetic"),
+    "chosen": (OKABE_ITO["vermillion"], "circle-open", "chosen merge (predicted)"),
+    "chosen_measured": (OKABE_ITO["vermillion"], "star", "chosen merge (measured)"),
+    "verified": (OKABE_ITO["orange"], "star", "verified merges (measured)"),
+}
+FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
+HEIGHT = 440  # fits a 1280x800 laptop screen under the page header
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A labelled point with measured metrics: the base, an expert, task arithmetic, a verified merge."""
+
+    label: str
+    kind: str  # a key of STYLE
+    coefficients: np.ndarray  # (T,)
+    metrics: np.ndarray  # (T,), measured, in each task's own units
+
+
+@dataclass
+class Chosen:
+    """The merge the user is looking at: coefficients, surrogate prediction, and measurement if verified."""
+
+    coefficients: np.ndarray
+    predicted: np.ndarray
+    measured: np.ndarray | None = None
+    label: str = "chosen merge"
+
+
+@dataclass
+class Units:
+    """Metric name and sense per task, for axis titles and tick formats."""
+
+    metrics: Mapping[str, str]
+    senses: Sequence[float] = field(default_factory=list)
+
+    def is_fraction(self, task: str, values: np.ndarray | None = None) -> bool:
+        name = str(self.metrics.get(task, "")).lower()
+        fraction_like = any(k in name for k in ("accuracy", "acc", "f1", "auc", "precision", "recall"))
+        if values is not None and len(values):
+            v = np.asarray(values, dtype=float)
+            fraction_like = fraction_like and bool(np.all((v >= -1e-9) & (v <= 1 + 1e-9)))
+        return fraction_like
+
+    def title(self, task: str, values: np.ndarray | None = None) -> str:
+        metric = self.metrics.get(task, "metric")
+        unit = " (%)" if self.is_fraction(task, values) else ""
+        return f"{task}: {metric}{unit}"
+
+    def tickformat(self, task: str, values: np.ndarray | None = None) -> str:
+        return ".0%" if self.is_fraction(task, values) else ".3g"
+
+    def hoverformat(self, task: str, values: np.ndarray | None = None) -> str:
+        return ".1%" if self.is_fraction(task, values) else ".4g"
+
+
+def units_for(tasks: Sequence[str], metrics: Mapping[str, str] | None, senses=None) -> Units:
+    metrics = dict(metrics or {})
+    return Units({t: metrics.get(t, "accuracy") for t in tasks}, list(senses) if senses is not None else [])
+
+
+def _layout(fig: go.Figure, title: str, height: int = HEIGHT, legend_below: bool = True) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=15)),
+        template="plotly_white", font=FONT, height=height, margin=dict(l=60, r=20, t=50, b=40),
+        hoverlabel=dict(font_size=12),
+    )
+    if legend_below:
+        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0.0,
+                                      font=dict(size=11)))
+    return fig
+
+
+def coefficient_label(task: str) -> str:
+    return f"c[{task}] (coefficient, unitless)"
+
+
+def _coefficient_hover(tasks: Sequence[str]) -> str:
+    return "<br>".join(f"c[{t}] = %{{customdata[{k}]:.3f}}" for k, t in enumerate(tasks))
+
+
+def non_dominated_2d(points: np.ndarray, senses: Sequence[float]) -> np.ndarray:
+    """Indices of the 2-D non-dominated points (both objectives oriented by `senses`), sorted by x."""
+    if len(points) == 0:
+        return np.zeros(0, dtype=int)
+    g = np.asarray(points, dtype=float) * np.asarray(senses, dtype=float)  # larger = better
+    order = np.lexsort((-g[:, 1], -g[:, 0]))  # by x descending, then y descending
+    keep, best_y = [], -np.inf
+    for i in order:
+        if g[i, 1] > best_y + 1e-12:
+            keep.append(i)
+            best_y = g[i, 1]
+    keep = np.array(keep, dtype=int)
+    return keep[np.argsort(points[keep, 0])]
+
+
+# --- front views -------------------------------------------------------------------------------
+def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, markers: Sequence[Marker] = (),
+             verified: Sequence[Marker] = (), units: Units | None = None, evaluated=None) -> go.Figure:
+    """Evaluated points, the surrogate front, reference markers and the chosen merge for two tasks.
+
+    For more than two tasks the front is the projection of the T-task front, so it fills an area;
+    its 2-D non-dominated edge is drawn as a line. `evaluated` is (coefficients, metrics) of the
+    measured points (default: the result's samples).
+    """
+    i, j = pair
+    tasks = result.tasks
+    units = units or units_for(tasks, None, result.senses)
+    C, M = evaluated if evaluated is not None else (result.samples, result.observed)
+    F = result.front_predicted
+    xs = np.concatenate([M[:, i], F[:, i]])
+    ys = np.concatenate([M[:, j], F[:, j]])
+    hover = (f"{tasks[i]} = %{{x:{units.hoverformat(tasks[i], xs)}}}<br>{tasks[j]} = %{{y:{units.hoverformat(tasks[j], ys)}}}"
+             f"<br>{_coefficient_hover(tasks)}")
+    fig = go.Figure()
+    colour, symbol, name = STYLE["front"]
+    fig.add_trace(go.Scatter(
+        x=F[:, i], y=F[:, j], mode="markers", name=name if len(tasks) == 2 else "surrogate front, projected (predicted)",
+        marker=dict(color=colour, size=6, opacity=0.35 if len(tasks) > 2 else 0.7, symbol=symbol),
+        customdata=result.front_coefficients, hovertemplate=hover + "<extra>front</extra>"))
+    edge = non_dominated_2d(F[:, [i, j]], result.senses[[i, j]])
+    colour, _, name = STYLE["frontier"]
+    fig.add_trace(go.Scatter(
+        x=F[edge, i], y=F[edge, j], mode="lines", name=name, line=dict(color=colour, width=2.5),
+        hoverinfo="skip"))
+    colour, symbol, name = STYLE["evaluated"]
+    fig.add_trace(go.Scatter(
+        x=M[:, i], y=M[:, j], mode="markers", name=name,
+        marker=dict(color=colour, size=8, symbol=symbol, line=dict(color="white", width=0.5)),
+        customdata=C, hovertemplate=hover + "<extra>evaluated</extra>"))
+    _add_markers_2d(fig, list(markers) + list(verified), i, j, tasks, hover)
+    if chosen is not None:
+        _add_chosen_2d(fig, chosen, i, j, tasks, hover)
+    _layout(fig, f"Front: {tasks[i]} vs {tasks[j]}")
+    fig.update_xaxes(title=units.title(tasks[i], xs), tickformat=units.tickformat(tasks[i], xs))
+    fig.update_yaxes(title=units.title(tasks[j], ys), tickformat=units.tickformat(tasks[j], ys))
+    fig.update_layout(clickmode="event+select", dragmode="zoom")
+    return fig
+
+
+def _add_markers_2d(fig: go.Figure, markers: Sequence[Marker], i: int, j: int, tasks, hover: str) -> None:
+    groups: dict[str, list[Marker]] = {}
+    for m in markers:
+        groups.setdefault(m.kind, []).append(m)
+    for kind, items in groups.items():
+        colour, symbol, name = STYLE.get(kind, STYLE["verified"])
+        fig.add_trace(go.Scatter(
+            x=[m.metrics[i] for m in items], y=[m.metrics[j] for m in items],
+            mode="markers+text" if kind != "verified" else "markers", name=name,
+            text=[m.label for m in items], textposition="top center", textfont=dict(size=11, color=colour),
+            marker=dict(color=colour, size=13 if kind != "verified" else 14, symbol=symbol,
+                        line=dict(color="white", width=1)),
+            customdata=np.array([m.coefficients for m in items]),
+            hovertemplate="%{text}<br>" + hover + "<extra></extra>"))
+
+
+def _add_chosen_2d(fig: go.Figure, chosen: Chosen, i: int, j: int, tasks, hover: str) -> None:
+    colour, symbol, name = STYLE["chosen"]
+    fig.add_trace(go.Scatter(
+        x=[chosen.predicted[i]], y=[chosen.predicted[j]], mode="markers", name=name,
+        marker=dict(color=colour, size=20, symbol=symbol, line=dict(width=3)),
+        customdata=[chosen.coefficients], hovertemplate="chosen (predicted)<br>" + hover + "<extra></extra>"))
+    if chosen.measured is not None:
+        colour, symbol, name = STYLE["chosen_measured"]
+        fig.add_trace(go.Scatter(
+            x=[chosen.predicted[i], chosen.measured[i]], y=[chosen.predicted[j], chosen.measured[j]],
+            mode="lines", line=dict(color=colour, dash="dot", width=1.5), showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(
+            x=[chosen.measured[i]], y=[chosen.measured[j]], mode="markers", name=name,
+            marker=dict(color=colour, size=16, symbol=symbol, line=dict(color="white", width=1)),
+            customdata=[chosen.coefficients], hovertemplate="chosen (measured, verified)<br>" + hover + "<extra></extra>"))
+
+
+def front_3d(result, triple: tuple[int, int, int], chosen: Chosen | None = None, markers: Sequence[Marker] = (),
+             verified: Sequence[Marker] = (), units: Units | None = None, evaluated=None) -> go.Figure:
+    """The front over three tasks (projected when T > 3), with the same markers as `front_2d`."""
+    i, j, k = triple
+    tasks = result.tasks
+    units = units or units_for(tasks, None, result.senses)
+    C, M = evaluated if evaluated is not None else (result.samples, result.observed)
+    F = result.front_predicted
+    vals = {a: np.concatenate([M[:, a], F[:, a]]) for a in triple}
+    hover = "<br>".join(f"{tasks[a]} = %{{{ax}:{units.hoverformat(tasks[a], vals[a])}}}" for a, ax in zip(triple, "xyz"))
+    hover += "<br>" + _coefficient_hover(tasks)
+    fig = go.Figure()
+    colour, _, name = STYLE["front"]
+    fig.add_trace(go.Scatter3d(
+        x=F[:, i], y=F[:, j], z=F[:, k], mode="markers", name=name,
+        marker=dict(color=colour, size=3, opacity=0.45), customdata=result.front_coefficients,
+        hovertemplate=hover + "<extra>front</extra>"))
+    colour, _, name = STYLE["evaluated"]
+    fig.add_trace(go.Scatter3d(
+        x=M[:, i], y=M[:, j], z=M[:, k], mode="markers", name=name,
+        marker=dict(color=colour, size=5, symbol="circle"), customdata=C, hovertemplate=hover + "<extra>evaluated</extra>"))
+    symbols_3d = {"square": "square", "diamond": "diamond", "triangle-up": "diamond-open", "star": "cross",
+                  "circle-open": "circle-open"}
+    groups: dict[str, list[Marker]] = {}
+    for m in list(markers) + list(verified):
+        groups.setdefault(m.kind, []).append(m)
+    for kind, items in groups.items():
+        colour, symbol, name = STYLE.get(kind, STYLE["verified"])
+        fig.add_trace(go.Scatter3d(
+            x=[m.metrics[i] for m in items], y=[m.metrics[j] for m in items], z=[m.metrics[k] for m in items],
+            mode="markers+text" if kind != "verified" else "markers", name=name, text=[m.label for m in items],
+            textfont=dict(size=11, color=colour),
+            marker=dict(color=colour, size=7, symbol=symbols_3d.get(symbol, "circle")),
+            customdata=np.array([m.coefficients for m in items]), hovertemplate="%{text}<br>" + hover + "<extra></extra>"))
+    if chosen is not None:
+        colour, _, name = STYLE["chosen"]
+        fig.add_trace(go.Scatter3d(
+            x=[chosen.predicted[i]], y=[chosen.predicted[j]], z=[chosen.predicted[k]], mode="markers", name=name,
+            marker=dict(color=colour, size=10, symbol="circle-open", line=dict(width=4)),
+            customdata=[chosen.coefficients], hovertemplate="chosen (predicted)<br>" + hover + "<extra></extra>"))
+        if chosen.measured is not None:
+            colour, _, name = STYLE["chosen_measured"]
+            fig.add_trace(go.Scatter3d(
+                x=[chosen.measured[i]], y=[chosen.measured[j]], z=[chosen.measured[k]], mode="markers", name=name,
+                marker=dict(color=colour, size=8, symbol="cross"), customdata=[chosen.coefficients],
+                hovertemplate="chosen (measured)<br>" + hover + "<extra></extra>"))
+    _layout(fig, f"Front: {tasks[i]}, {tasks[j]}, {tasks[k]}", height=HEIGHT + 40)
+    fig.update_layout(scene=dict(
+        xaxis=dict(title=dict(text=units.title(tasks[i], vals[i])), tickformat=units.tickformat(tasks[i], vals[i])),
+        yaxis=dict(title=dict(text=units.title(tasks[j], vals[j])), tickformat=units.tickformat(tasks[j], vals[j])),
+        zaxis=dict(title=dict(text=units.title(tasks[k], vals[k])), tickformat=units.tickformat(tasks[k], vals[k])),
+    ), margin=dict(l=0, r=0, t=50, b=10))
+    return fig
+
+
+# --- parallel coordinates ------------------------------------------------------------------------
+def parallel(result, minimums=None, chosen: Chosen | None = None, verified: Sequence[Marker] = (),
+             units: Units | None = None) -> go.Figure:
+    """One line per front point over all tasks; per-task minimums are drawn as constraint ranges.
+
+    Lines outside a constraint range are greyed out (they are infeasible for the current
+    minimums). The chosen merge is the vermillion line, verified merges the orange ones.
+    `minimums` is (T,) with NaN for "no bound" (a ceiling for metrics to minimise).
+    """
+    tasks = result.tasks
+    units = units or units_for(tasks, None, result.senses)
+    F = result.front_predicted
+    rows, colour_value = [F], [np.zeros(len(F))]
+    for m in verified:
+        rows.append(m.metrics[None, :])
+        colour_value.append(np.array([0.5]))
+    if chosen is not None:
+        rows.append(chosen.predicted[None, :])
+        colour_value.append(np.array([1.0]))
+    data, colours = np.vstack(rows), np.concatenate(colour_value)
+    floors = np.full(len(tasks), np.nan) if minimums is None else np.asarray(minimums, dtype=float)
+    dims = []
+    for t, task in enumerate(tasks):
+        values = data[:, t]
+        lo, hi = float(np.min(values)), float(np.max(values))
+        if not hi > lo:
+            lo, hi = lo - 1e-3, hi + 1e-3
+        dim = dict(label=units.title(task, values), values=values, range=[lo, hi],
+                   tickformat=units.tickformat(task, values))
+        if np.isfinite(floors[t]):
+            bound = float(np.clip(floors[t], lo, hi))
+            dim["constraintrange"] = [bound, hi] if result.senses[t] > 0 else [lo, bound]
+        dims.append(dim)
+    fig = go.Figure(go.Parcoords(
+        dimensions=dims,
+        line=dict(color=colours, cmin=0.0, cmax=1.0, showscale=False,
+                  colorscale=[[0.0, OKABE_ITO["sky_blue"]], [0.49, OKABE_ITO["sky_blue"]],
+                              [0.5, OKABE_ITO["orange"]], [0.99, OKABE_ITO["orange"]],
+                              [1.0, OKABE_ITO["vermillion"]]]),
+        unselected=dict(line=dict(color="#D9D9D9", opacity=0.25)),
+        labelangle=0, labelside="top", labelfont=dict(size=12), tickfont=dict(size=11),
+    ))
+    _layout(fig, "Front over all tasks (predicted): blue = front points, vermillion = chosen, orange = verified",
+            legend_below=False)
+    fig.update_layout(margin=dict(l=60, r=60, t=100, b=30))
+    return fig
+
+
+# --- radar -------------------------------------------------------------------------------------
+def scale_to_expert(metrics: np.ndarray, experts: np.ndarray, senses: np.ndarray) -> np.ndarray:
+    """Each task's metric as a fraction of its expert's (1 = as good as the expert on that task)."""
+    m, e = np.asarray(metrics, dtype=float), np.asarray(experts, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(np.asarray(senses) > 0, m / e, e / m)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def radar(tasks: Sequence[str], experts: np.ndarray, senses: np.ndarray, chosen: Chosen | None = None,
+          markers: Sequence[Marker] = ()) -> go.Figure:
+    """The chosen merge against base, task arithmetic and the experts, scaled to each expert's metric."""
+    tasks = list(tasks)
+    theta = tasks + tasks[:1]
+    fig = go.Figure()
+
+    def add(values, name, colour, dash="solid", fill=None, symbol="circle"):
+        r = scale_to_expert(values, experts, senses)
+        fig.add_trace(go.Scatterpolar(
+            r=np.append(r, r[0]), theta=theta, name=name, mode="lines+markers", fill=fill,
+            line=dict(color=colour, dash=dash, width=2.5), marker=dict(symbol=symbol, size=8, color=colour),
+            opacity=0.9, hovertemplate="%{theta}: %{r:.1%} of the expert<extra>" + name + "</extra>"))
+
+    add(np.asarray(experts, dtype=float), "fine-tuned experts (each on its own task)", STYLE["expert"][0],
+        dash="dash", symbol="diamond")
+    for m in markers:
+        if m.kind in ("base", "task_arithmetic"):
+            colour, symbol, _ = STYLE[m.kind]
+            add(m.metrics, m.label, colour, dash="dot" if m.kind == "base" else "dashdot", symbol=symbol)
+    if chosen is not None:
+        add(chosen.predicted, "chosen merge (predicted)", STYLE["chosen"][0], fill="toself")
+        if chosen.measured is not None:
+            add(chosen.measured, "chosen merge (measured)", STYLE["verified"][0], symbol="star")
+    _layout(fig, "Chosen merge vs references (radius: fraction of each task's expert metric)")
+    fig.update_layout(polar=dict(radialaxis=dict(tickformat=".0%", angle=90, tickfont=dict(size=10)),
+                                 angularaxis=dict(tickfont=dict(size=12))))
+    return fig
+
+
+# --- surrogate landscape -------------------------------------------------------------------------
+def landscape(result, task: int, axes: tuple[int, int], at: np.ndarray, chosen: Chosen | None = None,
+              markers: Sequence[Marker] = (), verified: Sequence[Marker] = (), units: Units | None = None,
+              resolution: int = 50) -> go.Figure:
+    """One task's surrogate over two coefficients (others fixed at `at`), with the Pareto set overlaid.
+
+    As in MAP's figure 1: the contour is the surrogate's prediction, the dots are the Pareto set
+    (front coefficients) projected onto the two coefficients.
+    """
+    tasks = result.tasks
+    units = units or units_for(tasks, None, result.senses)
+    a, b = axes
+    lo, hi = result.bounds[:, 0], result.bounds[:, 1]
+    ga, gb = np.linspace(lo[a], hi[a], resolution), np.linspace(lo[b], hi[b], resolution)
+    A, B = np.meshgrid(ga, gb)
+    grid = np.repeat(np.asarray(at, dtype=float)[None, :], A.size, axis=0)
+    grid[:, a], grid[:, b] = A.ravel(), B.ravel()
+    Z = result.surrogates[tasks[task]].predict(grid).reshape(A.shape)
+    name = tasks[task]
+    fmt = units.tickformat(name, Z.ravel())
+    fig = go.Figure(go.Contour(
+        x=ga, y=gb, z=Z, colorscale=CONTINUOUS_SCALE, ncontours=18,
+        contours=dict(showlabels=True, labelfont=dict(size=10, color="white"), labelformat=fmt),
+        colorbar=dict(title=dict(text=units.title(name, Z.ravel()), side="right"), tickformat=fmt),
+        hovertemplate=(f"c[{tasks[a]}] = %{{x:.3f}}<br>c[{tasks[b]}] = %{{y:.3f}}<br>"
+                       f"predicted {name} = %{{z:{units.hoverformat(name, Z.ravel())}}}<extra></extra>"),
+        name=f"surrogate of {name}"))
+    P = result.front_coefficients
+    fig.add_trace(go.Scatter(
+        x=P[:, a], y=P[:, b], mode="markers", name="Pareto set (front coefficients)",
+        marker=dict(color="white", size=5, line=dict(color=OKABE_ITO["black"], width=1)),
+        customdata=P, hovertemplate=_coefficient_hover(tasks) + "<extra>Pareto set</extra>"))
+    colour, symbol, sname = STYLE["evaluated"]
+    fig.add_trace(go.Scatter(
+        x=result.samples[:, a], y=result.samples[:, b], mode="markers", name="evaluated points",
+        marker=dict(color=colour, size=7, symbol="x"), customdata=result.samples,
+        hovertemplate=_coefficient_hover(tasks) + "<extra>evaluated</extra>"))
+    groups: dict[str, list[Marker]] = {}
+    for m in list(markers) + list(verified):
+        groups.setdefault(m.kind, []).append(m)
+    for kind, items in groups.items():
+        colour, symbol, sname = STYLE.get(kind, STYLE["verified"])
+        fig.add_trace(go.Scatter(
+            x=[m.coefficients[a] for m in items], y=[m.coefficients[b] for m in items], mode="markers", name=sname,
+            text=[m.label for m in items], marker=dict(color=colour, size=12, symbol=symbol, line=dict(color="white", width=1)),
+            customdata=np.array([m.coefficients for m in items]),
+            hovertemplate="%{text}<br>" + _coefficient_hover(tasks) + "<extra></extra>"))
+    if chosen is not None:
+        colour, symbol, sname = STYLE["chosen"]
+        fig.add_trace(go.Scatter(
+            x=[chosen.coefficients[a]], y=[chosen.coefficients[b]], mode="markers", name="chosen merge",
+            marker=dict(color=colour, size=18, symbol=symbol, line=dict(width=3)), customdata=[chosen.coefficients],
+            hovertemplate="chosen<br>" + _coefficient_hover(tasks) + "<extra></extra>"))
+    fixed = [t for t in range(len(tasks)) if t not in (a, b)]
+    note = ", others fixed at the chosen point" if fixed else ""
+    _layout(fig, f"Surrogate landscape of {name}{note}")
+    fig.update_xaxes(title=coefficient_label(tasks[a]), range=[lo[a], hi[a]])
+    fig.update_yaxes(title=coefficient_label(tasks[b]), range=[lo[b], hi[b]])
+    fig.update_layout(legend=dict(y=-0.2))
+    return fig
+
+
+# --- surrogate quality ---------------------------------------------------------------------------
+POOR_FIT_R2 = 0.8
+
+
+def surrogate_quality(result, verified: Sequence[Marker] = (), units: Units | None = None,
+                      threshold: float = POOR_FIT_R2) -> go.Figure:
+    """Per task: surrogate prediction vs measured metric at the evaluated points, titled with R².
+
+    R² is leave-one-out cross-validated (the fit's `r2_cv_`); verified merges, measured after the
+    fit, are drawn as orange stars: they are the honest out-of-sample check.
+    """
+    tasks = result.tasks
+    units = units or units_for(tasks, None, result.senses)
+    n = len(tasks)
+    cols = min(n, 4)
+    rows = int(np.ceil(n / cols))
+    titles = []
+    for t in tasks:
+        r2 = float(result.surrogates[t].r2_cv_)
+        flag = "  ⚠ poor fit" if not (r2 >= threshold) else ""
+        titles.append(f"{t}: R² (LOO) = {r2:.2f}{flag}")
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
+                        vertical_spacing=0.16 if rows > 1 else 0.1)
+    P = result.predict(result.samples)
+    vC = np.array([m.coefficients for m in verified]) if verified else np.empty((0, n))
+    vM = np.array([m.metrics for m in verified]) if verified else np.empty((0, n))
+    vP = result.predict(vC) if len(vC) else np.empty((0, n))
+    for t, task in enumerate(tasks):
+        r, c = t // cols + 1, t % cols + 1
+        obs, pred = result.observed[:, t], P[:, t]
+        allv = np.concatenate([obs, pred, vM[:, t], vP[:, t]])
+        lo, hi = float(np.min(allv)), float(np.max(allv))
+        pad = 0.05 * (hi - lo if hi > lo else 1.0)
+        fig.add_trace(go.Scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", showlegend=False,
+                                 line=dict(color=GREY, dash="dash", width=1), hoverinfo="skip"), row=r, col=c)
+        fig.add_trace(go.Scatter(
+            x=obs, y=pred, mode="markers", name="evaluated points", showlegend=t == 0, legendgroup="evaluated",
+            marker=dict(color=STYLE["evaluated"][0], size=7), customdata=result.samples,
+            hovertemplate=f"measured %{{x:{units.hoverformat(task, allv)}}}<br>predicted %{{y:{units.hoverformat(task, allv)}}}<extra></extra>"),
+            row=r, col=c)
+        if len(vC):
+            fig.add_trace(go.Scatter(
+                x=vM[:, t], y=vP[:, t], mode="markers", name="verified merges", showlegend=t == 0, legendgroup="verified",
+                marker=dict(color=STYLE["verified"][0], size=13, symbol="star", line=dict(color="black", width=0.5)),
+                customdata=vC,
+                hovertemplate=f"measured %{{x:{units.hoverformat(task, allv)}}}<br>predicted %{{y:{units.hoverformat(task, allv)}}}<extra>verified</extra>"),
+                row=r, col=c)
+        fmt = units.tickformat(task, allv)
+        unit = " (%)" if units.is_fraction(task, allv) else ""
+        fig.update_xaxes(title=dict(text=f"measured{unit}", font=dict(size=11)), tickformat=fmt, row=r, col=c,
+                         range=[lo - pad, hi + pad])
+        fig.update_yaxes(title=dict(text=f"predicted{unit}", font=dict(size=11)), tickformat=fmt, row=r, col=c,
+                         range=[lo - pad, hi + pad])
+    for k, t in enumerate(tasks):  # poor fits get a vermillion title
+        if not (float(result.surrogates[t].r2_cv_) >= threshold):
+            fig.layout.annotations[k].font = dict(color=OKABE_ITO["vermillion"], size=13)
+    _layout(fig, "Surrogate quality: predicted vs measured metric per task", height=max(HEIGHT, 300 * rows + 80))
+    fig.update_layout(legend=dict(y=-0.12 if rows > 1 else -0.22))
+    return fig
+
+
+def all_views(result, chosen: Chosen, minimums=None, markers: Sequence[Marker] = (), verified: Sequence[Marker] = (),
+              units: Units | None = None, pair=(0, 1), triple=None, landscape_task: int = 0,
+              landscape_axes=(0, 1), evaluated=None) -> dict[str, go.Figure]:
+    """Every view for one state of the explorer (the app's tabs and the report's sections)."""
+    tasks = result.tasks
+    units = units or units_for(tasks, None, result.senses)
+    figs = {"front_2d": front_2d(result, pair, chosen, markers, verified, units, evaluated)}
+    if triple is not None and len(tasks) >= 3:
+        figs["front_3d"] = front_3d(result, triple, chosen, markers, verified, units, evaluated)
+    figs["parallel"] = parallel(result, minimums, chosen, verified, units)
+    expert_values = expert_diagonal(markers, len(tasks))
+    if expert_values is not None:
+        figs["radar"] = radar(tasks, expert_values, result.senses, chosen, markers)
+    figs["landscape"] = landscape(result, landscape_task, landscape_axes, chosen.coefficients, chosen, markers,
+                                  verified, units)
+    figs["quality"] = surrogate_quality(result, verified, units)
+    return figs
+
+
+def expert_diagonal(markers: Sequence[Marker], n_tasks: int) -> np.ndarray | None:
+    """Each expert's metric on its own task, from expert markers (coefficients = one-hot)."""
+    values = np.full(n_tasks, np.nan)
+    for m in markers:
+        if m.kind == "expert":
+            k = int(np.argmax(m.coefficients))
+            values[k] = m.metrics[k]
+    return values if np.all(np.isfinite(values)) else None
