@@ -153,7 +153,7 @@ def preference_sliders(result, handle: S.ExperimentHandle, units: F.Units) -> tu
         for t in result.tasks:
             ss[f"w:{ekey}:{t}"] = float(np.clip(round(weights.get(t, 1.0), 1), 0.0, 10.0))
             if t in minimums:
-                ss[f"min:{ekey}:{t}"] = float(minimums[t])
+                ss[f"min:{ekey}:{t}"] = float(minimums[t]) * slider_scale(units, t)
         ss["_picked"], ss["_prefs_for"], ss["_link_problems"] = picked, ekey, problems
     for p in ss.get("_link_problems", []):
         st.sidebar.warning(p)
@@ -168,7 +168,8 @@ def preference_sliders(result, handle: S.ExperimentHandle, units: F.Units) -> tu
     for t in result.tasks:
         ss.setdefault(f"w:{ekey}:{t}", 1.0)  # widget state is dropped on runs that did not draw the slider
     for i, t in enumerate(result.tasks):
-        lo, hi = S.slider_range(result, i)
+        scale = slider_scale(units, t)  # accuracies are shown in percent
+        lo, hi = (round(scale * v, 8) for v in S.slider_range(result, i))
         step = S.slider_step(lo, hi)
         maximise = result.senses[i] > 0
         off = lo if maximise else hi
@@ -180,16 +181,20 @@ def preference_sliders(result, handle: S.ExperimentHandle, units: F.Units) -> tu
         with st.sidebar.container(border=True):
             weights[t] = st.slider(f"Importance of {t}", 0.0, 10.0, step=0.1, key=f"w:{ekey}:{t}", on_change=clear_pick)
             unit = " (%)" if units.is_fraction(t) else ""
-            fmt = "%.3f" if step < 1e-2 else "%.2f"
+            fmt = f"%.{max(0, int(-np.floor(np.log10(step))))}f"
             value = st.slider(f"{'Minimum' if maximise else 'Maximum'} {t} {units.metrics.get(t, '')}{unit}".strip(),
                               lo, hi, step=step, key=mkey, format=fmt, on_change=clear_pick,
                               help="at the left end (right end for metrics to minimise) there is no bound")
             if abs(value - off) > step / 2:
-                minimums[t] = float(value)
+                minimums[t] = float(value) / scale
     if sum(weights.values()) <= 0:
         st.sidebar.warning("All importances are zero; using equal importance.")
         weights = {t: 1.0 for t in result.tasks}
     return weights, minimums
+
+
+def slider_scale(units: F.Units, task: str) -> float:
+    return 100.0 if units.is_fraction(task) else 1.0
 
 
 # --- main area ----------------------------------------------------------------------------------
