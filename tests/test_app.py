@@ -1,0 +1,183 @@
+"""The streamlit app, driven headless with streamlit.testing.v1.AppTest on the toy experiment."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("streamlit")
+from streamlit.elements.widgets.button import ButtonMixin  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from explorer import app_state  # noqa: E402
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def toy_spec(tmp_path_factory) -> Path:
+    from explorer.runner import Experiment
+    from tests.toy_zoo import build
+
+    spec = build(tmp_path_factory.mktemp("toy"))
+    Experiment.from_file(spec).run(progress=False)
+    return spec
+
+
+@pytest.fixture
+def app(toy_spec, monkeypatch):
+    monkeypatch.setenv(app_state.SPEC_ENV, str(toy_spec))
+    monkeypatch.delenv(app_state.STORE_ENV, raising=False)
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+def chosen(at) -> np.ndarray:
+    return at.dataframe[0].value["coefficient"].to_numpy(dtype=float)
+
+
+def predicted(at) -> np.ndarray:
+    return at.dataframe[0].value["predicted"].to_numpy(dtype=float)
+
+
+def slider(at, prefix: str, task: str):
+    keys = [s.key for s in at.slider if s.key.startswith(prefix + ":") and s.key.endswith(":" + task)]
+    assert keys, f"no {prefix} slider for {task}"
+    return at.slider(key=keys[0])
+
+
+def header_metadata(data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
+
+
+def no_errors(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_loads_without_exceptions(app):
+    at = app.run()
+    no_errors(at)
+    assert len(at.slider) == 6  # one importance and one minimum slider per task
+    assert at.dataframe[0].value["task"].tolist() == ["low", "mid", "high"]
+    assert at.query_params.get("w")  # the choice is in the URL
+    labels = {b.label for b in at.get("download_button")}
+    assert labels == {"coefficients.json", "mergekit.yaml", "merged.safetensors", "report.html"}
+
+
+def test_importance_slider_changes_choice(app):
+    at = app.run()
+    before = chosen(at)
+    slider(at, "w", "high").set_value(10.0).run()
+    no_errors(at)
+    after = chosen(at)
+    assert not np.allclose(before, after)
+    assert "high:10" in at.query_params["w"]
+
+
+def test_minimum_slider_moves_choice_to_feasible_point(app):
+    at = app.run()
+    task, i = "high", 2
+    current = predicted(at)[i]
+    s = slider(at, "min", task)
+    target = min(s.max, current * 100 + 0.5 * (s.max - current * 100))  # above the current point, in percent
+    target = round(target, 1)
+    s.set_value(target).run()
+    no_errors(at)
+    assert not [w for w in at.warning if "No front point meets" in w.value]
+    assert predicted(at)[i] >= target / 100 - 1e-9
+    assert "min" in at.query_params and task in at.query_params["min"]
+
+
+def test_link_reopens_choice(app):
+    app.query_params.update({"w": "low:1,mid:1,high:7.5", "min": "mid:0.9"})
+    at = app.run()
+    no_errors(at)
+    assert slider(at, "w", "high").value == pytest.approx(7.5)
+    assert slider(at, "min", "mid").value == pytest.approx(90.0)
+    assert predicted(at)[1] >= 0.9 - 1e-9
+
+
+def test_exports_match_cli(app, toy_spec, tmp_path, monkeypatch):
+    captured = {}
+    original = ButtonMixin.download_button
+
+    def spy(self, label, data, *args, **kwargs):
+        captured[label] = data
+        return original(self, label, data, *args, **kwargs)
+
+    monkeypatch.setattr(ButtonMixin, "download_button", spy)
+    at = app.run()
+    slider(at, "w", "mid").set_value(3.0).run()
+    no_errors(at)
+    files = {k: (v() if callable(v) else v) for k, v in captured.items()}
+
+    from explorer import cli
+
+    out = tmp_path / "cli"
+    assert cli.main(["export", str(toy_spec), "--weights", "low=1.0,mid=3.0,high=1.0", "--out", str(out)]) == 0
+    doc = json.loads(files["coefficients.json"])
+    assert doc == json.loads((out / "coefficients.json").read_text())
+    assert files["coefficients.json"] == (out / "coefficients.json").read_bytes()
+    assert yaml.safe_load(files["mergekit.yaml"]) == yaml.safe_load((out / "mergekit.yaml").read_text())
+    from safetensors.numpy import load
+
+    ours, theirs = load(files["merged.safetensors"]), load((out / "merged.safetensors").read_bytes())
+    assert set(ours) == set(theirs) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    for k in ours:  # same tensors (the header's metadata order may differ between writes)
+        assert np.array_equal(ours[k], theirs[k])
+    assert header_metadata(files["merged.safetensors"]) == header_metadata((out / "merged.safetensors").read_bytes())
+    html = files["report.html"].decode()
+    assert html.startswith("<!DOCTYPE html>") and "fig-front_2d" in html and "fig-quality" in html
+    assert "plotly" in html.lower() and "https://cdn" not in html  # plotly.js inline: opens offline
+
+
+def test_verify_stores_measured_result(app, toy_spec):
+    from explorer.runner import Experiment
+
+    at = app.run()
+    slider(at, "w", "low").set_value(4.2).run()
+    c = chosen(at)
+    at.button(key="verify").click().run()
+    no_errors(at)
+    exp = Experiment.from_file(toy_spec)
+    C, M, kinds = exp.measured(["verify"])
+    assert any(np.allclose(row, c, atol=1e-4) for row in C)
+    table = at.dataframe[0].value
+    assert "measured" in table.columns and np.isfinite(table["measured"].to_numpy(dtype=float)).all()
+    assert any("Verified" in s.value for s in at.success)
+
+
+def test_no_evaluations_yet_shows_message(toy_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv(app_state.SPEC_ENV, str(toy_spec))
+    monkeypatch.setenv(app_state.STORE_ENV, str(tmp_path / "empty.sqlite"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    no_errors(at)
+    assert any("No front yet" in i.value for i in at.info)
+    assert any(b.label == "Start evaluation" for b in at.button)
+
+
+def test_invalid_spec_shows_message(toy_spec, tmp_path, monkeypatch):
+    bad = tmp_path / "bad"
+    shutil.copytree(toy_spec.parent, bad, ignore=shutil.ignore_patterns("store.sqlite*"))
+    data = yaml.safe_load((bad / "spec.yaml").read_text())
+    data["taks"] = data.pop("tasks")
+    (bad / "spec.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv(app_state.SPEC_ENV, str(bad / "spec.yaml"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("taks" in e.value and "tasks" in e.value for e in at.error)
+
+
+def test_missing_demo_shows_build_command(tmp_path, monkeypatch):
+    monkeypatch.delenv(app_state.SPEC_ENV, raising=False)
+    monkeypatch.setattr(app_state, "DEFAULT_SPEC", tmp_path / "examples" / "demo.yaml")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    assert any(app_state.DEMO_COMMAND in i.value for i in at.info)
+    assert any(b.label == "Build the demo now" for b in at.button)
