@@ -92,7 +92,13 @@ def _experiment(args):
 
 def cmd_run(args) -> int:
     exp = _experiment(args)
-    result = exp.run(budget=args.budget, progress=not args.no_progress)
+    from .executors import make_executor
+
+    options = {"address": args.ray_address, "num_workers": args.workers} if getattr(args, "executor", None) == "ray" else {}
+    executor = make_executor(getattr(args, "executor", None), **options)
+    extra = {"tol": args.tol} if getattr(args, "adaptive", False) and args.tol is not None else {}
+    result = exp.run(budget=args.budget, progress=not args.no_progress, executor=executor,
+                     adaptive=getattr(args, "adaptive", False), **extra)
     print(summary(exp, exp.result()))
     return 0
 
@@ -163,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--store", help="evaluation store (default: the spec's `store`, else cache/store.sqlite)")
         p.add_argument("--device", help="cpu, cuda, mps (default: the spec's `device`, auto)")
 
+    def run_options(p):
+        p.add_argument("--adaptive", action="store_true",
+                       help="smaller design, then rounds of points near the front until the held-out error stops falling (budget = most evaluations)")
+        p.add_argument("--tol", type=float, help="--adaptive: stop when a round's held-out RMS error is below this (default 0.005)")
+        p.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
+                       help="where evaluations run: this process (default) or a Ray cluster (pip install 'merge-explorer[ray]')")
+        p.add_argument("--workers", type=int, help="--executor ray: number of workers (default one per GPU, else per CPU)")
+        p.add_argument("--ray-address", help="--executor ray: cluster address (default: local Ray)")
+
     def prefs(p):
         p.add_argument("--weights", help="importance per task, e.g. a=2,b=1")
         p.add_argument("--min", help="per-task bound on the predicted metric, e.g. b=0.80 (a ceiling for losses)")
@@ -171,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--budget", type=int, help="number of design points (default 2·(T+1)(T+2)/2)")
     p.add_argument("--no-progress", action="store_true")
+    run_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("pick", help="choose a front point from preferences")
@@ -195,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     p.add_argument("--budget", type=int)
     p.add_argument("--no-progress", action="store_true")
+    run_options(p)
     p.set_defaults(func=cmd_demo)
     return parser
 

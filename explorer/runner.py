@@ -186,8 +186,16 @@ class Experiment:
     def design(self, budget: int | None = None) -> np.ndarray:
         return sample_design(self.bounds, len(self.tasks), budget if budget is not None else self.spec.budget, self.spec.seed)
 
-    def run(self, budget: int | None = None, progress: bool = True, executor=None) -> ExploreResult:
-        """Evaluate the design (resuming from the store), the reference points, then fit."""
+    def run(self, budget: int | None = None, progress: bool = True, executor=None, adaptive: bool = False,
+            **adaptive_options) -> ExploreResult:
+        """Evaluate the design (resuming from the store), the reference points, then fit.
+
+        adaptive: a smaller design, then rounds of points near the front (see explorer.adaptive).
+        """
+        if adaptive:
+            from .adaptive import run_adaptive
+
+            return run_adaptive(self, budget, progress, executor, **adaptive_options)
         design = self.design(budget)
         references = self.reference_points()
         points = [(c, "design") for c in design] + [(c, "reference") for c in references]

@@ -5,6 +5,8 @@ and a task's metric is the accuracy on its own classes (logits restricted to the
 """
 from __future__ import annotations
 
+import os
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,8 +39,19 @@ def _data(split: str):
     return (x[:n_train], y[:n_train]) if split == "train" else (x[n_train:], y[n_train:])
 
 
-def accuracy(model, classes, split: str = "val") -> float:
-    """Accuracy on the samples of `classes`, choosing among those classes only."""
+def accuracy(model, classes, split: str = "val", broken: bool = False) -> float:
+    """Accuracy on the samples of `classes`, choosing among those classes only.
+
+    Test hooks: `broken` returns NaN (a failing metric); TOY_CALL_LOG appends one line per call;
+    TOY_DELAY sleeps, so a test can interrupt a run mid-way.
+    """
+    if os.environ.get("TOY_CALL_LOG"):
+        with open(os.environ["TOY_CALL_LOG"], "a") as fh:
+            fh.write(f"{classes}\n")
+    if os.environ.get("TOY_DELAY"):
+        time.sleep(float(os.environ["TOY_DELAY"]))
+    if broken:
+        return float("nan")
     x, y = _data(split)
     mask = torch.isin(y, torch.tensor(classes))
     with torch.inference_mode():

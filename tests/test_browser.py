@@ -1,0 +1,171 @@
+"""The app in a real browser: `streamlit run app.py` on 127.0.0.1, driven by headless Chromium.
+
+Uses Debian's chromium through Playwright (no browser download). Also runnable as a script to
+take the documentation screenshots:
+
+    python tests/test_browser.py --spec examples/demo.yaml --out docs/screenshots
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("MERGE_EXPLORER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts"
+VIEWPORT = {"width": 1280, "height": 800}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(spec: Path, log: Path, timeout: float = 120.0):
+    """`streamlit run app.py -- --spec SPEC` on a free local port; stopped by its PID afterwards."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none", "--", "--spec", str(spec)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=str(ROOT), stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"streamlit did not start; log: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def browser_page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+            yield page
+        finally:
+            browser.close()
+
+
+def wait_for_plots(page, timeout_ms: int = 120_000) -> None:
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=timeout_ms)
+    page.wait_for_selector("#chosen-coefficients", timeout=timeout_ms)
+    wait_idle(page, timeout_ms)
+
+
+def wait_idle(page, timeout_ms: int = 60_000) -> None:
+    """Until streamlit is not running the script (its status widget disappears)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+
+
+def chosen_text(page) -> str:
+    return page.locator("#chosen-coefficients").inner_text()
+
+
+def move_slider(page, label: str, key: str = "End") -> None:
+    thumb = page.locator('[data-testid="stSlider"]').filter(has_text=label).locator('[role="slider"]').first
+    thumb.focus()
+    thumb.press(key)
+
+
+@pytest.fixture(scope="module")
+def toy_spec(tmp_path_factory) -> Path:
+    from explorer.runner import Experiment
+    from tests.toy_zoo import build
+
+    spec = build(tmp_path_factory.mktemp("toy-browser"))
+    Experiment.from_file(spec).run(progress=False)
+    return spec
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}")
+def test_slider_moves_chosen_point_in_browser(toy_spec):
+    pytest.importorskip("playwright")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serve(toy_spec, ARTIFACTS / "streamlit-server.log") as url, browser_page() as page:
+        page.goto(url, wait_until="domcontentloaded")
+        wait_for_plots(page)
+        assert page.locator(".js-plotly-plot").count() >= 1
+        before = chosen_text(page)
+        assert re.match(r"c = \[[-0-9., ]+\]", before)
+        move_slider(page, "Importance of high")
+        page.wait_for_function(
+            "(old) => { const e = document.querySelector('#chosen-coefficients'); return e && e.innerText !== old; }",
+            arg=before, timeout=60_000)
+        wait_idle(page)
+        after = chosen_text(page)
+        assert after != before
+        assert "high%3A10" in page.url or "high:10" in page.url  # the choice is in the URL
+        page.screenshot(path=str(ARTIFACTS / "browser-slider-moved.png"), full_page=False)
+        assert not page.locator('[data-testid="stException"]').count()
+
+
+# --- documentation screenshots ------------------------------------------------------------------
+TABS = {"front": "Front", "all-tasks": "All tasks", "radar": "Radar", "landscape": "Landscape",
+        "surrogate-quality": "Surrogate quality"}
+
+
+def screenshots(spec: Path, out: Path) -> list[Path]:
+    """One 1280x800 screenshot per view of the app on `spec`."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with serve(spec, ARTIFACTS / "streamlit-screenshots.log") as url, browser_page() as page:
+        page.goto(url, wait_until="domcontentloaded")
+        wait_for_plots(page)
+        page.wait_for_timeout(1500)
+        for name, tab in TABS.items():
+            page.get_by_role("tab", name=tab).click()
+            page.wait_for_timeout(1500)
+            path = out / f"{name}.png"
+            page.screenshot(path=str(path))
+            paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="screenshots of the app's views (1280x800)")
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
+    args = parser.parse_args()
+    for p in screenshots(Path(args.spec).resolve(), Path(args.out)):
+        print(p)
