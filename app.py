@@ -355,7 +355,7 @@ def follow_link(handle: S.ExperimentHandle) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="merge-explorer", page_icon="🔀", layout="wide")
-    st.title("merge-explorer")
+    st.markdown("## merge-explorer")
     st.caption("Amortized Pareto fronts for model merging (MAP): pick the trade-off, see it at once, verify it, export it.")
     args = S.app_args()
     spec = experiment_picker(args)

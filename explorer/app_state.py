@@ -434,7 +434,7 @@ def choice_rows(tasks: Sequence[str], metrics: Mapping[str, str], decision: Deci
     """The chosen-point table: one row per task."""
     rows = []
     for i, t in enumerate(tasks):
-        row = {"task": t, "metric": metrics.get(t, ""), "coefficient": round(float(decision.coefficients[i]), 4),
+        row = {"task": f"{t} ({metrics.get(t, 'metric')})", "coefficient": round(float(decision.coefficients[i]), 4),
                "predicted": round(float(decision.predicted[i]), 4)}
         if measured is not None:
             row["measured"] = round(float(measured[i]), 4)

@@ -108,6 +108,13 @@ def _layout(fig: go.Figure, title: str, height: int = HEIGHT, legend_below: bool
     return fig
 
 
+def _padded(values: np.ndarray, fraction: float) -> list[float]:
+    """Axis range with room for marker labels."""
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    pad = fraction * (hi - lo if hi > lo else max(abs(hi), 1e-3))
+    return [lo - pad, hi + pad]
+
+
 def coefficient_label(task: str) -> str:
     return f"c[{task}] (coefficient, unitless)"
 
@@ -169,8 +176,13 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
     if chosen is not None:
         _add_chosen_2d(fig, chosen, i, j, tasks, hover)
     _layout(fig, f"Front: {tasks[i]} vs {tasks[j]}")
-    fig.update_xaxes(title=units.title(tasks[i], xs), tickformat=units.tickformat(tasks[i], xs))
-    fig.update_yaxes(title=units.title(tasks[j], ys), tickformat=units.tickformat(tasks[j], ys))
+    extra = [m.metrics for m in list(markers) + list(verified)]
+    if chosen is not None:
+        extra += [chosen.predicted] + ([chosen.measured] if chosen.measured is not None else [])
+    allx = np.concatenate([xs, [e[i] for e in extra]])
+    ally = np.concatenate([ys, [e[j] for e in extra]])
+    fig.update_xaxes(title=units.title(tasks[i], xs), tickformat=units.tickformat(tasks[i], xs), range=_padded(allx, 0.1))
+    fig.update_yaxes(title=units.title(tasks[j], ys), tickformat=units.tickformat(tasks[j], ys), range=_padded(ally, 0.12))
     fig.update_layout(clickmode="event+select", dragmode="zoom")
     return fig
 

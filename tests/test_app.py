@@ -64,7 +64,7 @@ def test_loads_without_exceptions(app):
     at = app.run()
     no_errors(at)
     assert len(at.slider) == 6  # one importance and one minimum slider per task
-    assert at.dataframe[0].value["task"].tolist() == ["low", "mid", "high"]
+    assert at.dataframe[0].value["task"].tolist() == ["low (accuracy)", "mid (accuracy)", "high (accuracy)"]
     assert at.query_params.get("w")  # the choice is in the URL
     labels = {b.label for b in at.get("download_button")}
     assert labels == {"coefficients.json", "mergekit.yaml", "merged.safetensors", "report.html"}

@@ -101,7 +101,7 @@ def chosen_text(page) -> str:
 
 
 def move_slider(page, label: str, key: str = "End") -> None:
-    thumb = page.locator('[data-testid="stSlider"]').filter(has_text=label).locator('[role="slider"]').first
+    thumb = page.locator(f'input[type="range"][aria-label="{label}"]').first
     thumb.focus()
     thumb.press(key)
 
