@@ -240,6 +240,7 @@ class Experiment:
             entry = by_point.setdefault(coefficient_key(row["coefficients"]), {"c": row["coefficients"], "v": {}, "kind": row["kind"]})
             entry["v"][ids[row["task_identity"]]] = row["value"]
         rows = [e for e in by_point.values() if len(e["v"]) == len(self.tasks) and (kinds is None or e["kind"] in kinds)]
+        rows.sort(key=lambda e: coefficient_key(e["c"]))  # independent of which executor finished first
         if not rows:
             return np.empty((0, len(self.tasks))), np.empty((0, len(self.tasks))), []
         C = np.array([r["c"] for r in rows], dtype=float)
