@@ -223,6 +223,7 @@ class Experiment:
         lam, _ = result.best_task_arithmetic()
         if np.isfinite(lam):
             self.evaluate(np.full(len(self.tasks), lam), "reference")
+            result.extra["references"] = self.references()
         return result
 
     def reference_points(self) -> list[np.ndarray]:

@@ -72,17 +72,22 @@ class Store:
             self._conn.close()
             raise StoreError(f"{self.path}: is a SQLite file of another application; refusing to write to it")
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: written by a newer merge-explorer (schema {version})")
             self._conn.execute("PRAGMA busy_timeout=60000")
-            with self._conn:
-                self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(f"{self.path}: written by a newer merge-explorer (schema {version})")
-                self._conn.executescript(SCHEMA)
-                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self._conn.execute("PRAGMA quick_check").fetchone()
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            if app_id != APPLICATION_ID or version != SCHEMA_VERSION:  # new store: the only writes here
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                with self._conn:
+                    self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                    self._conn.executescript(SCHEMA)
+                    self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._conn.execute("SELECT COUNT(*) FROM experiments").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StoreError(f"{self.path}: locked by another writer for over a minute; try again") from None
+            raise StoreError(f"{self.path}: corrupt store ({exc}); move it away to start a new one") from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: corrupt store ({exc}); move it away to start a new one") from None
 
