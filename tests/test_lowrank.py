@@ -1,0 +1,58 @@
+"""Low-rank quadratic surrogate: recovers a low-rank truth, plugs into fronts; the method rule."""
+import numpy as np
+import pytest
+
+from explorer.lowrank import (LowRankQuadraticSurrogate, choose_method, explore_lowrank, lowrank_design,
+                              n_lowrank_terms)
+from explorer.design import n_quadratic_terms
+from explorer.landscapes import make_landscape
+from explorer.pareto import compute_front
+
+
+def test_recovers_diagonal_plus_rank_one_quadratic():
+    t = 8
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=t) * 0.8
+    a, b = -rng.uniform(0.5, 1.5, t), rng.normal(size=t)
+    A = np.diag(a) - np.outer(u, u)
+    C = lowrank_design((0, 1), t, 2 * n_lowrank_terms(t, 1), 0)
+    z = 0.3 + C @ b + 0.5 * np.einsum("ni,ij,nj->n", C, A, C)
+    s = LowRankQuadraticSurrogate(rank=1, link="identity", alpha=1e-10).fit(C, z)
+    test = rng.random((200, t))
+    truth = 0.3 + test @ b + 0.5 * np.einsum("ni,ij,nj->n", test, A, test)
+    assert np.max(np.abs(s.predict(test) - truth)) < 1e-3
+    np.testing.assert_allclose(s.A_, A, atol=1e-3)
+    assert s.r2_cv_ > 0.999
+
+
+def test_explore_lowrank_front_on_landscape():
+    land = make_landscape(6, "smooth")
+    r = explore_lowrank(land, land.tasks, front_points=100)
+    assert len(r.samples) == 2 * n_lowrank_terms(6) < 2 * n_quadratic_terms(6)
+    assert r.front_coefficients.shape[1] == 6 and len(r.front_coefficients) > 10
+    coef, pred = r.pick()
+    real = land.values(coef[None], noisy=False)[0]
+    assert np.max(np.abs(real - pred)) < 0.1
+    assert isinstance(r.surrogates["t0"], LowRankQuadraticSurrogate)
+
+
+def test_gradient_matches_finite_differences():
+    land = make_landscape(4, "sharp")
+    C = lowrank_design((0, 1), 4, 30, 1)
+    s = LowRankQuadraticSurrogate().fit(C, land.values(C)[:, 0])
+    c = np.array([[0.3, 0.2, 0.6, 0.4]])
+    g = s.gradient(c)[0]
+    fd = [(s.predict(c + e * 1e-6) - s.predict(c - e * 1e-6))[0] / 2e-6 for e in np.eye(4)]
+    np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-8)
+    compute_front([s, s], np.tile([0.0, 1.0], (4, 1)), n_candidates=256, max_points=20)
+
+
+@pytest.mark.parametrize("t,expected", [(2, "full"), (8, "full"), (9, "lowrank"), (12, "lowrank"), (13, "nested"), (20, "nested")])
+def test_choose_method_default_budget(t, expected):
+    assert choose_method(t) == expected
+
+
+def test_choose_method_follows_budget():
+    assert choose_method(20, budget=2 * n_quadratic_terms(20)) == "full"
+    assert choose_method(20, budget=2 * n_lowrank_terms(20)) == "lowrank"
+    assert choose_method(4, budget=10) == "nested"
