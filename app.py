@@ -42,6 +42,12 @@ def fit(fingerprint: str, _handle: S.ExperimentHandle):
     return _handle.fit()
 
 
+@st.cache_resource(max_entries=16)
+def quality_figure(fingerprint: str, verified_key: tuple, _result, _verified, _units):
+    """The surrogate-quality view depends on the fit and the verified points only, not on the choice."""
+    return F.surrogate_quality(_result, _verified, _units)
+
+
 # --- sidebar: experiment ------------------------------------------------------------------------
 def experiment_picker(args: S.AppArgs) -> Path:
     ss = st.session_state
@@ -277,7 +283,7 @@ def handle_selection(event, key: str) -> None:
             st.rerun()
 
 
-def views(result, chosen, minimums, refs, verified, units, evaluated, ekey):
+def views(result, chosen, minimums, refs, verified, units, evaluated, ekey, fingerprint):
     tasks = result.tasks
     tabs = st.tabs(["Front", "All tasks", "Radar", "Landscape", "Surrogate quality"])
     figs = {}
@@ -322,7 +328,8 @@ def views(result, chosen, minimums, refs, verified, units, evaluated, ekey):
                                     selection_mode="points", config=PLOT_CONFIG)
             handle_selection(event, "landscape")
     with tabs[4]:
-        figs["quality"] = F.surrogate_quality(result, verified, units)
+        figs["quality"] = quality_figure(fingerprint, tuple(tuple(m.coefficients) for m in verified), result,
+                                         verified, units)
         st.plotly_chart(figs["quality"], key=f"quality:{ekey}", config=PLOT_CONFIG)
         st.caption("R² is leave-one-out cross-validated. Verified merges (stars) were measured after the fit: "
                    "the honest check of the predictions.")
@@ -399,7 +406,7 @@ def main() -> None:
     sync_url(result, weights, minimums, ekey)
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        figs = views(result, chosen, minimums, refs, verified, units, evaluated, ekey)
+        figs = views(result, chosen, minimums, refs, verified, units, evaluated, ekey, fingerprint)
     with right:
         chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey)
 

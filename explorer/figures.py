@@ -96,6 +96,16 @@ def units_for(tasks: Sequence[str], metrics: Mapping[str, str] | None, senses=No
     return Units({t: metrics.get(t, "accuracy") for t in tasks}, list(senses) if senses is not None else [])
 
 
+def _trace(kind: str, **attributes) -> dict:
+    """A trace as a plain dict: the figures are assembled unvalidated (10x faster; the slider
+    budget is 200 ms for every view), and the tests validate them through plotly once."""
+    return dict(type=kind, **attributes)
+
+
+def _figure(*traces: dict) -> go.Figure:
+    return go.Figure(data=list(traces), _validate=False)
+
+
 def _layout(fig: go.Figure, title: str, height: int = HEIGHT, legend_below: bool = True) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.0, xanchor="left", font=dict(size=15)),
@@ -156,19 +166,19 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
     ys = np.concatenate([M[:, j], F[:, j]])
     hover = (f"{tasks[i]} = %{{x:{units.hoverformat(tasks[i], xs)}}}<br>{tasks[j]} = %{{y:{units.hoverformat(tasks[j], ys)}}}"
              f"<br>{_coefficient_hover(tasks)}")
-    fig = go.Figure()
+    fig = _figure()
     colour, symbol, name = STYLE["front"]
-    fig.add_trace(go.Scatter(
+    fig.add_trace(_trace("scatter", 
         x=F[:, i], y=F[:, j], mode="markers", name=name if len(tasks) == 2 else "surrogate front, projected (predicted)",
         marker=dict(color=colour, size=6, opacity=0.35 if len(tasks) > 2 else 0.7, symbol=symbol),
         customdata=result.front_coefficients, hovertemplate=hover + "<extra>front</extra>"))
     edge = non_dominated_2d(F[:, [i, j]], result.senses[[i, j]])
     colour, _, name = STYLE["frontier"]
-    fig.add_trace(go.Scatter(
+    fig.add_trace(_trace("scatter", 
         x=F[edge, i], y=F[edge, j], mode="lines", name=name, line=dict(color=colour, width=2.5),
         hoverinfo="skip"))
     colour, symbol, name = STYLE["evaluated"]
-    fig.add_trace(go.Scatter(
+    fig.add_trace(_trace("scatter", 
         x=M[:, i], y=M[:, j], mode="markers", name=name,
         marker=dict(color=colour, size=8, symbol=symbol, line=dict(color="white", width=0.5)),
         customdata=C, hovertemplate=hover + "<extra>evaluated</extra>"))
@@ -193,7 +203,7 @@ def _add_markers_2d(fig: go.Figure, markers: Sequence[Marker], i: int, j: int, t
         groups.setdefault(m.kind, []).append(m)
     for kind, items in groups.items():
         colour, symbol, name = STYLE.get(kind, STYLE["verified"])
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter", 
             x=[m.metrics[i] for m in items], y=[m.metrics[j] for m in items],
             mode="markers+text" if kind != "verified" else "markers", name=name,
             text=[m.label for m in items], textposition="top center", textfont=dict(size=11, color=colour),
@@ -205,16 +215,16 @@ def _add_markers_2d(fig: go.Figure, markers: Sequence[Marker], i: int, j: int, t
 
 def _add_chosen_2d(fig: go.Figure, chosen: Chosen, i: int, j: int, tasks, hover: str) -> None:
     colour, symbol, name = STYLE["chosen"]
-    fig.add_trace(go.Scatter(
+    fig.add_trace(_trace("scatter", 
         x=[chosen.predicted[i]], y=[chosen.predicted[j]], mode="markers", name=name,
         marker=dict(color=colour, size=20, symbol=symbol, line=dict(width=3)),
         customdata=[chosen.coefficients], hovertemplate="chosen (predicted)<br>" + hover + "<extra></extra>"))
     if chosen.measured is not None:
         colour, symbol, name = STYLE["chosen_measured"]
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter", 
             x=[chosen.predicted[i], chosen.measured[i]], y=[chosen.predicted[j], chosen.measured[j]],
             mode="lines", line=dict(color=colour, dash="dot", width=1.5), showlegend=False, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter", 
             x=[chosen.measured[i]], y=[chosen.measured[j]], mode="markers", name=name,
             marker=dict(color=colour, size=16, symbol=symbol, line=dict(color="white", width=1)),
             customdata=[chosen.coefficients], hovertemplate="chosen (measured, verified)<br>" + hover + "<extra></extra>"))
@@ -231,14 +241,14 @@ def front_3d(result, triple: tuple[int, int, int], chosen: Chosen | None = None,
     vals = {a: np.concatenate([M[:, a], F[:, a]]) for a in triple}
     hover = "<br>".join(f"{tasks[a]} = %{{{ax}:{units.hoverformat(tasks[a], vals[a])}}}" for a, ax in zip(triple, "xyz"))
     hover += "<br>" + _coefficient_hover(tasks)
-    fig = go.Figure()
+    fig = _figure()
     colour, _, name = STYLE["front"]
-    fig.add_trace(go.Scatter3d(
+    fig.add_trace(_trace("scatter3d", 
         x=F[:, i], y=F[:, j], z=F[:, k], mode="markers", name=name,
         marker=dict(color=colour, size=3, opacity=0.45), customdata=result.front_coefficients,
         hovertemplate=hover + "<extra>front</extra>"))
     colour, _, name = STYLE["evaluated"]
-    fig.add_trace(go.Scatter3d(
+    fig.add_trace(_trace("scatter3d", 
         x=M[:, i], y=M[:, j], z=M[:, k], mode="markers", name=name,
         marker=dict(color=colour, size=5, symbol="circle"), customdata=C, hovertemplate=hover + "<extra>evaluated</extra>"))
     symbols_3d = {"square": "square", "diamond": "diamond", "triangle-up": "diamond-open", "star": "cross",
@@ -248,7 +258,7 @@ def front_3d(result, triple: tuple[int, int, int], chosen: Chosen | None = None,
         groups.setdefault(m.kind, []).append(m)
     for kind, items in groups.items():
         colour, symbol, name = STYLE.get(kind, STYLE["verified"])
-        fig.add_trace(go.Scatter3d(
+        fig.add_trace(_trace("scatter3d", 
             x=[m.metrics[i] for m in items], y=[m.metrics[j] for m in items], z=[m.metrics[k] for m in items],
             mode="markers+text" if kind != "verified" else "markers", name=name, text=[m.label for m in items],
             textfont=dict(size=11, color=colour),
@@ -256,13 +266,13 @@ def front_3d(result, triple: tuple[int, int, int], chosen: Chosen | None = None,
             customdata=np.array([m.coefficients for m in items]), hovertemplate="%{text}<br>" + hover + "<extra></extra>"))
     if chosen is not None:
         colour, _, name = STYLE["chosen"]
-        fig.add_trace(go.Scatter3d(
+        fig.add_trace(_trace("scatter3d", 
             x=[chosen.predicted[i]], y=[chosen.predicted[j]], z=[chosen.predicted[k]], mode="markers", name=name,
             marker=dict(color=colour, size=10, symbol="circle-open", line=dict(width=4)),
             customdata=[chosen.coefficients], hovertemplate="chosen (predicted)<br>" + hover + "<extra></extra>"))
         if chosen.measured is not None:
             colour, _, name = STYLE["chosen_measured"]
-            fig.add_trace(go.Scatter3d(
+            fig.add_trace(_trace("scatter3d", 
                 x=[chosen.measured[i]], y=[chosen.measured[j]], z=[chosen.measured[k]], mode="markers", name=name,
                 marker=dict(color=colour, size=8, symbol="cross"), customdata=[chosen.coefficients],
                 hovertemplate="chosen (measured)<br>" + hover + "<extra></extra>"))
@@ -308,7 +318,7 @@ def parallel(result, minimums=None, chosen: Chosen | None = None, verified: Sequ
             bound = float(np.clip(floors[t], lo, hi))
             dim["constraintrange"] = [bound, hi] if result.senses[t] > 0 else [lo, bound]
         dims.append(dim)
-    fig = go.Figure(go.Parcoords(
+    fig = _figure(_trace("parcoords", 
         dimensions=dims,
         line=dict(color=colours, cmin=0.0, cmax=1.0, showscale=False,
                   colorscale=[[0.0, OKABE_ITO["sky_blue"]], [0.49, OKABE_ITO["sky_blue"]],
@@ -337,11 +347,11 @@ def radar(tasks: Sequence[str], experts: np.ndarray, senses: np.ndarray, chosen:
     """The chosen merge against base, task arithmetic and the experts, scaled to each expert's metric."""
     tasks = list(tasks)
     theta = tasks + tasks[:1]
-    fig = go.Figure()
+    fig = _figure()
 
     def add(values, name, colour, dash="solid", fill=None, symbol="circle"):
         r = scale_to_expert(values, experts, senses)
-        fig.add_trace(go.Scatterpolar(
+        fig.add_trace(_trace("scatterpolar", 
             r=np.append(r, r[0]), theta=theta, name=name, mode="lines+markers", fill=fill,
             line=dict(color=colour, dash=dash, width=2.5), marker=dict(symbol=symbol, size=8, color=colour),
             opacity=0.9, hovertemplate="%{theta}: %{r:.1%} of the expert<extra>" + name + "</extra>"))
@@ -382,7 +392,7 @@ def landscape(result, task: int, axes: tuple[int, int], at: np.ndarray, chosen: 
     Z = result.surrogates[tasks[task]].predict(grid).reshape(A.shape)
     name = tasks[task]
     fmt = units.tickformat(name, Z.ravel())
-    fig = go.Figure(go.Contour(
+    fig = _figure(_trace("contour", 
         x=ga, y=gb, z=Z, colorscale=CONTINUOUS_SCALE, ncontours=18,
         contours=dict(showlabels=True, labelfont=dict(size=10, color="white"), labelformat=fmt),
         colorbar=dict(title=dict(text=units.title(name, Z.ravel()), side="right"), tickformat=fmt),
@@ -390,12 +400,12 @@ def landscape(result, task: int, axes: tuple[int, int], at: np.ndarray, chosen: 
                        f"predicted {name} = %{{z:{units.hoverformat(name, Z.ravel())}}}<extra></extra>"),
         name=f"surrogate of {name}"))
     P = result.front_coefficients
-    fig.add_trace(go.Scatter(
+    fig.add_trace(_trace("scatter", 
         x=P[:, a], y=P[:, b], mode="markers", name="Pareto set (front coefficients)",
         marker=dict(color="white", size=5, line=dict(color=OKABE_ITO["black"], width=1)),
         customdata=P, hovertemplate=_coefficient_hover(tasks) + "<extra>Pareto set</extra>"))
     colour, symbol, sname = STYLE["evaluated"]
-    fig.add_trace(go.Scatter(
+    fig.add_trace(_trace("scatter", 
         x=result.samples[:, a], y=result.samples[:, b], mode="markers", name="evaluated points",
         marker=dict(color=colour, size=7, symbol="x"), customdata=result.samples,
         hovertemplate=_coefficient_hover(tasks) + "<extra>evaluated</extra>"))
@@ -404,14 +414,14 @@ def landscape(result, task: int, axes: tuple[int, int], at: np.ndarray, chosen: 
         groups.setdefault(m.kind, []).append(m)
     for kind, items in groups.items():
         colour, symbol, sname = STYLE.get(kind, STYLE["verified"])
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter", 
             x=[m.coefficients[a] for m in items], y=[m.coefficients[b] for m in items], mode="markers", name=sname,
             text=[m.label for m in items], marker=dict(color=colour, size=12, symbol=symbol, line=dict(color="white", width=1)),
             customdata=np.array([m.coefficients for m in items]),
             hovertemplate="%{text}<br>" + _coefficient_hover(tasks) + "<extra></extra>"))
     if chosen is not None:
         colour, symbol, sname = STYLE["chosen"]
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter", 
             x=[chosen.coefficients[a]], y=[chosen.coefficients[b]], mode="markers", name="chosen merge",
             marker=dict(color=colour, size=18, symbol=symbol, line=dict(width=3)), customdata=[chosen.coefficients],
             hovertemplate="chosen<br>" + _coefficient_hover(tasks) + "<extra></extra>"))
@@ -446,7 +456,7 @@ def surrogate_quality(result, verified: Sequence[Marker] = (), units: Units | No
         flag = "  ⚠ poor fit" if not (r2 >= threshold) else ""
         titles.append(f"{t}: R² (LOO) = {r2:.2f}{flag}")
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
-                        vertical_spacing=0.16 if rows > 1 else 0.1)
+                        vertical_spacing=0.16 if rows > 1 else 0.1, figure=go.Figure(_validate=False))
     P = result.predict(result.samples)
     vC = np.array([m.coefficients for m in verified]) if verified else np.empty((0, n))
     vM = np.array([m.metrics for m in verified]) if verified else np.empty((0, n))
@@ -457,15 +467,15 @@ def surrogate_quality(result, verified: Sequence[Marker] = (), units: Units | No
         allv = np.concatenate([obs, pred, vM[:, t], vP[:, t]])
         lo, hi = float(np.min(allv)), float(np.max(allv))
         pad = 0.05 * (hi - lo if hi > lo else 1.0)
-        fig.add_trace(go.Scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", showlegend=False,
+        fig.add_trace(_trace("scatter", x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", showlegend=False,
                                  line=dict(color=GREY, dash="dash", width=1), hoverinfo="skip"), row=r, col=c)
-        fig.add_trace(go.Scatter(
+        fig.add_trace(_trace("scatter", 
             x=obs, y=pred, mode="markers", name="evaluated points", showlegend=t == 0, legendgroup="evaluated",
             marker=dict(color=STYLE["evaluated"][0], size=7), customdata=result.samples,
             hovertemplate=f"measured %{{x:{units.hoverformat(task, allv)}}}<br>predicted %{{y:{units.hoverformat(task, allv)}}}<extra></extra>"),
             row=r, col=c)
         if len(vC):
-            fig.add_trace(go.Scatter(
+            fig.add_trace(_trace("scatter", 
                 x=vM[:, t], y=vP[:, t], mode="markers", name="verified merges", showlegend=t == 0, legendgroup="verified",
                 marker=dict(color=STYLE["verified"][0], size=13, symbol="star", line=dict(color="black", width=0.5)),
                 customdata=vC,
@@ -487,8 +497,11 @@ def surrogate_quality(result, verified: Sequence[Marker] = (), units: Units | No
 
 def all_views(result, chosen: Chosen, minimums=None, markers: Sequence[Marker] = (), verified: Sequence[Marker] = (),
               units: Units | None = None, pair=(0, 1), triple=None, landscape_task: int = 0,
-              landscape_axes=(0, 1), evaluated=None) -> dict[str, go.Figure]:
-    """Every view for one state of the explorer (the app's tabs and the report's sections)."""
+              landscape_axes=(0, 1), evaluated=None, quality: go.Figure | None = None) -> dict[str, go.Figure]:
+    """Every view for one state of the explorer (the app's tabs and the report's sections).
+
+    `quality` does not depend on the chosen point: pass the one built for this fit to reuse it.
+    """
     tasks = result.tasks
     units = units or units_for(tasks, None, result.senses)
     figs = {"front_2d": front_2d(result, pair, chosen, markers, verified, units, evaluated)}
@@ -500,7 +513,7 @@ def all_views(result, chosen: Chosen, minimums=None, markers: Sequence[Marker] =
         figs["radar"] = radar(tasks, expert_values, result.senses, chosen, markers)
     figs["landscape"] = landscape(result, landscape_task, landscape_axes, chosen.coefficients, chosen, markers,
                                   verified, units)
-    figs["quality"] = surrogate_quality(result, verified, units)
+    figs["quality"] = quality if quality is not None else surrogate_quality(result, verified, units)
     return figs
 
 

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import plotly.graph_objects as go
+
 SECTION_TITLES = {
     "front_2d": "Pareto front (two tasks)",
     "front_3d": "Pareto front (three tasks)",
@@ -62,6 +64,7 @@ def report_html(title: str, figures: Mapping, rows: Sequence[Mapping], notes: Se
     first = True
     for name, fig in figures.items():
         parts.append(f"<h2>{html.escape(SECTION_TITLES.get(name, name))}</h2>")
+        fig = go.Figure(fig.to_dict())  # validated here: the builders skip validation for speed
         parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False,
                                  config={"displaylogo": False, "responsive": True}, div_id=f"fig-{name}"))
         first = False

@@ -159,3 +159,11 @@ def test_choose_a_clicked_point_reports_feasibility(result):
     assert not d.feasible and d.shortfall[0] > 0 and np.allclose(d.coefficients, c)
     d = app_state.choose(result, {"a": 1.0}, {}, None)
     assert d.feasible
+
+
+def test_every_view_is_a_valid_plotly_figure(result, markers):
+    """The builders skip plotly's validation for speed; validate their output here once."""
+    figs = F.all_views(result, _chosen(result), [np.nan, 0.5, np.nan], markers, [], triple=(0, 1, 2))
+    for name, fig in figs.items():
+        go.Figure(fig.to_dict())  # raises ValueError on any invalid property
+        assert fig.to_json()
