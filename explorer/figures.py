@@ -85,7 +85,10 @@ class Units:
         return f"{task}: {metric}{unit}"
 
     def tickformat(self, task: str, values: np.ndarray | None = None) -> str:
-        return ".0%" if self.is_fraction(task, values) else ".3g"
+        if not self.is_fraction(task, values):
+            return ".3g"
+        narrow = values is not None and len(values) and float(np.ptp(np.asarray(values, dtype=float))) < 0.05
+        return ".1%" if narrow else ".0%"
 
     def hoverformat(self, task: str, values: np.ndarray | None = None) -> str:
         return ".1%" if self.is_fraction(task, values) else ".4g"
@@ -327,7 +330,7 @@ def parallel(result, minimums=None, chosen: Chosen | None = None, verified: Sequ
         unselected=dict(line=dict(color="#D9D9D9", opacity=0.25)),
         labelangle=0, labelside="top", labelfont=dict(size=12), tickfont=dict(size=11),
     ))
-    _layout(fig, "Front over all tasks (predicted): blue = front points, vermillion = chosen, orange = verified",
+    _layout(fig, "Front over all tasks (predicted)<br><sup>blue: front points · vermillion: chosen · orange: verified</sup>",
             legend_below=False)
     fig.update_layout(margin=dict(l=60, r=60, t=100, b=30))
     return fig
@@ -366,7 +369,7 @@ def radar(tasks: Sequence[str], experts: np.ndarray, senses: np.ndarray, chosen:
         add(chosen.predicted, "chosen merge (predicted)", STYLE["chosen"][0], fill="toself")
         if chosen.measured is not None:
             add(chosen.measured, "chosen merge (measured)", STYLE["verified"][0], symbol="star")
-    _layout(fig, "Chosen merge vs references (radius: fraction of each task's expert metric)")
+    _layout(fig, "Chosen merge vs references<br><sup>radius: fraction of each task's expert metric</sup>")
     fig.update_layout(polar=dict(radialaxis=dict(tickformat=".0%", angle=90, tickfont=dict(size=10)),
                                  angularaxis=dict(tickfont=dict(size=12))))
     return fig
@@ -448,13 +451,13 @@ def surrogate_quality(result, verified: Sequence[Marker] = (), units: Units | No
     tasks = result.tasks
     units = units or units_for(tasks, None, result.senses)
     n = len(tasks)
-    cols = min(n, 4)
+    cols = min(n, 3)
     rows = int(np.ceil(n / cols))
     titles = []
     for t in tasks:
         r2 = float(result.surrogates[t].r2_cv_)
-        flag = "  ⚠ poor fit" if not (r2 >= threshold) else ""
-        titles.append(f"{t}: R² (LOO) = {r2:.2f}{flag}")
+        flag = " ⚠ poor fit" if not (r2 >= threshold) else ""
+        titles.append(f"{t}<br>R² (LOO) = {r2:.2f}{flag}")
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
                         vertical_spacing=0.16 if rows > 1 else 0.1, figure=go.Figure(_validate=False))
     P = result.predict(result.samples)
@@ -489,8 +492,12 @@ def surrogate_quality(result, verified: Sequence[Marker] = (), units: Units | No
                          range=[lo - pad, hi + pad])
     for k, t in enumerate(tasks):  # poor fits get a vermillion title
         if not (float(result.surrogates[t].r2_cv_) >= threshold):
-            fig.layout.annotations[k].font = dict(color=OKABE_ITO["vermillion"], size=13)
+            fig.layout.annotations[k].font = dict(color=OKABE_ITO["vermillion"], size=12)
+    for ann in fig.layout.annotations[: len(tasks)]:
+        if ann.font is None or ann.font.color is None:
+            ann.font = dict(size=12)
     _layout(fig, "Surrogate quality: predicted vs measured metric per task", height=max(HEIGHT, 300 * rows + 80))
+    fig.update_layout(margin=dict(t=100))
     fig.update_layout(legend=dict(y=-0.12 if rows > 1 else -0.22))
     return fig
 
