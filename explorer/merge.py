@@ -42,8 +42,10 @@ class Merger:
         if c.shape != (self.task_vectors.n_tasks,):
             raise ValueError(f"expected {self.task_vectors.n_tasks} coefficients, got shape {tuple(c.shape)}")
         for key, slot in self.slots.items():
-            merged = torch.addmv(self.base[key].reshape(-1), self.flat_vectors[key].T, c)
-            slot.copy_(merged.view(slot.shape))
+            if slot.dtype == torch.float32 and slot.is_contiguous():  # fused, straight into the parameter
+                torch.addmv(self.base[key].reshape(-1), self.flat_vectors[key].T, c, out=slot.view(-1))
+            else:
+                slot.copy_(torch.addmv(self.base[key].reshape(-1), self.flat_vectors[key].T, c).view(slot.shape))
         self.coefficients = np.asarray(coefficients, dtype=float).copy()
 
     def merged_state_dict(self, coefficients, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
