@@ -237,7 +237,7 @@ def arrays_to_tensor(images: np.ndarray, cfg: dict) -> torch.Tensor:
     size = size if isinstance(size, int) else size[0]
     if images.shape[1:] != (size, size):
         return _transform_pils(builtin.to_pil(images), cfg)
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)
     x = x.unsqueeze(1).expand(-1, 3, -1, -1)
     mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
@@ -415,7 +415,7 @@ def _builtin_data(dataset, split, subsample, seed, classnames, templates, spec_d
         )
     temps = _read_list(templates, "templates", spec_dir) or data.templates
     x = arrays_to_tensor(data.images, pp)
-    return EvalData(x, torch.as_tensor(np.asarray(data.labels), dtype=torch.int64), tuple(names), tuple(temps))
+    return EvalData(x, torch.tensor(np.array(data.labels), dtype=torch.int64), tuple(names), tuple(temps))
 
 
 def _folder_data(dataset, split, subsample, seed, classnames, templates, spec_dir, pp) -> EvalData:

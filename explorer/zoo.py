@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -59,16 +60,16 @@ class ZooConfig:
     text_heads: int = 2
     context_length: int = 16
     # pretraining
-    rare_classes: int = 4          # per task, classes pretraining sees rarely
-    rare_keep: float = 0.02        # fraction of a rare class's training images used in pretraining
-    pretrain_steps: int = 700
+    rare_classes: int = 6          # per task, classes pretraining sees rarely
+    rare_keep: float = 0.01        # fraction of a rare class's training images used in pretraining
+    pretrain_steps: int = 600
     pretrain_batch: int = 256
     pretrain_lr: float = 2e-3
     pretrain_weight_decay: float = 0.05
     # fine-tuning (image encoder only)
-    finetune_steps: int = 60
+    finetune_steps: int = 100
     finetune_batch: int = 128
-    finetune_lr: float = 2e-4
+    finetune_lr: float = 3e-4
     # evaluation
     eval_subsample: int | None = None
     lambdas: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -84,8 +85,7 @@ class ZooConfig:
 SCALES = {
     "full": ZooConfig(),
     "quick": ZooConfig(
-        pretrain_steps=150, pretrain_batch=128, finetune_steps=30, finetune_batch=96,
-        finetune_lr=4e-4, eval_subsample=300, lambdas=(0.2, 0.4, 0.6, 0.8, 1.0),
+        pretrain_steps=250, pretrain_batch=128, finetune_steps=60, finetune_batch=96, finetune_lr=5e-4, eval_subsample=300, lambdas=(0.2, 0.4, 0.6, 0.8, 1.0),
     ),
 }
 
@@ -226,18 +226,18 @@ def model_config(config: ZooConfig) -> dict:
 
 
 def write_config(out: Path, config: ZooConfig) -> Path:
+    """Write the model config JSON where a spec's ``model.config_dir`` can point."""
     path = out / f"{ARCHITECTURE}.json"
     path.write_text(json.dumps(model_config(config), indent=2) + "\n")
     return path
 
 
 def create(config: ZooConfig, out: Path) -> torch.nn.Module:
+    """A seeded random-init ``merge-explorer-tiny`` (registered from ``out``)."""
     import open_clip
 
     register(out)
     torch.manual_seed(config.seed)
-    import logging
-
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # "no pretrained weights" is the point here
     try:
@@ -328,7 +328,7 @@ def finetune(model: torch.nn.Module, task: str, config: ZooConfig, progress: boo
 
     data = builtin.load(task, "train", seed=SPLIT_SEED)
     x_all = clip_suite.arrays_to_tensor(data.images, clip_suite.preprocess_cfg(model))
-    y_all = torch.as_tensor(data.labels)
+    y_all = torch.tensor(data.labels)
     model.eval()
     head = clip_suite.zero_shot_head(model, data.classnames, data.templates)
     scale = float(model.logit_scale.detach().exp().clamp(max=100))
