@@ -6,6 +6,7 @@ to build the module, the base state dict fills it.
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 
 import torch
@@ -72,7 +73,13 @@ def build_model(family: str, base: dict[str, torch.Tensor], base_name: str, arch
         register_open_clip_configs(config_dir)
         if architecture not in open_clip.list_models():
             raise SpecError(f"model.architecture {architecture!r} is not an open_clip model (see open_clip.list_models())")
-        module = open_clip.create_model(architecture)
+        quiet = logging.getLogger()
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # open_clip warns that no pretrained weights were loaded: we load them next
+        try:
+            module = open_clip.create_model(architecture)
+        finally:
+            quiet.setLevel(level)
         check_architecture(module, base, base_name, architecture)
         module.load_state_dict(base)
         return module.eval()
