@@ -318,10 +318,7 @@ def run_adaptive(experiment, budget: int | None = None, progress: bool = True, e
     finally:
         if bar:
             bar.close()
-    result = experiment.result()
-    lam, _ = result.best_task_arithmetic()
-    if np.isfinite(lam):
-        experiment.evaluate(np.full(t, lam), "reference")
+    result = experiment.finish()
     result.extra["adaptive"] = sampler.history
     return result
 

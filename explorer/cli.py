@@ -99,7 +99,7 @@ def cmd_run(args) -> int:
     extra = {"tol": args.tol} if getattr(args, "adaptive", False) and args.tol is not None else {}
     result = exp.run(budget=args.budget, progress=not args.no_progress, executor=executor,
                      adaptive=getattr(args, "adaptive", False), **extra)
-    print(summary(exp, exp.result()))
+    print(summary(exp, result))
     return 0
 
 

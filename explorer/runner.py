@@ -219,6 +219,10 @@ class Experiment:
         finally:
             if bar:
                 bar.close()
+        return self.finish()
+
+    def finish(self) -> ExploreResult:
+        """Fit, then measure the best plain task-arithmetic point (all cᵢ = λ) as a reference."""
         result = self.result()
         lam, _ = result.best_task_arithmetic()
         if np.isfinite(lam):
