@@ -65,3 +65,16 @@ def test_demo_pipeline_end_to_end(demo_spec, quick_zoo, tmp_path):
         # the surrogate's own cross-validated error on this task, in accuracy units
         rmse_cv = np.sqrt(max(1.0 - result.surrogates[name].r2_cv_, 0.0) * np.var(result.observed[:, i]))
         assert abs(measured - predicted) <= 3 * rmse_cv + 0.02, (name, measured, predicted, rmse_cv)
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_architecture_is_named(demo_spec, tmp_path):
+    spec = yaml.safe_load(demo_spec.read_text())
+    spec["model"]["architecture"] = "ViT-B-32"  # the zoo's checkpoints are merge-explorer-tiny
+    spec["store"] = str(tmp_path / "store.sqlite")
+    path = tmp_path / "wrong-arch.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    proc = cli("run", path, "--no-progress")
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "base.safetensors" in line and "architecture 'ViT-B-32'" in line, line
