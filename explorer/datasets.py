@@ -8,7 +8,8 @@ transforms.
 
 Built-ins:
 
-- ``fashion_mnist``: Zalando's Fashion-MNIST from the Debian package ``dataset-fashion-mnist``.
+- ``fashion_mnist``: Zalando's Fashion-MNIST from the Debian package ``dataset-fashion-mnist``
+  (torchvision's downloader into ~/.cache/merge-explorer where the package is missing).
 - ``digits``: scikit-learn's 8x8 handwritten digits, upsampled to 28x28.
 - ``rotated_digits``: the same digits turned a quarter turn clockwise, so "six" looks unlike any
   upright digit; same labels, conflicting visual evidence.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -149,14 +151,32 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+FASHION_DOWNLOAD_ROOT = Path.home() / ".cache" / "merge-explorer"
+#: Set MERGE_EXPLORER_OFFLINE=1 to never try a download.
+ALLOW_DOWNLOAD = os.environ.get("MERGE_EXPLORER_OFFLINE", "") != "1"
+
+
 def _fashion_dir() -> Path:
-    for d in FASHION_MNIST_DIRS:
+    """Debian's copy when installed, else torchvision's downloader (where there is internet)."""
+    downloaded = FASHION_DOWNLOAD_ROOT / "FashionMNIST" / "raw"
+    for d in (*FASHION_MNIST_DIRS, downloaded):
         if (d / "train-images-idx3-ubyte.gz").is_file():
             return d
+    try:
+        if not ALLOW_DOWNLOAD:
+            raise OSError("downloads disabled")
+        from torchvision.datasets import FashionMNIST
+
+        for train in (True, False):
+            FashionMNIST(str(FASHION_DOWNLOAD_ROOT), train=train, download=True)
+        if (downloaded / "train-images-idx3-ubyte.gz").is_file():
+            return downloaded
+    except Exception:  # no internet, or the mirror is down: fall through to the install hint
+        pass
     raise FileNotFoundError(
         "Fashion-MNIST not found in "
         + ", ".join(str(d) for d in FASHION_MNIST_DIRS)
-        + "; install it with `apt-get install dataset-fashion-mnist`"
+        + " and could not be downloaded; install it with `apt-get install dataset-fashion-mnist`"
     )
 
 

@@ -61,6 +61,8 @@ def test_unknown_name_and_split_are_named():
 
 def test_missing_fashion_mnist_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets, "FASHION_MNIST_DIRS", (tmp_path,))
+    monkeypatch.setattr(datasets, "FASHION_DOWNLOAD_ROOT", tmp_path / "downloads")
+    monkeypatch.setattr(datasets, "ALLOW_DOWNLOAD", False)  # this machine has no internet anyway
     datasets._fashion_raw.cache_clear()
     try:
         with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
