@@ -29,7 +29,7 @@ from .design import corner_points, n_quadratic_terms, normalize_bounds
 from .errors import SpecError
 from .explore import ExploreResult, check_metrics, task_senses
 from .pareto import compute_front
-from .surrogate import QuadraticSurrogate, _forward, _inverse, _inverse_derivative, _r2, choose_link, quadratic_features
+from .surrogate import QuadraticSurrogate, _forward, _inverse, _inverse_derivative, _r2, quadratic_features
 
 DEFAULT_MAX_EVALUATIONS = 100
 DEFAULT_RANK = 2
@@ -78,13 +78,7 @@ class LowRankQuadraticSurrogate(QuadraticSurrogate):
         self.cv_folds = cv_folds
 
     def fit(self, coefficients: np.ndarray, metric: np.ndarray) -> "LowRankQuadraticSurrogate":
-        c = np.atleast_2d(np.asarray(coefficients, dtype=float))
-        y = np.asarray(metric, dtype=float).ravel()
-        if c.shape[0] != y.shape[0]:
-            raise ValueError(f"{c.shape[0]} coefficient rows but {y.shape[0]} metric values")
-        if not np.all(np.isfinite(y)) or not np.all(np.isfinite(c)):
-            raise ValueError("coefficients or metric contain NaN or inf")
-        link = choose_link(y, self.higher_is_better) if self.link == "auto" else self.link
+        c, y, link = self._validated(coefficients, metric)
         self.link_, self.n_tasks_, self.n_samples_ = link, c.shape[1], len(y)
         theta, signs = self._fit_params(c, y, link)
         self.coef_, self.U_, self.signs_ = self._to_coef(theta, signs, c.shape[1]), *self._split(theta, c.shape[1])[3:], signs

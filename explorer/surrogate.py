@@ -89,6 +89,18 @@ class QuadraticSurrogate:
         self.gauss_newton_steps = gauss_newton_steps
 
     def fit(self, coefficients: np.ndarray, metric: np.ndarray) -> "QuadraticSurrogate":
+        c, y, link = self._validated(coefficients, metric)
+        self.coef_ = self._weights(c, y, link)
+        self.link_ = link
+        self.n_tasks_ = c.shape[1]
+        self.n_samples_ = len(y)
+        self._set_quadratic_form()
+        self.r2_train_ = _r2(y, self.predict(c))
+        self.r2_cv_ = self._cross_validated_r2(c, y, link)
+        return self
+
+    def _validated(self, coefficients, metric) -> tuple[np.ndarray, np.ndarray, str]:
+        """Arrays checked for shape and finiteness, and the link to use (validated in fit, as in scikit-learn)."""
         c = np.atleast_2d(np.asarray(coefficients, dtype=float))
         y = np.asarray(metric, dtype=float).ravel()
         if c.shape[0] != y.shape[0]:
@@ -98,14 +110,7 @@ class QuadraticSurrogate:
         link = choose_link(y, self.higher_is_better) if self.link == "auto" else self.link
         if link not in LINKS:
             raise ValueError(f"unknown link {link!r}; choose one of {LINKS} or 'auto'")
-        self.coef_ = self._weights(c, y, link)
-        self.link_ = link
-        self.n_tasks_ = c.shape[1]
-        self.n_samples_ = len(y)
-        self._set_quadratic_form()
-        self.r2_train_ = _r2(y, self.predict(c))
-        self.r2_cv_ = self._cross_validated_r2(c, y, link)
-        return self
+        return c, y, link
 
     def _weights(self, c: np.ndarray, y: np.ndarray, link: str) -> np.ndarray:
         """Ridge fit of the quadratic to the linked metric, refined by Gauss-Newton in metric units.
