@@ -319,9 +319,11 @@ def _f(x, digits=4):
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def markdown(res: dict) -> str:
+def markdown(res: dict, scaling_only: bool = False) -> str:
     lines = [f"# merge-explorer benchmark{' (quick)' if res['quick'] else ''}", "",
              f"Machine: {res['machine']}. Total time {res['seconds']:.0f} s. No GPU in this run.", ""]
+    if scaling_only:
+        return "\n".join(lines + _scaling_lines(res["scaling"])) + "\n"
     h = res["headlines"]
     lines += ["## Headline ratios", "",
               f"- **Evaluations vs brute force at equal quality** (IGD within 1 accuracy point of the best brute-force grid): "
@@ -353,14 +355,19 @@ def markdown(res: dict) -> str:
     lines += ["", "## Surrogate and UI cost (2P samples, analytic landscape)", "", "| T | samples | fit ms/task (incl. LOO-CV) | front s |", "|---:|---:|---:|---:|"]
     for s in res["surrogate"]:
         lines.append(f"| {s['n_tasks']} | {s['samples']} | {s['fit_ms_per_task']:.1f} | {s['front_s']:.2f} |")
-    lines += ["", "## Scaling with the number of tasks (analytic 'smooth' landscapes, 5 preferences)", "",
+    lines += [""] + _scaling_lines(res["scaling"])
+    return "\n".join(lines) + "\n"
+
+
+def _scaling_lines(rows: list[dict]) -> list[str]:
+    lines = ["## Scaling with the number of tasks (analytic 'smooth' landscapes, 5 preferences)", "",
               "Quality of the merged model picked for each preference: its exact *improvement margin* (the most every task "
               "could gain at once by moving to the true front; 0 = Pareto-optimal), in accuracy units.", "",
               "| T | rule picks | method | evaluations | mean margin | max margin | mean accuracy | seconds |", "|---:|---|---|---:|---:|---:|---:|---:|"]
-    for s in res["scaling"]:
+    for s in rows:
         lines.append(f"| {s['n_tasks']} | {s['rule']} | {s['method']} | {s['evaluations']} | {s['mean_margin']:.4f} | {s['max_margin']:.4f} | "
                      f"{s['mean_accuracy']:.4f} | {s['seconds']:.1f} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None) -> int:
@@ -368,9 +375,20 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer problems and task counts (a few minutes)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--skip-demo", action="store_true", help="skip the demo-zoo parts even when the zoo is built")
+    ap.add_argument("--scaling-only", action="store_true", help="only the scaling table, T = 2..20 (scaling.md/json)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     started = time.perf_counter()
+    if args.scaling_only:
+        rows = scaling(quick=False)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scaling.json").write_text(json.dumps(rows, indent=1) + "\n")
+        text = markdown({"quick": False, "machine": f"{platform.machine()}, torch {torch.__version__}",
+                         "seconds": time.perf_counter() - started, "scaling": rows}, scaling_only=True)
+        (out / "scaling.md").write_text(text)
+        print(text)
+        return 0
     res = {"quick": args.quick, "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
            f"torch {torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}"}
     print("front quality (analytic)", flush=True)
