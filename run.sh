@@ -5,4 +5,4 @@ cd "$(dirname "$0")"
 bash scripts/setup.sh
 . .venv/bin/activate
 merge-explorer demo
-exec streamlit run app.py --server.headless true --server.address 127.0.0.1 --server.port "${PORT:-8501}" "$@"
+exec streamlit run app.py --browser.gatherUsageStats false --server.headless true --server.address 127.0.0.1 --server.port "${PORT:-8501}" "$@"
