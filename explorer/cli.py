@@ -87,7 +87,8 @@ def summary(experiment, result) -> str:
 def _experiment(args):
     from .runner import Experiment
 
-    return Experiment.from_file(args.spec, store_path=args.store, device=getattr(args, "device", None))
+    return Experiment.from_file(args.spec, store_path=args.store, device=getattr(args, "device", None),
+                                trust_pickle=getattr(args, "trust_pickle", False))
 
 
 def cmd_run(args) -> int:
@@ -168,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("spec", help="experiment spec (YAML)")
         p.add_argument("--store", help="evaluation store (default: the spec's `store`, else cache/store.sqlite)")
         p.add_argument("--device", help="cpu, cuda, mps (default: the spec's `device`, auto)")
+        p.add_argument("--trust-pickle", action="store_true",
+                       help="load pickled whole-module checkpoints (runs their code: only for files you trust)")
 
     def run_options(p):
         p.add_argument("--adaptive", action="store_true",

@@ -123,8 +123,12 @@ class Experiment:
         })
 
     @classmethod
-    def from_file(cls, path: str | Path, store_path: str | Path | None = None, device: str | None = None) -> "Experiment":
+    def from_file(cls, path: str | Path, store_path: str | Path | None = None, device: str | None = None,
+                  trust_pickle: bool = False) -> "Experiment":
+        """`trust_pickle` overrides the spec's `model.trust_pickle` (the CLI's --trust-pickle)."""
         spec, spec_dir = load_spec(path)
+        if trust_pickle:
+            spec = spec.model_copy(update={"model": spec.model.model_copy(update={"trust_pickle": True})})
         store = Store(store_path) if store_path else None
         return cls(spec, spec_dir, store, device, Path(path).resolve())
 

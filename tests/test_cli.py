@@ -227,3 +227,12 @@ def test_bad_input_corrupt_or_foreign_store(toy):
 def test_missing_spec_file(tmp_path):
     proc = cli("run", tmp_path / "absent.yaml")
     assert proc.returncode == 2 and "absent.yaml: spec file not found" in proc.stderr
+
+
+def test_pickled_module_checkpoint_needs_the_trust_flag(toy):
+    model = toy_zoo.make_mlp(load_file(str(toy.parent / "mid.safetensors")))
+    torch.save(model, toy.parent / "mid.pt")  # a whole pickled module, as in the task_vectors repo
+    write_spec(toy, lambda s: s["tasks"]["mid"].update(checkpoint="mid.pt"))
+    line = expect_error(toy, r"mid\.pt: it holds a pickled module.*--trust-pickle")
+    assert "convert" in line
+    cli("run", toy, "--no-progress", "--trust-pickle", check=0)
