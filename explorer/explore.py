@@ -5,6 +5,7 @@ not tied to one model family; the spec runner and the CLIP suite are built on to
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -15,6 +16,10 @@ from .design import normalize_bounds, sample_design
 from .errors import EvaluationError, SpecError
 from .pareto import compute_front
 from .surrogate import QuadraticSurrogate
+
+#: Version of the surrogate and front code: part of the key of every cached front (front_cache.py).
+#: Bump it whenever a change to the fit or the front search changes the front for the same points.
+FIT_VERSION = "1"
 
 
 def task_senses(tasks: Sequence[str], higher_is_better) -> np.ndarray:
@@ -101,31 +106,44 @@ def fit_result(
     link: str = "auto",
     front_points: int = 1000,
     front_bounds=None,
+    front: Mapping[str, np.ndarray] | None = None,
+    surrogates: Mapping[str, object] | None = None,
 ) -> ExploreResult:
     """Fit one surrogate per task to (samples, observed) and compute the front inside the box.
 
     `front_bounds` widens (or narrows) the region searched for the front; by default it is the
-    sampled box, so the front never extrapolates.
+    sampled box, so the front never extrapolates. `front` restores the `front_*` arrays of a
+    front computed before for exactly these inputs (the store's cache, see front_cache.py):
+    no front search runs then; `surrogates` ({task: fitted surrogate}, from the same cache) skips
+    the fitting.
     """
     tasks = list(tasks)
     box = normalize_bounds(bounds, len(tasks))
     senses = task_senses(tasks, higher_is_better)
-    surrogates = {}
-    for i, task in enumerate(tasks):
-        surrogates[task] = QuadraticSurrogate(link=link, higher_is_better=senses[i] > 0).fit(samples, observed[:, i])
-    search_box = box if front_bounds is None else normalize_bounds(front_bounds, len(tasks))
-    front = compute_front([surrogates[t] for t in tasks], search_box, senses, max_points=front_points, seed=seed)
-    return ExploreResult(
+    if surrogates is None or set(surrogates) != set(tasks):
+        surrogates = {}
+        for i, task in enumerate(tasks):
+            surrogates[task] = QuadraticSurrogate(link=link, higher_is_better=senses[i] > 0).fit(samples, observed[:, i])
+    surrogates = {t: surrogates[t] for t in tasks}
+    if front is None:
+        search_box = box if front_bounds is None else normalize_bounds(front_bounds, len(tasks))
+        found = compute_front([surrogates[t] for t in tasks], search_box, senses, max_points=front_points, seed=seed)
+        front = {"front_coefficients": found.X, "front_predicted": -found.F * senses}
+    fields = {f.name for f in dataclasses.fields(ExploreResult)}
+    result = ExploreResult(
         tasks=tasks,
         bounds=box,
         senses=senses,
         samples=np.asarray(samples, dtype=float),
         observed=np.asarray(observed, dtype=float),
         surrogates=surrogates,
-        front_coefficients=front.X,
-        front_predicted=-front.F * senses,
         seed=seed,
+        **{k: v for k, v in front.items() if k in fields},
     )
+    for name, value in front.items():  # front_* attributes that are not constructor fields
+        if name not in fields:
+            setattr(result, name, value)
+    return result
 
 
 def explore(

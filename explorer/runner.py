@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import sys
 import time
 from functools import cached_property
 from pathlib import Path
@@ -16,11 +17,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .checkpoints import check_compatible, check_finite, content_hash, load_state_dict
+from .checkpoints import check_compatible, check_finite, content_hash, file_digest, load_state_dict
 from .design import normalize_bounds, sample_design
-from .errors import EvaluationError, SpecError
+from .errors import EvaluationError, ExplorerError, SpecError
 from .explore import ExploreResult, fit_result
-from .models import build_model, pick_device, resolve_callable
+from .families import lookup as lookup_family
+from .models import build_model, device_kind, pick_device, resolve_callable
 from .spec import Spec, load_spec, resolve
 from .store import Store, coefficient_key
 
@@ -32,6 +34,57 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def param_files(params, spec_dir: Path, cache=None, where: str = "") -> dict[str, str]:
+    """{param path: content digest} of every param value that names an existing file.
+
+    Strings anywhere in the params (nested lists and mappings included) are tried as paths
+    relative to the spec's directory; class-name lists, templates and data lists are files whose
+    contents a metric depends on, so their bytes belong to the task's identity.
+    """
+    out: dict[str, str] = {}
+    if isinstance(params, dict):
+        for k, v in params.items():
+            out.update(param_files(v, spec_dir, cache, f"{where}.{k}" if where else str(k)))
+    elif isinstance(params, (list, tuple)):
+        for i, v in enumerate(params):
+            out.update(param_files(v, spec_dir, cache, f"{where}[{i}]"))
+    elif isinstance(params, str) and params.strip() and len(params) < 4096 and "\0" not in params:
+        try:
+            path = Path(params).expanduser()
+            path = path if path.is_absolute() else spec_dir / path
+            is_file = path.is_file()
+        except (OSError, ValueError, RuntimeError):  # not a path (too long, unknown ~user, ...)
+            is_file = False
+        if is_file:
+            out[where] = file_digest(path.resolve(), cache)
+    return out
+
+
+def evaluator_version(fn, path: str) -> str:
+    """The evaluator's `version` attribute, else the SHA-256 of its module's source file."""
+    version = getattr(fn, "version", None)
+    if version is not None:
+        return f"version:{version}"
+    module = sys.modules.get(getattr(fn, "__module__", None) or "") or sys.modules.get(path.split(":", 1)[0])
+    source = getattr(module, "__file__", None)
+    try:
+        return "source:" + hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else "builtin"
+    except OSError:
+        return f"module:{getattr(module, '__name__', path)}:{getattr(module, '__version__', '?')}"
+
+
+def evaluator_precision(fn, device: str, what: str) -> str:
+    """The number format the evaluator computes in on `device` (its `precision` attribute: a string,
+    or a function of the device kind), float32 when it declares none (the engine merges in float32)."""
+    precision = getattr(fn, "precision", None)
+    if callable(precision):
+        try:
+            precision = precision(device)
+        except Exception as exc:  # noqa: BLE001 - the user's hook
+            raise SpecError(f"{what}: its precision({device!r}) failed ({type(exc).__name__}: {exc})") from None
+    return str(precision) if precision is not None else "float32"
+
+
 class Engine:
     """The loaded model side of an experiment: base, task vectors, model, merger, evaluators."""
 
@@ -40,6 +93,11 @@ class Engine:
         from .task_vectors import compute_task_vectors
 
         spec, spec_dir = experiment.spec, experiment.spec_dir
+        family = lookup_family(spec.model.family)
+        if family is not None:  # a registered family (explorer/families/) loads its own model and merger
+            family.load_engine(self, experiment)
+            self.evaluators = {t: self._evaluator(spec, spec_dir, t) for t in experiment.tasks}
+            return
         base_path = resolve(spec_dir, spec.model.base)
         self.base = load_state_dict(base_path, spec.model.trust_pickle)
         check_finite(self.base, str(base_path))
@@ -105,6 +163,7 @@ class Experiment:
         self._check_paths()
         self.store = store or Store(resolve(self.spec_dir, spec.store) if spec.store else Path.cwd() / DEFAULT_STORE)
         self.senses = np.array([1.0 if spec.tasks[t].maximise() else -1.0 for t in self.tasks])
+        self.device_kind = device_kind(device or spec.device)
         cache = self.store.hash_cache()
         self.checkpoint_hashes = {
             "base": content_hash(resolve(self.spec_dir, spec.model.base), cache),
@@ -114,13 +173,23 @@ class Experiment:
             "family": spec.model.family, "architecture": spec.model.architecture, "prefix": spec.model.merge_prefix,
             "checkpoints": [self.checkpoint_hashes["base"]] + [self.checkpoint_hashes[t] for t in self.tasks],
             "merge": self.merge_parameters(),
+            **self._family_identity(),
         })
-        self.task_identities = {t: self._task_identity(t) for t in self.tasks}
+        self.task_identities = {t: self._task_identity(t, cache) for t in self.tasks}
+        # Written with the first stored evaluation: opening (or failing) leaves the store untouched.
         self.store.register_experiment(self.key, spec.name, {
             "tasks": self.tasks, "spec_path": str(spec_path) if spec_path else None,
             "bounds": self.bounds.tolist(), "merge": self.merge_parameters(), "senses": self.senses.tolist(),
             "metrics": {t: spec.tasks[t].metric for t in self.tasks},
-        })
+        }, defer=True)
+        if self.store.count(self.key):
+            self.store.flush()  # a known experiment: keep the file hashes, so the next open reads no checkpoint
+
+    def _family_identity(self) -> dict:
+        """What a registered family adds to the content key (e.g. the base's config and tokenizer files)."""
+        family = lookup_family(self.spec.model.family)
+        identity = getattr(family, "identity", None)
+        return {"family_files": identity(self)} if identity else {}
 
     @classmethod
     def from_file(cls, path: str | Path, store_path: str | Path | None = None, device: str | None = None,
@@ -147,7 +216,14 @@ class Experiment:
             return {"method": m.method, "density": m.density}
         return {"method": m.method, "density": m.density, "seed": m.seed}
 
-    def _task_identity(self, task: str) -> str:
+    def _task_identity(self, task: str, cache=None) -> str:
+        """What a task's metric depends on besides the merged weights.
+
+        The evaluator and its version (an explicit `version` attribute, else a hash of its module's
+        source), its params and the contents of every file they name, its data fingerprint, the
+        device kind and the precision it computes in. Change any of these and the task's stored
+        results are no longer served; other tasks keep theirs.
+        """
         ts = self.spec.tasks[task]
         fn = resolve_callable(ts.evaluator, f"tasks.{task}.evaluator")
         fingerprint = None
@@ -158,8 +234,20 @@ class Experiment:
                     kwargs["spec_dir"] = str(self.spec_dir)
             except (TypeError, ValueError):
                 pass
-            fingerprint = fn.fingerprint(**kwargs)
-        return _digest({"evaluator": ts.evaluator, "params": ts.params, "metric": ts.metric, "fingerprint": fingerprint})
+            try:
+                fingerprint = fn.fingerprint(**kwargs)
+            except ExplorerError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the user's evaluator: its error names their data
+                raise SpecError(f"tasks.{task}.params: the evaluator's fingerprint failed "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        return _digest({
+            "evaluator": ts.evaluator, "params": ts.params, "metric": ts.metric, "fingerprint": fingerprint,
+            "files": param_files(ts.params, self.spec_dir, cache),
+            "version": evaluator_version(fn, ts.evaluator),
+            "device": self.device_kind,
+            "precision": evaluator_precision(fn, self.device_kind, f"tasks.{task}.evaluator"),
+        })
 
     # --- model side -------------------------------------------------------------------------
     @cached_property
@@ -269,8 +357,14 @@ class Experiment:
                 f"experiment {self.spec.name!r} has {len(C)} complete evaluations; a quadratic surrogate needs {need}: "
                 f"run `merge-explorer run` first"
             )
+        from . import front_cache  # the front is cached in the store by content: reading results back refits none
+
+        digest = front_cache.front_digest(C, M, self.bounds, self.senses, self.spec.seed, front_points)
+        front, surrogates = front_cache.load_fit(self.store, digest)
         result = fit_result(self.tasks, C, M, self.bounds, [s > 0 for s in self.senses], self.spec.seed,
-                            front_points=front_points)
+                            front_points=front_points, front=front, surrogates=surrogates)
+        if front is None or surrogates is None:
+            front_cache.save_fit(self.store, digest, result, self.key)
         result.extra["references"] = self.references()
         return result
 
