@@ -69,3 +69,28 @@ def test_missing_fashion_mnist_says_how_to_install(monkeypatch, tmp_path):
             datasets.load("fashion_mnist", "test")
     finally:
         datasets._fashion_raw.cache_clear()
+
+
+def test_inverted_fashion_is_the_negative_of_fashion_mnist():
+    upright = datasets.load("fashion_mnist", "test")
+    inverted = datasets.load("inverted_fashion", "test")
+    assert np.array_equal(inverted.labels, upright.labels) and inverted.classnames == upright.classnames
+    assert np.array_equal(inverted.images, 255 - upright.images)
+
+
+@pytest.mark.parametrize("name", ["font_digits", "shapes", "textures"])
+def test_generated_images_show_their_class(name):
+    # A 1-nearest-neighbour classifier on raw pixels, trained on the train split, must beat chance
+    # (10 %) by far on test images: the label says what is drawn, and train and test do not overlap.
+    train, test = datasets.load(name, "train"), datasets.load(name, "test", subsample=300)
+    assert not {im.tobytes() for im in test.images} & {im.tobytes() for im in train.images}
+    a = train.images.reshape(len(train), -1).astype(np.float32)
+    b = test.images.reshape(len(test), -1).astype(np.float32)
+    dist = (b * b).sum(1)[:, None] - 2 * b @ a.T + (a * a).sum(1)[None, :]
+    accuracy = float((train.labels[dist.argmin(1)] == test.labels).mean())
+    assert accuracy > 0.4, (name, accuracy)
+    assert np.bincount(train.labels).min() == np.bincount(train.labels).max()  # balanced classes
+
+
+def test_font_digits_share_class_names_with_handwritten_digits():
+    assert datasets.load("font_digits", "test").classnames == datasets.load("digits", "test").classnames
