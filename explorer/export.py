@@ -99,7 +99,12 @@ def export(experiment, result, decision: Decision, out_dir: str | Path, weights=
     doc = coefficients_document(experiment, result, decision, weights, minimums)
     paths["coefficients"].write_text(json.dumps(doc, indent=2) + "\n")
     write_mergekit_yaml(paths["mergekit"], experiment, decision.coefficients)
-    if checkpoint:
+    from .families import lookup as lookup_family
+
+    family = lookup_family(experiment.spec.model.family)  # e.g. hf_causal_lm exports a model folder
+    if checkpoint and family is not None:
+        paths.update(family.export(experiment, decision.coefficients, out))
+    elif checkpoint:
         paths["merged"] = out / "merged.safetensors"
         write_merged_checkpoint(paths["merged"], experiment, decision.coefficients)
     return paths

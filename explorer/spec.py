@@ -24,6 +24,18 @@ class ModelSpec(_Strict):
     base: str
     merge_prefix: Optional[str] = None
     trust_pickle: bool = False
+    memory: Literal["auto", "resident", "streaming"] = "auto"  # hf_causal_lm: where task vectors live
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        from .families import names
+
+        if ":" not in v and v not in names():
+            close = difflib.get_close_matches(v, names(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown family {v!r}{hint} (families: {', '.join(names())}, or 'package.module:factory')")
+        return v
 
 
 class TaskSpec(_Strict):

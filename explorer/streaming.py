@@ -1,0 +1,449 @@
+"""Merging checkpoints too large for float32 copies: θ₀ + Σ cᵢ τᵢ computed chunk by chunk from disk.
+
+The classic path (`task_vectors.py` + `merge.py`) holds every task vector in float32: fine for a
+CLIP image encoder, 16 bytes per parameter per expert too many for a 7B language model. Here the
+task vectors are never materialised at all: τᵢ = θᵢ − θ₀ is formed in float32 one chunk (a few
+million elements) at a time from the checkpoints' own bf16/fp16 tensors, and the merged chunk is
+written straight into the loaded model's parameter. Two memory modes:
+
+- *resident*: each expert's mergeable tensors stay in memory in their own dtype (memory-mapped
+  through safetensors' `safe_open` on the CPU, copied once to the GPU otherwise);
+- *streaming*: each merge reads the experts' chunks from disk again (`pread`, double-buffered so
+  the next chunk is read while this one is merged), so memory stays at the model plus a few chunks.
+
+θ₀ is read from the base checkpoint in both modes (its pages are normally in the OS page cache,
+since the model was just loaded from it); holding it would cost one more model's worth of memory.
+For TIES and DARE the preprocessing needs a whole tensor (top-k per task, one drop mask per key),
+so those methods merge tensor by tensor with the same functions as the classic path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .checkpoints import checkpoint_files
+from .errors import CheckpointError, SpecError
+from .task_vectors import METHODS, dare_drop, ties_trim_and_elect
+
+#: Elements merged per step: 4 Mi elements = 8 MB per bf16 source, 16 MB float32 accumulator.
+CHUNK = 1 << 22
+MODES = ("auto", "resident", "streaming")
+#: Kept free besides the resident task vectors (evaluation activations, the allocator, Python).
+RESERVE_BYTES = 2 << 30
+MAX_HEADER = 100 << 20
+
+DTYPES = {
+    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
+    if hasattr(torch, _attr):
+        DTYPES[_name] = getattr(torch, _attr)
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor's bytes lie: file, absolute byte offset, dtype, shape."""
+
+    file: Path
+    offset: int
+    nbytes: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+def read_header(path: Path) -> dict[str, TensorEntry]:
+    """Parse a safetensors header (8-byte little-endian length, then JSON) without reading data."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise ValueError("file shorter than a safetensors header")
+            (n,) = struct.unpack("<Q", raw)
+            if n > MAX_HEADER or 8 + n > size:
+                raise ValueError(f"header length {n} does not fit the file")
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: unreadable safetensors file (header is not a mapping)")
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype = DTYPES[info["dtype"]]
+            begin, end = (int(v) for v in info["data_offsets"])
+            shape = tuple(int(s) for s in info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {key!r} has an unsupported or malformed header entry") from None
+        entry = TensorEntry(path, 8 + n + begin, end - begin, dtype, shape)
+        if end < begin or entry.offset + entry.nbytes > size or entry.nbytes != entry.numel * dtype.itemsize:
+            raise CheckpointError(f"{path}: tensor {key!r} lies outside the file or has the wrong size (truncated?)")
+        out[key] = entry
+    return out
+
+
+class SafetensorsCheckpoint:
+    """A (single or sharded) safetensors checkpoint indexed by tensor name; data read on demand."""
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None):
+        self.path = Path(path)
+        self.name = name or str(path)
+        files = checkpoint_files(self.path)
+        bad = [f for f in files if f.suffix != ".safetensors"]
+        if bad:
+            raise CheckpointError(
+                f"{bad[0]}: large-model merges read safetensors only; convert it once with "
+                "transformers (model.save_pretrained(dir, safe_serialization=True))"
+            )
+        self.entries: dict[str, TensorEntry] = {}
+        for f in files:
+            self.entries.update(read_header(f))
+        if not self.entries:
+            raise CheckpointError(f"{self.name}: checkpoint holds no tensors")
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def _fd(self, file: Path) -> int:
+        with self._lock:
+            fd = self._fds.get(file)
+            if fd is None:
+                try:
+                    fd = os.open(file, os.O_RDONLY)
+                except OSError as exc:
+                    raise CheckpointError(f"{file}: cannot read it ({exc.strerror})") from None
+                self._fds[file] = fd
+            return fd
+
+    def read_into(self, key: str, out: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Fill the flat CPU tensor `out` with elements [start, start + out.numel()) of tensor `key`."""
+        e = self.entries[key]
+        item = e.dtype.itemsize
+        view = memoryview(out.view(torch.uint8).numpy()).cast("B")
+        offset, done, want = e.offset + start * item, 0, out.numel() * item
+        fd = self._fd(e.file)
+        while done < want:
+            try:
+                got = os.preadv(fd, [view[done:want]], offset + done)
+            except OSError as exc:
+                raise CheckpointError(f"{e.file}: reading tensor {key!r} failed ({exc.strerror})") from None
+            if got <= 0:
+                raise CheckpointError(f"{e.file}: tensor {key!r} is truncated")
+            done += got
+        return out
+
+    def read(self, key: str) -> torch.Tensor:
+        """One whole tensor, read into fresh memory (not memory-mapped)."""
+        e = self.entries[key]
+        out = torch.empty(e.numel, dtype=e.dtype)
+        return self.read_into(key, out).view(e.shape)
+
+    def mapped(self, keys: list[str]) -> dict[str, torch.Tensor]:
+        """Tensors memory-mapped through safetensors' `safe_open` (pages load on first touch)."""
+        from safetensors import SafetensorError, safe_open
+
+        by_file: dict[Path, list[str]] = {}
+        for k in keys:
+            by_file.setdefault(self.entries[k].file, []).append(k)
+        out = {}
+        for file, names in by_file.items():
+            try:
+                with safe_open(str(file), framework="pt") as handle:
+                    for k in names:
+                        out[k] = handle.get_tensor(k)
+            except (SafetensorError, OSError) as exc:
+                raise CheckpointError(f"{file}: unreadable safetensors file ({str(exc).splitlines()[0]})") from None
+        return out
+
+    def nbytes(self, keys: list[str]) -> int:
+        return sum(self.entries[k].nbytes for k in keys)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def __del__(self):  # file descriptors only; nothing to flush
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def check_same_tensors(base: SafetensorsCheckpoint, other: SafetensorsCheckpoint, keys: list[str]) -> None:
+    """Same names and shapes as the base for every tensor (one line naming the first that differs)."""
+    for k in keys:
+        if k not in other.entries:
+            raise CheckpointError(f"{other.name}: tensor {k!r} of the base {base.name} is missing")
+    extra = [k for k in other.entries if k not in base.entries]
+    if extra:
+        raise CheckpointError(f"{other.name}: tensor {extra[0]!r} is not in the base {base.name}")
+    for k in keys:
+        a, b = base.entries[k], other.entries[k]
+        if a.shape != b.shape:
+            raise CheckpointError(f"{other.name}: tensor {k!r} has shape {b.shape}; base {base.name} has {a.shape}")
+        if not b.dtype.is_floating_point:
+            raise CheckpointError(f"{other.name}: tensor {k!r} is {b.dtype}; the base's is floating ({a.dtype})")
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on `device` (CUDA: free memory; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil  # type: ignore
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def choose_mode(need: int, available: int, requested: str = "auto") -> str:
+    """'resident' when the task vectors fit next to a reserve for evaluation, else 'streaming'."""
+    if requested not in MODES:
+        raise SpecError(f"merge memory mode {requested!r} is not one of {', '.join(MODES)}")
+    if requested != "auto":
+        return requested
+    return "resident" if need + RESERVE_BYTES + need // 10 <= available else "streaming"
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+class StreamingMerger:
+    """Writes θ₀ + Σ cᵢ (θᵢ − θ₀) into a loaded model, reading θ₀ and θᵢ in their own dtype.
+
+    target: the module whose parameters (by state-dict key) receive the merge; `keys` are the
+    tensors to merge (floating, present in every checkpoint). Same interface as `merge.Merger`:
+    `apply(c)`, `merged_state_dict(c)`, plus `iter_merged(c)` for writing one tensor at a time.
+    """
+
+    def __init__(self, target: torch.nn.Module, base: SafetensorsCheckpoint, experts: list[SafetensorsCheckpoint],
+                 keys: list[str], method: str = "task_arithmetic", density: float = 0.2, seed: int = 0,
+                 device: str | torch.device = "cpu", mode: str = "auto", chunk: int = CHUNK,
+                 log: Callable[[str], None] | None = None):
+        if method not in METHODS:
+            raise SpecError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
+        self.base, self.experts, self.keys = base, experts, list(keys)
+        self.method, self.density, self.seed = method, float(density), int(seed)
+        self.device = torch.device(device)
+        self.chunk = int(chunk)
+        self.target = target
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._acc: dict[torch.dtype, torch.Tensor] = {}
+        for ex in experts:
+            check_same_tensors(base, ex, self.keys)
+        named = dict(target.state_dict(keep_vars=True))
+        missing = [k for k in self.keys if k not in named]
+        if missing:
+            raise CheckpointError(f"{base.name}: tensor {missing[0]!r} has no parameter of that name in the loaded model")
+        self.slots = {k: named[k].data if hasattr(named[k], "data") else named[k] for k in self.keys}
+        for k, slot in self.slots.items():
+            if tuple(slot.shape) != base.entries[k].shape:
+                raise CheckpointError(f"{base.name}: tensor {k!r} has shape {base.entries[k].shape}; "
+                                      f"the loaded model has {tuple(slot.shape)}")
+        self.task_vector_bytes = sum(ex.nbytes(self.keys) for ex in experts)
+        self.available = available_memory(self.device)
+        self.mode = choose_mode(self.task_vector_bytes, self.available, mode)
+        self.resident: list[dict[str, torch.Tensor]] | None = None
+        (log or _stderr)(self.describe())
+        if self.mode == "resident":
+            self.resident = []
+            for ex in experts:
+                held = ex.mapped(self.keys)
+                if self.device.type != "cpu":
+                    held = {k: v.to(self.device) for k, v in held.items()}
+                self.resident.append(held)
+        self.check_finite()
+        self.coefficients: np.ndarray | None = None
+
+    def describe(self) -> str:
+        where = "RAM" if self.device.type == "cpu" else str(self.device)
+        dtypes = sorted({str(self.experts[0].entries[k].dtype).removeprefix("torch.") for k in self.keys})
+        size = f"{len(self.experts)} task vectors in {'/'.join(dtypes)}: {_gb(self.task_vector_bytes)}"
+        if self.mode == "resident":
+            return f"merge memory: resident ({size} held in {where}; {_gb(self.available)} available)"
+        return (f"merge memory: streaming ({size} read from disk for each merge; "
+                f"{_gb(self.available)} available in {where})")
+
+    # --- reading -----------------------------------------------------------------------------
+    def _jobs(self, keys: list[str], active: list[int]) -> list[tuple[str, int, int]]:
+        """(key, start, stop) element ranges; whole tensors for TIES/DARE (they need the full tensor)."""
+        jobs = []
+        for k in keys:
+            n = self.base.entries[k].numel
+            step = n if self.method != "task_arithmetic" else self.chunk
+            jobs.extend((k, s, min(n, s + step)) for s in range(0, n, max(1, step)))
+        return jobs
+
+    def _buffer(self, slot: int, source: int, dtype: torch.dtype, n: int) -> torch.Tensor:
+        """A reusable host buffer (two sets alternate): fresh allocations would page-fault every chunk."""
+        if self.method != "task_arithmetic":
+            return torch.empty(n, dtype=dtype)
+        key = (slot, source, dtype)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(max(n, min(self.chunk, 1 << 16)), dtype=dtype,
+                              pin_memory=self.device.type == "cuda")
+            self._buffers[key] = buf
+        return buf[:n]
+
+    def _read(self, job, active: list[int], slot: int) -> dict:
+        """Host buffers for one job: θ₀'s chunk, and the experts' chunks unless they are resident."""
+        key, s, e = job
+        n = e - s
+        out = {"base": self.base.read_into(key, self._buffer(slot, -1, self.base.entries[key].dtype, n), s)}
+        if self.resident is None:
+            out["experts"] = {i: self.experts[i].read_into(key, self._buffer(slot, i, self.experts[i].entries[key].dtype, n), s)
+                              for i in active}
+        return out
+
+    def _expert_chunk(self, i: int, job, bufs) -> torch.Tensor:
+        key, s, e = job
+        if self.resident is not None:
+            return self.resident[i][key].reshape(-1)[s:e]
+        return bufs["experts"][i].to(self.device)
+
+    def _pipeline(self, jobs, active):
+        """Yield (job, buffers), reading job j+1 in a thread while the caller merges job j."""
+        if not jobs:
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._read, jobs[0], active, 0)
+            for j, job in enumerate(jobs):
+                bufs = pending.result()
+                if j + 1 < len(jobs):  # buffer set (j+1) % 2 was last used by job j-1, already merged
+                    pending = pool.submit(self._read, jobs[j + 1], active, (j + 1) % 2)
+                yield job, bufs
+
+    # --- merging -----------------------------------------------------------------------------
+    def _merge_job(self, job, bufs, c: np.ndarray, active: list[int]) -> torch.Tensor:
+        """The merged chunk in float32 (float64 if a source is float64), on the device."""
+        key = job[0]
+        b = bufs["base"].to(self.device)
+        acc_dtype = torch.float64 if b.dtype == torch.float64 else torch.float32
+        if self.method == "task_arithmetic":
+            acc = self._accumulator(acc_dtype, b.numel())
+            acc.copy_(b)
+            if active:
+                # (1 − Σcᵢ) θ₀ + Σ cᵢ θᵢ  ==  θ₀ + Σ cᵢ (θᵢ − θ₀); at c = eᵢ it is θᵢ bit for bit
+                acc.mul_(float(1.0 - sum(float(c[i]) for i in active)))
+                for i in active:
+                    acc.add_(self._expert_chunk(i, job, bufs).to(acc_dtype), alpha=float(c[i]))
+            return acc
+        base32 = b.to(acc_dtype)
+        stack = torch.stack([self._expert_chunk(i, job, bufs).to(acc_dtype) - base32 for i in range(len(self.experts))])
+        shape = (len(self.experts), *self.base.entries[key].shape)
+        stack = stack.reshape(shape)
+        if self.method == "ties":
+            stack = ties_trim_and_elect(stack, self.density)
+        else:
+            stack = dare_drop(stack, self.density, self.seed, key)
+        ct = torch.as_tensor(c, dtype=acc_dtype, device=self.device)
+        return torch.addmv(base32, stack.reshape(len(self.experts), -1).T, ct)
+
+    def _accumulator(self, dtype: torch.dtype, n: int) -> torch.Tensor:
+        acc = self._acc.get(dtype)
+        if acc is None or acc.numel() < n:
+            acc = torch.empty(max(n, min(self.chunk, 1 << 16)), dtype=dtype, device=self.device)
+            self._acc[dtype] = acc
+        return acc[:n]
+
+    def _active(self, c: np.ndarray) -> list[int]:
+        if self.method != "task_arithmetic":
+            return list(range(len(self.experts)))
+        return [i for i in range(len(self.experts)) if float(c[i]) != 0.0]  # a zero coefficient reads nothing
+
+    def _coefficients(self, coefficients) -> np.ndarray:
+        c = np.asarray(coefficients, dtype=np.float64).reshape(-1)
+        if c.shape != (len(self.experts),):
+            raise ValueError(f"expected {len(self.experts)} coefficients, got shape {np.shape(coefficients)}")
+        return c
+
+    @torch.no_grad()
+    def apply(self, coefficients) -> None:
+        """Set every merged parameter of the target to θ₀ + Σ cᵢ τᵢ (float32 math, cast to its dtype)."""
+        c = self._coefficients(coefficients)
+        active = self._active(c)
+        for job, bufs in self._pipeline(self._jobs(self.keys, active), active):
+            key, s, e = job
+            self.slots[key].view(-1)[s:e].copy_(self._merge_job(job, bufs, c, active))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.coefficients = c.copy()
+
+    @torch.no_grad()
+    def iter_merged(self, coefficients) -> Iterator[tuple[str, torch.Tensor]]:
+        """(key, CPU tensor in the base's dtype) for every tensor of the base, in file order: merged
+        where merged, θ₀ elsewhere. One tensor in memory at a time (for exports)."""
+        c = self._coefficients(coefficients)
+        active = self._active(c)
+        merged = set(self.keys)
+        order = sorted(self.base.entries, key=lambda k: (str(self.base.entries[k].file), self.base.entries[k].offset))
+        for key in order:
+            entry = self.base.entries[key]
+            if key not in merged:
+                yield key, self.base.read(key)
+                continue
+            out = torch.empty(entry.numel, dtype=entry.dtype)
+            for job, bufs in self._pipeline(self._jobs([key], active), active):
+                out[job[1]:job[2]].copy_(self._merge_job(job, bufs, c, active).to("cpu"))
+            yield key, out.view(entry.shape)
+
+    def merged_state_dict(self, coefficients, base=None) -> dict[str, torch.Tensor]:
+        """Every tensor merged at `coefficients`, in one dict (small models; exports stream instead)."""
+        return dict(self.iter_merged(coefficients))
+
+    # --- validation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def check_finite(self) -> None:
+        """Refuse NaN/inf in any merged tensor of the base or an expert (one pass over the data)."""
+        for ck in [self.base, *self.experts]:
+            idx = self.experts.index(ck) if ck is not self.base else None
+            for key in self.keys:
+                n = ck.entries[key].numel
+                for s in range(0, n, self.chunk):
+                    e = min(n, s + self.chunk)
+                    if idx is not None and self.resident is not None:
+                        part = self.resident[idx][key].reshape(-1)[s:e]
+                    else:
+                        part = ck.read_into(key, torch.empty(e - s, dtype=ck.entries[key].dtype), s)
+                    if not bool(torch.isfinite(part).all()):
+                        raise CheckpointError(f"{ck.name}: tensor {key!r} contains NaN or inf")
+
+    def close(self) -> None:
+        self.resident = None
+        for ck in [self.base, *self.experts]:
+            ck.close()
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
