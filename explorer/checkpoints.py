@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -32,9 +33,15 @@ def _resolve_dir(path: Path) -> list[Path]:
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise CheckpointError(f"{index}: not a valid shard index ({exc})") from None
-            return [path / name for name in sorted(set(weight_map.values()))]
+                names = sorted(set(weight_map.values()))
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise CheckpointError(f"{index}: not a valid shard index ({type(exc).__name__}: {exc})") from None
+            if not names or not all(isinstance(n, str) and n and "/" not in n and n not in (".", "..") for n in names):
+                raise CheckpointError(f"{index}: weight_map must name shard files in {path}")
+            missing = [n for n in names if not (path / n).is_file()]
+            if missing:
+                raise CheckpointError(f"{index}: shard {missing[0]!r} is missing")
+            return [path / name for name in names]
     for name in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
         if (path / name).exists():
             return [path / name]
@@ -115,24 +122,51 @@ def check_compatible(base: dict[str, torch.Tensor], other: dict[str, torch.Tenso
             )
 
 
-def content_hash(path: str | os.PathLike, cache: dict | None = None) -> str:
+RACY_S = 1.0  # a file changed this recently may change again within one timestamp tick: not cached
+
+
+def file_signature(path: Path) -> str:
+    """The cache key of one file's current state: path, size, mtime, ctime and inode.
+
+    A rewrite that keeps the size and restores the mtime still changes the ctime (and an atomic
+    replace changes the inode), so a cached digest is served only for the very same bytes.
+    """
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+
+
+def file_digest(path: Path, cache=None) -> str:
+    """SHA-256 of one file's bytes, served from `cache` only when the file's signature is unchanged."""
+    try:
+        key = file_signature(path)
+        st = path.stat()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror})") from None
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror})") from None
+    digest = h.hexdigest()
+    settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_S * 1e9
+    if cache is not None and settled:
+        cache[key] = digest
+    return digest
+
+
+def content_hash(path: str | os.PathLike, cache=None) -> str:
     """SHA-256 over the bytes of every file of a checkpoint (sharded ones in name order).
 
-    `cache` maps (path, size, mtime) to a digest so unchanged multi-GB files are hashed once.
+    `cache` (a dict, or the store's hash cache) maps a file's signature (path, size, mtime_ns,
+    ctime_ns, inode) to its digest, so unchanged multi-GB files are hashed once and a changed one
+    is always hashed again.
     """
     digest = hashlib.sha256()
     for f in checkpoint_files(path):
-        st = f.stat()
-        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        if cache is not None and key in cache:
-            part = cache[key]
-        else:
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(block)
-            part = h.hexdigest()
-            if cache is not None:
-                cache[key] = part
-        digest.update(part.encode())
+        digest.update(file_digest(f, cache).encode())
     return digest.hexdigest()

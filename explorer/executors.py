@@ -7,16 +7,17 @@ store, and yields once per finished point (the runner's progress bar counts the 
 
 - `InProcessExecutor` (default): the experiment's own engine, one point after the other.
 - `RayExecutor` (extra `merge-explorer[ray]`): one actor per GPU of a node or Ray cluster (or per
-  CPU slot when there is no GPU). Each actor builds the engine once (base, task vectors, model and
-  the evaluators' cached data) and measures points sent to it. Actors write each result into the
-  same store (SQLite, committed per task) when they can reach it, and the driver writes the
-  returned values too: the store's key (experiment, task, coefficients) makes that idempotent, so
-  nothing is duplicated. A point whose actor dies is sent again to a fresh actor, so nothing is
-  lost. Values depend only on the coefficients, so the results are the same whichever executor ran.
+  CPU slot when there is no GPU), no more than the nodes' memory holds. Each actor builds the
+  engine once (base, task vectors, model and the evaluators' cached data) and measures points sent
+  to it; it returns the values and the driver alone writes them to the store (committed per task),
+  so workers on other machines need no access to the store file. A point whose actor dies is sent
+  again to a fresh actor, so nothing is lost. Values depend only on the coefficients, so the
+  results are the same whichever executor ran.
 """
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
 from typing import Iterable, Iterator, Sequence
 
@@ -36,61 +37,129 @@ class InProcessExecutor:
             yield np.asarray(c, dtype=float)
 
 
-class _Worker:
-    """A Ray actor's body: one Experiment (and so one engine) per process, built lazily, once."""
+RUNTIME_BYTES = 512 << 20  # a worker process before any checkpoint: Python, torch, the evaluator's code
 
-    def __init__(self, spec_path: str, store_path: str, device: str | None, write_store: bool, threads: int | None):
+
+def float32_bytes(path) -> int:
+    """Bytes a checkpoint takes once loaded and converted to float32 (safetensors: from its header).
+
+    Other formats count their file size, as if they already were float32.
+    """
+    import json
+    import struct
+
+    from .checkpoints import checkpoint_files
+
+    sizes = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+    total = 0
+    for f in checkpoint_files(path):
+        try:
+            if f.suffix != ".safetensors":
+                raise ValueError("not safetensors")
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(min(n, 100 << 20)))
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                begin, stop = info["data_offsets"]
+                nbytes = stop - begin
+                per = sizes.get(info["dtype"])
+                total += nbytes * 4 // per if per else nbytes
+        except (OSError, ValueError, KeyError, TypeError, struct.error):
+            total += f.stat().st_size
+    return total
+
+
+def worker_memory_bytes(experiment) -> int:
+    """What one worker holds at its peak: every checkpoint in float32 ((T+1) of them) plus the T
+    task vectors (float32, the size of the base), on top of the runtime."""
+    from .spec import resolve
+
+    spec, spec_dir = experiment.spec, experiment.spec_dir
+    base = float32_bytes(resolve(spec_dir, spec.model.base))
+    experts = sum(float32_bytes(resolve(spec_dir, spec.tasks[t].checkpoint)) for t in experiment.tasks)
+    return RUNTIME_BYTES + base + experts + len(experiment.tasks) * base
+
+
+def plan_workers(requested: int | None, slots: int, per_worker: int, node_memory: Sequence[float]) -> tuple[int, str | None]:
+    """(workers to start, a one-line message or None): the requested count (default: one per slot),
+    capped by how many workers of `per_worker` bytes the nodes' memory holds."""
+    fits = sum(int(m // per_worker) for m in node_memory) if node_memory else None
+    gib = per_worker / 2**30
+    want = requested if requested else slots
+    if fits is None or want <= fits:
+        return max(1, want), None
+    if fits < 1:
+        return 1, (f"each worker needs about {gib:.1f} GiB (checkpoints in float32 x (T+1) + task vectors) and no "
+                   f"node has that much free for Ray ({max(node_memory) / 2**30:.1f} GiB at most): starting 1 worker anyway")
+    if requested:
+        return fits, (f"asked for {requested} workers, but each needs about {gib:.1f} GiB (checkpoints in float32 "
+                      f"x (T+1) + task vectors) and the cluster's memory fits {fits}: starting {fits}")
+    return fits, None
+
+
+class _Worker:
+    """A Ray actor's body: one Experiment (and so one engine) per process, built lazily, once.
+
+    It never writes the store (on a multi-node cluster the driver's file may not even be there):
+    it keys its experiment in a private in-memory store, measures, and returns the values with the
+    experiment key and task identities it computed, which the driver checks against its own before
+    storing anything.
+    """
+
+    def __init__(self, spec_path: str, device: str | None, trust_pickle: bool, threads: int | None):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         os.environ["MERGE_EXPLORER_WORKER"] = "1"
-        self.spec_path, self.store_path, self.device, self.write_store = spec_path, store_path, device, write_store
+        self.spec_path, self.device, self.trust_pickle = spec_path, device, trust_pickle
         self._experiment = None
 
     def _exp(self):
         if self._experiment is None:
             from .runner import Experiment
+            from .store import MEMORY
 
-            store = self.store_path if self.write_store else os.path.join(os.getcwd(), f".worker-{os.getpid()}.sqlite")
-            self._experiment = Experiment.from_file(self.spec_path, store_path=store, device=self.device)
+            self._experiment = Experiment.from_file(self.spec_path, store_path=MEMORY, device=self.device,
+                                                    trust_pickle=self.trust_pickle)
         return self._experiment
 
     def ping(self) -> int:
         return os.getpid()
 
-    def measure(self, coefficients: list[float], kind: str) -> list[tuple[str, float, float]]:
+    def measure(self, coefficients: list[float], tasks: list[str]) -> tuple[str, dict, list[tuple[str, float, float]]]:
+        """(experiment key, task identities, [(task, value, seconds)]) for `tasks` at `coefficients`."""
         exp = self._exp()
         c = np.asarray(coefficients, dtype=float)
-        have = exp.stored(c)
-        out = [(t, v, 0.0) for t, v in have.items()]
-        missing = [t for t in exp.tasks if t not in have]
-        for task, value, seconds in exp.engine.measure(c, missing):
-            if self.write_store:
-                exp.store.put(exp.key, exp.task_identities[task], task, c, value, seconds, kind)
-            out.append((task, value, seconds))
-        return out
+        values = list(exp.engine.measure(c, tasks))
+        return exp.key, dict(exp.task_identities), values
 
 
 class RayExecutor:
     """Spread evaluations over a Ray cluster (or a local Ray instance).
 
     address: Ray address (None: connect to a running local cluster or start one; "auto" likewise).
-    num_workers: actors to start (default: one per GPU, else one per `cpus_per_worker` CPUs).
-    gpus_per_worker: default 1 when the cluster has GPUs, else 0.
-    write_store: actors write results into the experiment's store file themselves (needs the same
-        filesystem as the driver; the driver writes them too in any case).
+    num_workers: actors to start (default: one per GPU, else one per `cpus_per_worker` CPUs, at most
+        as many as the nodes' memory holds; asking for more than fits starts what fits, with a message).
+    gpus_per_worker: default 1 when the run's device is cuda, else 0.
     max_retries: how often one point may be re-sent after its actor died.
     init_kwargs: passed to `ray.init` when this executor starts Ray.
+
+    Workers run on the experiment's device kind (so results are keyed for what measured them: on a
+    head node without a GPU, pass --device cuda to use the cluster's GPUs), load pickled checkpoints
+    only when the experiment trusts them, and only the driver writes the store.
     """
 
     def __init__(self, address: str | None = None, num_workers: int | None = None, gpus_per_worker: float | None = None,
-                 cpus_per_worker: float = 1.0, write_store: bool = True, max_retries: int = 3,
-                 threads_per_worker: int | None = 1, init_kwargs: dict | None = None):
+                 cpus_per_worker: float = 1.0, max_retries: int = 3, threads_per_worker: int | None = 1,
+                 init_kwargs: dict | None = None):
         self.address, self.num_workers, self.gpus_per_worker = address, num_workers, gpus_per_worker
-        self.cpus_per_worker, self.write_store, self.max_retries = cpus_per_worker, write_store, max_retries
+        self.cpus_per_worker, self.max_retries = cpus_per_worker, max_retries
         self.threads_per_worker, self.init_kwargs = threads_per_worker, dict(init_kwargs or {})
         self.restarts = 0
+        self.message: str | None = None
 
     def _ray(self):
         try:
@@ -103,17 +172,23 @@ class RayExecutor:
             ray.init(**{k: v for k, v in kwargs.items() if v is not None})
         return ray
 
-    def _actor_options(self, ray) -> tuple[int, dict]:
+    def _actor_options(self, ray, experiment) -> tuple[int, dict]:
         resources = ray.cluster_resources()
         gpus = float(resources.get("GPU", 0))
-        per_gpu = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
-        if self.num_workers:
-            n = self.num_workers
-        elif per_gpu:
-            n = max(1, int(gpus // per_gpu))
-        else:
-            n = max(1, int(resources.get("CPU", 1) // self.cpus_per_worker))
-        return n, {"num_cpus": self.cpus_per_worker, "num_gpus": per_gpu, "max_restarts": 0}
+        cuda = experiment.device_kind == "cuda"
+        if cuda and not gpus:
+            raise SpecError("the run's device is cuda but the Ray cluster has no GPU; pass --device cpu")
+        per_gpu = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if cuda else 0.0)
+        slots = max(1, int(gpus // per_gpu)) if per_gpu else max(1, int(resources.get("CPU", 1) // self.cpus_per_worker))
+        per_worker = worker_memory_bytes(experiment)
+        node_memory = [float(n["Resources"].get("memory", 0)) for n in ray.nodes() if n.get("Alive")]
+        n, self.message = plan_workers(self.num_workers, slots, per_worker, [m for m in node_memory if m > 0])
+        if self.message:
+            print(f"merge-explorer: {self.message}", file=sys.stderr)
+        options = {"num_cpus": self.cpus_per_worker, "num_gpus": per_gpu, "max_restarts": 0}
+        if any(m >= per_worker for m in node_memory):
+            options["memory"] = per_worker  # Ray places no more workers on a node than its memory holds
+        return n, options
 
     def run(self, experiment, pending: Sequence[tuple[np.ndarray, str]]) -> Iterator[np.ndarray]:
         if experiment.spec_path is None:
@@ -122,14 +197,18 @@ class RayExecutor:
         if not pending:
             return
         ray = self._ray()
-        n_workers, options = self._actor_options(ray)
+        n_workers, options = self._actor_options(ray, experiment)
         n_workers = min(n_workers, len(pending))
         remote_cls = ray.remote(_Worker)
-        device = experiment.device if experiment.device else ("cuda" if options["num_gpus"] else "cpu")
-        args = (str(experiment.spec_path), str(experiment.store.path), device, self.write_store, self.threads_per_worker)
+        device = experiment.device or (experiment.spec.device if experiment.spec.device != "auto" else experiment.device_kind)
+        args = (str(experiment.spec_path), device, bool(experiment.spec.model.trust_pickle), self.threads_per_worker)
 
         def spawn():
             return remote_cls.options(**options).remote(*args)
+
+        def missing(c):
+            have = experiment.stored(c)
+            return [t for t in experiment.tasks if t not in have]
 
         queue = deque(range(len(pending)))
         attempts = [0] * len(pending)
@@ -139,15 +218,21 @@ class RayExecutor:
             while queue or running:
                 while queue and idle:
                     i = queue.popleft()
-                    actor = idle.pop()
                     c, kind = pending[i]
-                    running[actor.measure.remote(c.tolist(), kind)] = (i, actor)
+                    tasks = missing(c)
+                    if not tasks:  # stored meanwhile (another run on the same store)
+                        yield c
+                        continue
+                    actor = idle.pop()
+                    running[actor.measure.remote(c.tolist(), tasks)] = (i, actor)
+                if not running:
+                    continue
                 done, _ = ray.wait(list(running), num_returns=1)
                 ref = done[0]
                 i, actor = running.pop(ref)
                 c, kind = pending[i]
                 try:
-                    values = ray.get(ref)
+                    key, identities, values = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):  # ActorDiedError included
                     attempts[i] += 1
                     if attempts[i] > self.max_retries:
@@ -157,18 +242,21 @@ class RayExecutor:
                     idle.append(spawn())
                     continue
                 except ray.exceptions.RayTaskError as exc:
-                    cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+                    cause = getattr(exc, "cause", None)  # the worker's own exception, without Ray's traceback text
                     if isinstance(cause, ExplorerError):
                         raise cause from None
                     raise
+                if key != experiment.key or any(identities.get(t) != experiment.task_identities[t] for t, _, _ in values):
+                    raise ExplorerError(
+                        "a Ray worker sees other checkpoints, evaluator code, data files or device than the driver "
+                        f"(experiment {key[:12]} vs {experiment.key[:12]}); give every node the same files"
+                    )
                 for task, value, seconds in values:
                     experiment.store.put(experiment.key, experiment.task_identities[task], task, c, value, seconds, kind)
                 idle.append(actor)
                 yield c
         finally:
-            for ref, (_, actor) in running.items():
-                ray.cancel(ref, force=True)
-            for actor in idle + [a for _, a in running.values()]:
+            for actor in idle + [a for _, a in running.values()]:  # killing an actor ends its running task
                 try:
                     ray.kill(actor)
                 except Exception:  # noqa: BLE001 - an actor already gone is fine

@@ -16,7 +16,7 @@ class Merger:
     """Holds θ₀ and the stacked τ on the target's device and writes merges into `target`.
 
     target: an `nn.Module` (its parameters/buffers are written by state-dict key) or a plain
-    `dict[str, Tensor]` (written in place).
+    `dict[str, Tensor]` (moved to `device` and written in place, keeping each tensor's dtype).
     """
 
     def __init__(self, target, base: dict[str, torch.Tensor], task_vectors: TaskVectors, device: str | torch.device = "cpu"):
@@ -26,7 +26,10 @@ class Merger:
             target.to(self.device)
             named = dict(target.state_dict(keep_vars=True))
             self.slots = {k: named[k].data if hasattr(named[k], "data") else named[k] for k in task_vectors.keys}
-        else:
+        else:  # a plain dict is the model: every tensor goes where the task vectors are (in place)
+            for k, v in list(target.items()):
+                if isinstance(v, torch.Tensor) and v.device != self.device:
+                    target[k] = v.to(self.device)
             self.slots = {k: target[k] for k in task_vectors.keys}
         self.target = target
         self.base = {k: base[k].to(self.device, torch.float32).contiguous() for k in task_vectors.keys}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, SpecError
+from .errors import CheckpointError, ExplorerError, SpecError
 
 
 def resolve_callable(path: str, what: str = "callable"):
@@ -81,21 +81,55 @@ def build_model(family: str, base: dict[str, torch.Tensor], base_name: str, arch
         finally:
             quiet.setLevel(level)
         check_architecture(module, base, base_name, architecture)
-        module.load_state_dict(base)
+        try:
+            module.load_state_dict(base)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{base_name}: does not load into {architecture!r} ({str(exc).strip().splitlines()[-1][:300]})") from None
         return module.eval()
     factory = resolve_callable(family, "model.family")
-    module = factory(base)
+    try:
+        module = factory(base)
+    except ExplorerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's factory: name it and the checkpoint it was given
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{base_name}: model.family {family!r} could not build a model from it "
+                              f"({type(exc).__name__}: {text[:300]})") from None
     if isinstance(module, torch.nn.Module):
         module.eval()
+    elif not isinstance(module, dict):
+        raise SpecError(f"model.family {family!r} returned {type(module).__name__}; expected a torch.nn.Module "
+                        "or a dict of tensors")
     return module
 
 
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+
+
+def device_kind(device: str | None = "auto") -> str:
+    """'cpu', 'cuda' or 'mps': what `device` resolves to here (part of every task's identity)."""
+    device = device or "auto"
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind, _, index = str(device).partition(":")
+    if kind not in DEVICE_KINDS or (index and not (index.isdigit() and kind != "cpu")):
+        raise SpecError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    return kind
+
+
 def pick_device(device: str = "auto") -> torch.device:
-    """cuda when available, else mps, else cpu; an explicit choice wins."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """cuda when available, else mps, else cpu; an explicit choice wins (if this machine has it)."""
+    kind = device_kind(device)
+    if device in (None, "auto"):
+        return torch.device(kind)
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+    if kind == "cuda" and ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise SpecError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise SpecError(f"device {device!r}: MPS is not available on this machine (use --device cpu)")
+    return torch.device(device)

@@ -4,6 +4,7 @@ with the closest valid key suggested), then trusted inside. Paths are relative t
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -57,6 +58,13 @@ class MergeSpec(_Strict):
     density: float = 0.2
     seed: int = 0
 
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < 2**31:
+            raise ValueError("seed must be an integer in [0, 2**31)")
+        return v
+
     @field_validator("density")
     @classmethod
     def _density_range(cls, v: float) -> float:
@@ -82,6 +90,31 @@ class Spec(_Strict):
     def _two_tasks(cls, v: dict) -> dict:
         if len(v) < 2:
             raise ValueError(f"at least 2 tasks are needed to explore trade-offs, got {len(v)}")
+        bad = [t for t in v if not t.strip() or any(ch in t for ch in ",:=\n\r\t") or t != t.strip()]
+        if bad:
+            raise ValueError(f"task name {bad[0]!r} must be non-empty without commas, colons, '=' or surrounding "
+                             "spaces (they separate tasks on the command line and in share links)")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < 2**32:
+            raise ValueError("seed must be an integer in [0, 2**32)")
+        return v
+
+    @field_validator("budget", "batch_size")
+    @classmethod
+    def _positive(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and not 1 <= v <= 10**7:
+            raise ValueError("must be a positive integer (at most 10**7)")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N, mps")
         return v
 
 
@@ -137,9 +170,14 @@ def load_spec(path: str | Path) -> tuple[Spec, Path]:
     if not p.is_file():
         raise SpecError(f"{p}: spec file not found")
     try:
-        data = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:  # ValueError: e.g. a NUL byte
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"{p}: not valid YAML ({first})") from None
+    except RecursionError:
+        raise SpecError(f"{p}: not valid YAML (nested too deeply)") from None
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read it ({exc.strerror})") from None
     return parse_spec(data, str(p)), p.resolve().parent
 
 
@@ -147,5 +185,8 @@ def resolve(spec_dir: Path, path: str | None) -> Path | None:
     """A spec path made absolute against the spec's directory (user home expanded)."""
     if path is None:
         return None
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else (spec_dir / p).resolve()
+    try:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (spec_dir / p).resolve()
+    except (RuntimeError, ValueError, OSError) as exc:  # an unknown ~user, a NUL byte, a symlink loop
+        raise SpecError(f"path {path!r} in the spec cannot be used ({exc})") from None

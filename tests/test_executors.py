@@ -13,8 +13,13 @@ from explorer.runner import Experiment
 from tests.toy_zoo import accuracy, build
 
 
-def crashing_accuracy(model, classes, crash_marker: str, **kwargs) -> float:
-    """The toy metric, but the first call inside a Ray worker kills that worker's process."""
+def crashing_accuracy(model, classes, **kwargs) -> float:
+    """The toy metric, but the first call inside a Ray worker kills that worker's process.
+
+    The marker file is named by an environment variable, not a param: a file a param names is part
+    of the task's identity, and this one appears mid-run.
+    """
+    crash_marker = os.environ["CRASH_MARKER"]
     if os.environ.get("MERGE_EXPLORER_WORKER") and not os.path.exists(crash_marker):
         open(crash_marker, "w").close()
         os._exit(1)
@@ -32,7 +37,6 @@ def _crashing_spec(spec_path, directory):
     for name, task in spec["tasks"].items():
         task["checkpoint"] = str(spec_path.parent / task["checkpoint"])
         task["evaluator"] = "tests.test_executors:crashing_accuracy"
-        task["params"]["crash_marker"] = str(directory / "crashed")
     spec["model"]["base"] = str(spec_path.parent / spec["model"]["base"])
     path = directory / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -65,6 +69,7 @@ def test_ray_executor_same_results_and_survives_a_killed_worker(toy, tmp_path, m
     local_dir, ray_dir = tmp_path / "local", tmp_path / "ray"
     local_dir.mkdir(), ray_dir.mkdir()
     local_spec, ray_spec = _crashing_spec(toy, local_dir), _crashing_spec(toy, ray_dir)
+    monkeypatch.setenv("CRASH_MARKER", str(ray_dir / "crashed"))
 
     local = Experiment.from_file(local_spec)
     expected = local.run(progress=False)  # in-process: never crashes (not a worker)
