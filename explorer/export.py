@@ -1,36 +1,62 @@
 """Exporting a chosen merge: coefficients.json, mergekit.yaml and merged.safetensors.
 
 The JSON makes a choice reproducible (content hashes of every checkpoint, method, parameters,
-package version); the mergekit YAML rebuilds it with mergekit; the safetensors file is the merged
+package version); the mergekit config rebuilds it with mergekit; the safetensors file is the merged
 checkpoint itself, with the base's key names and dtypes.
+
+mergekit's own `ties` and `dare_linear` are not merge-explorer's (weighted sign election,
+`normalize`, other random masks), so exactness comes from one rule: mergekit runs
+`task_arithmetic` with `normalize: false` and weight = MAP coefficient, which computes
+θ₀ + Σ cᵢ (θᵢ − θ₀). Where merge-explorer's τᵢ′ is not θᵢ − θ₀ of a file mergekit can read
+(TIES, DARE, a merge prefix, a checkpoint mergekit cannot open), the export writes the
+preprocessed experts θ₀ + τᵢ′ in float32 beside the config, named by content hash, and points
+the config at them. Hugging Face model folders go to `mergekit-yaml`, raw state dicts (open_clip
+and the like) to `mergekit-pytorch`. Arithmetic is float32 (`dtype`), the output takes the base's
+dtype (`out_dtype`).
 """
 from __future__ import annotations
 
 import json
+import shutil
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import torch
 import yaml
 
 from . import __version__
+from .checkpoints import checkpoint_files, content_hash, load_state_dict
 from .decision import Decision
 from .spec import resolve
 
+#: mergekit's nearest native methods, used only when the exact inputs were not written.
 MERGEKIT_METHOD = {"task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare_linear"}
-MERGEKIT_NOTE = {
-    "task_arithmetic": "exact: mergekit computes θ₀ + Σ weightᵢ (θᵢ − θ₀) with normalize: false",
-    "ties": "merge-explorer trims per tensor to `density`, elects the sign from the unweighted sum of trimmed "
-            "vectors and applies the coefficients to the sign-filtered vectors; mergekit's ties elects the sign "
-            "from the weighted vectors, so results can differ slightly",
-    "dare": "merge-explorer drops entries with probability 1 − density and rescales by 1/density with its own "
-            "seeded masks; mergekit's dare_linear draws different random masks, so results differ by the mask",
-}
+INPUTS_DIR = "mergekit-inputs"
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
-def coefficients_document(experiment, result, decision: Decision, weights=None, minimums=None) -> dict:
+@dataclass
+class MergekitPlan:
+    """What the exported config does: which tool, which files, and whether it is exact."""
+
+    entry_point: str                       # "mergekit-yaml" (HF folders) or "mergekit-pytorch" (raw files)
+    config: dict
+    exact: bool
+    how: str                               # one line: what was done, or why it is not exact
+    inputs: dict[str, dict] = field(default_factory=dict)  # written files: name -> {path, sha256}
+
+
+# --------------------------------------------------------------------------- coefficients.json
+
+
+def coefficients_document(experiment, result, decision: Decision, weights=None, minimums=None,
+                          plan: MergekitPlan | None = None) -> dict:
     """Everything needed to reproduce and audit the choice."""
     spec, tasks = experiment.spec, experiment.tasks
-    return {
+    doc = {
         "experiment": spec.name,
         "experiment_key": experiment.key,
         "tasks": tasks,
@@ -51,33 +77,255 @@ def coefficients_document(experiment, result, decision: Decision, weights=None, 
         "model": {"family": spec.model.family, "architecture": spec.model.architecture},
         "package": {"name": "merge-explorer", "version": __version__},
     }
+    if plan is not None:
+        doc["mergekit"] = {"entry_point": plan.entry_point, "command": f"{plan.entry_point} mergekit.yaml OUTPUT_DIR",
+                           "exact": plan.exact, "how": plan.how, "inputs": plan.inputs}
+    return doc
+
+
+# --------------------------------------------------------------------------- reading checkpoints cheaply
+
+
+def _safetensors_dtypes(path: Path) -> dict[str, str]:
+    """{key: safetensors dtype code} from the file's JSON header, without reading any tensor."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    return {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def _base_float_dtypes(experiment) -> set[str]:
+    """The floating dtypes of the base's tensors (from the loaded engine, headers, or a load)."""
+    if "engine" in experiment.__dict__:
+        return {str(t.dtype).removeprefix("torch.") for t in experiment.engine.base.values() if t.is_floating_point()}
+    base = resolve(experiment.spec_dir, experiment.spec.model.base)
+    files = checkpoint_files(base)
+    if all(f.suffix == ".safetensors" for f in files):
+        codes = {c for f in files for c in _safetensors_dtypes(f).values()}
+        return {SAFETENSORS_DTYPES.get(c, c) for c in codes if c.startswith(("F", "BF"))}
+    state = load_state_dict(base, experiment.spec.model.trust_pickle)
+    return {str(t.dtype).removeprefix("torch.") for t in state.values() if t.is_floating_point()}
+
+
+def _readable_as_is(path: Path, hf: bool) -> bool:
+    """Can mergekit read this checkpoint with the same tensor names merge-explorer uses?"""
+    files = checkpoint_files(path)
+    if not all(f.suffix == ".safetensors" for f in files):
+        return False
+    if hf:
+        return _is_hf_folder(path)
+    if path.is_dir() or len(files) != 1:
+        return False  # mergekit-pytorch reads one file
+    keys = list(_safetensors_dtypes(files[0]))
+    return not (keys and all(k.startswith("module.") for k in keys))  # merge-explorer strips that prefix
+
+
+def _non_float_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    out = {}
+    for f in checkpoint_files(path):
+        codes = _safetensors_dtypes(f)
+        with safe_open(str(f), framework="pt") as st:
+            out.update({k: st.get_tensor(k) for k, c in codes.items() if not c.startswith(("F", "BF"))})
+    return out
+
+
+def _buffers_agree(base: Path, experts: list[Path]) -> bool:
+    """mergekit refuses integer buffers that differ between inputs; merge-explorer keeps the base's."""
+    want = _non_float_tensors(base)
+    for p in experts:
+        have = _non_float_tensors(p)
+        if have.keys() != want.keys() or any(not torch.equal(have[k], want[k]) for k in want):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- writing mergekit's inputs
+
+
+def iter_preprocessed(engine) -> Iterator[tuple[str, list[torch.Tensor]]]:
+    """(key, [tensor of expert i]) for every base tensor, one key at a time: θ₀ + τᵢ′ in float32 where
+    merge-explorer merges, θ₀ as it is elsewhere. Works for state-dict engines (τ′ held in memory)
+    and streaming ones (τ′ recomputed per tensor from the files, with the same TIES/DARE functions)."""
+    if engine.task_vectors is not None:
+        vectors = engine.task_vectors.vectors
+        for key, t in engine.base.items():
+            if key in vectors:
+                b = t.to(torch.float32)
+                yield key, [b + vectors[key][i] for i in range(vectors[key].shape[0])]
+            else:
+                yield key, [t] * engine.task_vectors.n_tasks
+        return
+    from .task_vectors import dare_drop, ties_trim_and_elect
+
+    merger = engine.merger
+    merged = set(merger.keys)
+    for key in engine.base:
+        if key not in merged:
+            t = merger.base.read(key)
+            yield key, [t] * len(merger.experts)
+            continue
+        b = merger.base.read(key).to(torch.float32)
+        stack = torch.stack([ex.read(key).to(torch.float32) - b for ex in merger.experts])
+        if merger.method == "ties":
+            stack = ties_trim_and_elect(stack, merger.density)
+        elif merger.method == "dare":
+            stack = dare_drop(stack, merger.density, merger.seed, key)
+        yield key, [b + stack[i] for i in range(stack.shape[0])]
+
+
+def _merged_keys(engine) -> set[str]:
+    return set(engine.task_vectors.keys) if engine.task_vectors is not None else set(engine.merger.keys)
+
+
+def write_preprocessed_experts(engine, names: list[str], inputs_dir: Path, hf_base: Path | None) -> dict[str, dict]:
+    """Write θ₀ + τᵢ′ for every expert, streamed tensor by tensor, each named by its content hash:
+    `<name>-<sha12>.safetensors`, or for Hugging Face models `<name>-<sha12>/` with the base's
+    config and tokenizer files. An input already there with the same hash is reused."""
+    from .export_hf import SafetensorsStreamWriter, copy_side_files
+
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    merged = _merged_keys(engine)
+    specs = [(k, torch.float32 if k in merged else t.dtype, tuple(t.shape)) for k, t in engine.base.items()]
+    meta = {"format": "pt", "merge-explorer": __version__}
+    partial = []
+    for name in names:
+        tmp = inputs_dir / f".{name}.partial"
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+        if hf_base is not None:
+            tmp.mkdir()
+            copy_side_files(hf_base, tmp)
+        partial.append(tmp)
+    writers = [SafetensorsStreamWriter(t / "model.safetensors" if hf_base else t, specs, meta) for t in partial]
+    try:
+        for key, tensors in iter_preprocessed(engine):
+            for w, t in zip(writers, tensors):
+                w.append(key, t)
+    finally:
+        for w in writers:
+            w.fh.close()
+    out = {}
+    for name, tmp in zip(names, partial):
+        digest = content_hash(tmp)
+        final = inputs_dir / (f"{name}-{digest[:12]}" + ("" if hf_base else ".safetensors"))
+        if final.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        else:
+            tmp.rename(final)
+        out[name] = {"path": str(final), "sha256": digest}
+    return out
+
+
+def write_base_copy(engine, inputs_dir: Path) -> dict:
+    """θ₀ as one plain safetensors file, for a base mergekit-pytorch cannot read as it is."""
+    from safetensors.torch import save_file
+
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    tmp = inputs_dir / ".base.partial"
+    save_file({k: v.detach().clone().contiguous() for k, v in engine.base.items()}, str(tmp),
+              metadata={"format": "pt", "merge-explorer": __version__})
+    digest = content_hash(tmp)
+    final = inputs_dir / f"base-{digest[:12]}.safetensors"
+    if final.exists():
+        tmp.unlink()
+    else:
+        tmp.rename(final)
+    return {"path": str(final), "sha256": digest}
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def _describe_preprocessing(merge) -> str:
+    if merge.method == "ties":
+        return (f"TIES (per tensor: each τᵢ keeps its top {merge.density:g} fraction by magnitude, the sign is elected "
+                f"from the unweighted sum of the trimmed vectors, entries of the other sign are dropped)")
+    if merge.method == "dare":
+        return (f"DARE (seeded masks, seed {merge.seed}: entries dropped with probability {1 - merge.density:g}, "
+                f"survivors scaled by 1/{merge.density:g})")
+    return "no preprocessing (τᵢ′ = θᵢ − θ₀)"
+
+
+def plan_mergekit(experiment, coefficients: np.ndarray, out_dir: Path | None = None) -> MergekitPlan:
+    """Choose the exact route and build the config; writes mergekit's inputs only when `out_dir` is given."""
+    spec = experiment.spec
+    merge, prefix = spec.merge, spec.model.merge_prefix
+    base = resolve(experiment.spec_dir, spec.model.base)
+    experts = [resolve(experiment.spec_dir, spec.tasks[t].checkpoint) for t in experiment.tasks]
+    hf = _is_hf_folder(base)
+    entry = "mergekit-yaml" if hf else "mergekit-pytorch"
+    dtypes = _base_float_dtypes(experiment)
+    out_dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
+
+    def config(base_ref, expert_refs, method, density: bool) -> dict:
+        models = []
+        for ref, c in zip(expert_refs, coefficients):
+            params = {"weight": float(c)}
+            if density:
+                params["density"] = float(merge.density)
+            models.append({"model": str(ref), "parameters": params})
+        cfg = {"merge_method": method, "base_model": str(base_ref), "models": models,
+               "parameters": {"normalize": False}, "dtype": "float32"}
+        if out_dtype:
+            cfg["out_dtype"] = out_dtype
+        return cfg
+
+    from .families import lookup as lookup_family
+
+    artifact = "merged/" if lookup_family(spec.model.family) is not None else "merged.safetensors"
+
+    def native(reason: str) -> MergekitPlan:
+        method = MERGEKIT_METHOD[merge.method]
+        return MergekitPlan(entry, config(base, experts, method, merge.method != "task_arithmetic"), False,
+                            f"not exact: {reason}; {artifact} is the artifact")
+
+    if out_dtype is None:
+        return native(f"the base mixes float dtypes ({', '.join(sorted(dtypes))}) and mergekit writes one out_dtype")
+    base_ok = _readable_as_is(base, hf)
+    direct = (merge.method == "task_arithmetic" and not prefix and base_ok
+              and all(_readable_as_is(p, hf) for p in experts) and _buffers_agree(base, experts))
+    if direct:
+        return MergekitPlan(entry, config(base, experts, "task_arithmetic", False), True,
+                            "exact: task_arithmetic with normalize: false computes θ₀ + Σ weightᵢ (θᵢ − θ₀), "
+                            "in float32, written as the base's dtype")
+    if out_dir is None:
+        why = (f"mergekit's {MERGEKIT_METHOD[merge.method]} is not merge-explorer's {merge.method}"
+               if merge.method != "task_arithmetic" else "mergekit cannot use these checkpoints as they are")
+        return native(f"{why} and the exact inputs (preprocessed experts) were not written; "
+                      f"`merge-explorer export` without --no-checkpoint writes them and an exact config")
+    engine = experiment.engine
+    inputs_dir = Path(out_dir).resolve() / INPUTS_DIR
+    inputs = {}
+    if not (hf or base_ok):  # e.g. an open_clip .pt with a `state_dict` entry or a `module.` prefix
+        inputs["base"] = write_base_copy(engine, inputs_dir)
+    inputs.update(write_preprocessed_experts(engine, experiment.tasks, inputs_dir, base if hf else None))
+    base_ref = inputs["base"]["path"] if "base" in inputs else base
+    where = f" under {prefix!r} (the base's tensors elsewhere)" if prefix else ""
+    how = (f"exact: the models are merge-explorer's preprocessed experts θ₀ + τᵢ′ after {_describe_preprocessing(merge)}"
+           f"{where}, float32, content-hashed in {INPUTS_DIR}/; task_arithmetic with normalize: false and "
+           f"weight = MAP coefficient computes θ₀ + Σ cᵢ τᵢ′, merge-explorer's merge")
+    return MergekitPlan(entry, config(base_ref, [inputs[t]["path"] for t in experiment.tasks], "task_arithmetic", False),
+                        True, how, inputs)
 
 
 def mergekit_config(experiment, coefficients: np.ndarray) -> dict:
-    """A mergekit config reproducing the merge (weights = MAP coefficients, no normalisation)."""
-    spec = experiment.spec
-    method = spec.merge.method
-    models = []
-    for task, c in zip(experiment.tasks, coefficients):
-        params = {"weight": float(c)}
-        if method != "task_arithmetic":
-            params["density"] = float(spec.merge.density)
-        models.append({"model": str(resolve(experiment.spec_dir, spec.tasks[task].checkpoint)), "parameters": params})
-    return {
-        "merge_method": MERGEKIT_METHOD[method],
-        "base_model": str(resolve(experiment.spec_dir, spec.model.base)),
-        "models": models,
-        "parameters": {"normalize": False},
-        "dtype": "float32",
-    }
+    """The config for `coefficients` without writing anything (exact only where no inputs are needed)."""
+    return plan_mergekit(experiment, coefficients).config
 
 
-def write_mergekit_yaml(path: Path, experiment, coefficients: np.ndarray) -> None:
-    note = MERGEKIT_NOTE[experiment.spec.merge.method]
-    header = f"# mergekit config written by merge-explorer {__version__}\n# semantics: {note}\n"
-    if experiment.spec.model.merge_prefix:
-        header += f"# merge-explorer merged only tensors under {experiment.spec.model.merge_prefix!r}; mergekit merges all\n"
-    path.write_text(header + yaml.safe_dump(mergekit_config(experiment, coefficients), sort_keys=False))
+def write_mergekit_yaml(path: Path, plan: MergekitPlan) -> None:
+    header = (f"# mergekit config written by merge-explorer {__version__}\n"
+              f"# run: {plan.entry_point} {path.name} OUTPUT_DIR\n"
+              f"# {plan.how}\n")
+    path.write_text(header + yaml.safe_dump(plan.config, sort_keys=False), encoding="utf-8")
 
 
 def write_merged_checkpoint(path: Path, experiment, coefficients: np.ndarray) -> None:
@@ -92,16 +340,21 @@ def write_merged_checkpoint(path: Path, experiment, coefficients: np.ndarray) ->
 
 def export(experiment, result, decision: Decision, out_dir: str | Path, weights=None, minimums=None,
            checkpoint: bool = True) -> dict[str, Path]:
-    """Write the three export files into `out_dir`; returns their paths."""
+    """Write the export files into `out_dir`; returns their paths.
+
+    With `checkpoint`, also merged.safetensors and, where the exact mergekit route needs them, the
+    preprocessed experts under mergekit-inputs/ (not returned: they are folders or large files).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"coefficients": out / "coefficients.json", "mergekit": out / "mergekit.yaml"}
-    doc = coefficients_document(experiment, result, decision, weights, minimums)
-    paths["coefficients"].write_text(json.dumps(doc, indent=2) + "\n")
-    write_mergekit_yaml(paths["mergekit"], experiment, decision.coefficients)
     from .families import lookup as lookup_family
 
     family = lookup_family(experiment.spec.model.family)  # e.g. hf_causal_lm exports a model folder
+    plan = plan_mergekit(experiment, decision.coefficients, out if checkpoint else None)
+    doc = coefficients_document(experiment, result, decision, weights, minimums, plan)
+    paths["coefficients"].write_text(json.dumps(doc, indent=2) + "\n")
+    write_mergekit_yaml(paths["mergekit"], plan)
     if checkpoint and family is not None:
         paths.update(family.export(experiment, decision.coefficients, out))
     elif checkpoint:
