@@ -153,10 +153,12 @@ def cmd_verify(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .zoo import ensure_zoo
+    from .zoo import DEFAULT_DIRS, ensure_zoo
 
-    ensure_zoo(progress=not args.no_progress)
-    args.spec = str(Path(__file__).resolve().parent.parent / "examples" / "demo.yaml") if args.spec is None else args.spec
+    root = Path(__file__).resolve().parent.parent  # the specs' paths are relative to examples/, not to the cwd
+    ensure_zoo(root / DEFAULT_DIRS[args.tasks], progress=not args.no_progress, n_tasks=args.tasks)
+    name = "demo.yaml" if args.tasks == 4 else f"demo{args.tasks}.yaml"
+    args.spec = str(root / "examples" / name) if args.spec is None else args.spec
     return cmd_run(args)
 
 
@@ -212,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="build the offline demo zoo if missing, then run its spec")
     common(p, spec_required=False)
     p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tasks", type=int, choices=[4, 8], default=4,
+                   help="4: cache/demo-zoo + examples/demo.yaml (default); 8: cache/demo-zoo-8 + examples/demo8.yaml")
     p.add_argument("--budget", type=int)
     p.add_argument("--no-progress", action="store_true")
     run_options(p)

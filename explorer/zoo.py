@@ -13,7 +13,10 @@ merge with trade-offs), yet builds in minutes on two CPU cores with no download.
    small learning rate so task vectors stay in the pretrained basin and merge;
 4. measure base / expert / task-arithmetic accuracies on the test splits and record quality bars.
 
-``ensure_zoo`` reuses a zoo whose manifest has the same configuration hash.
+Two zoos: the 4-task default (``cache/demo-zoo/``) and an 8-task one (``cache/demo-zoo-8/``, the
+4 tasks plus inverted Fashion-MNIST, font-rendered digits, procedural shapes and textures), the
+demo's counterpart of CLIP ViT-B/32 on 8 tasks. ``ensure_zoo`` reuses a zoo whose manifest has
+the same configuration hash.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from explorer import datasets as builtin
 ARCHITECTURE = "merge-explorer-tiny"
 MERGE_PREFIX = "visual."
 DEFAULT_DIR = Path("cache/demo-zoo")
+#: Where each zoo size lives by default (``merge-explorer demo --tasks N``).
+DEFAULT_DIRS = {4: DEFAULT_DIR, 8: Path("cache/demo-zoo-8")}
 MANIFEST = "manifest.json"
 #: Bump when the build procedure changes in a way the configuration does not capture.
 BUILD_VERSION = "1"
@@ -89,6 +94,14 @@ SCALES = {
     ),
 }
 
+TASKS_8 = ZooConfig().tasks + ("inverted_fashion", "font_digits", "shapes", "textures")
+#: The 8-task zoo: same model and recipe, eight tasks sharing each pretraining batch.
+SCALES_8 = {
+    "full": replace(SCALES["full"], tasks=TASKS_8),
+    "quick": replace(SCALES["quick"], tasks=TASKS_8),
+}
+ZOO_SIZES = {4: SCALES, 8: SCALES_8}
+
 #: Quality bars (accuracy points are fractions: 0.15 = 15 points).
 MIN_EXPERT_GAIN = 0.15
 MIN_TA_GAIN = 0.05
@@ -98,19 +111,26 @@ EXPERT_MATCH_TOLERANCE = 0.02
 # --------------------------------------------------------------------------- public API
 
 
-def zoo_config(scale: str = "full", seed: int = 0, **overrides) -> ZooConfig:
-    """The configuration for a named scale (``full`` or ``quick``), with a seed and overrides."""
-    if scale not in SCALES:
-        raise ValueError(f"unknown zoo scale {scale!r}; use one of {', '.join(SCALES)}")
-    return replace(SCALES[scale], seed=seed, **overrides)
+def zoo_config(scale: str = "full", seed: int = 0, n_tasks: int = 4, **overrides) -> ZooConfig:
+    """The configuration for a named scale (``full`` or ``quick``) of the 4- or 8-task zoo, with a seed and overrides."""
+    if n_tasks not in ZOO_SIZES:
+        raise ValueError(f"no demo zoo with {n_tasks} tasks; use one of {', '.join(map(str, ZOO_SIZES))}")
+    scales = ZOO_SIZES[n_tasks]
+    if scale not in scales:
+        raise ValueError(f"unknown zoo scale {scale!r}; use one of {', '.join(scales)}")
+    return replace(scales[scale], seed=seed, **overrides)
 
 
 def ensure_zoo(
-    out_dir: str | os.PathLike = DEFAULT_DIR, seed: int = 0, scale: str = "full", progress: bool = True,
-    config: ZooConfig | None = None,
+    out_dir: str | os.PathLike | None = None, seed: int = 0, scale: str = "full", progress: bool = True,
+    config: ZooConfig | None = None, n_tasks: int = 4,
 ) -> Path:
-    """Path of the zoo's manifest, building the zoo first unless one with the same config exists."""
-    config = config or zoo_config(scale, seed)
+    """Path of the zoo's manifest, building the zoo first unless one with the same config exists.
+
+    ``out_dir`` defaults to ``DEFAULT_DIRS[n_tasks]`` (``cache/demo-zoo`` for 4 tasks).
+    """
+    config = config or zoo_config(scale, seed, n_tasks)
+    out_dir = DEFAULT_DIRS[n_tasks] if out_dir is None else out_dir
     manifest = Path(out_dir) / MANIFEST
     if manifest.is_file():
         try:
@@ -126,12 +146,12 @@ def ensure_zoo(
 
 def build_zoo(
     out_dir: str | os.PathLike = DEFAULT_DIR, seed: int = 0, scale: str = "full", progress: bool = True,
-    config: ZooConfig | None = None,
+    config: ZooConfig | None = None, n_tasks: int = 4,
 ) -> Path:
     """Build the zoo into ``out_dir`` (config JSON, base and expert safetensors, manifest); return the manifest path."""
     from safetensors.torch import save_file
 
-    config = config or zoo_config(scale, seed)
+    config = config or zoo_config(scale, seed, n_tasks)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
