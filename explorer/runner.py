@@ -61,16 +61,21 @@ def param_files(params, spec_dir: Path, cache=None, where: str = "") -> dict[str
 
 
 def evaluator_version(fn, path: str) -> str:
-    """The evaluator's `version` attribute, else the SHA-256 of its module's source file."""
+    """The evaluator's `version` attribute, else the SHA-256 of its source: the module the spec names
+    and the module that defines the function (a re-export changes when either does)."""
     version = getattr(fn, "version", None)
     if version is not None:
         return f"version:{version}"
-    module = sys.modules.get(getattr(fn, "__module__", None) or "") or sys.modules.get(path.split(":", 1)[0])
-    source = getattr(module, "__file__", None)
-    try:
-        return "source:" + hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else "builtin"
-    except OSError:
-        return f"module:{getattr(module, '__name__', path)}:{getattr(module, '__version__', '?')}"
+    names = dict.fromkeys([path.split(":", 1)[0], getattr(fn, "__module__", None) or ""])
+    h = hashlib.sha256()
+    for name in names:
+        module = sys.modules.get(name)
+        source = getattr(module, "__file__", None)
+        try:
+            h.update(Path(source).read_bytes() if source else f"builtin:{name}".encode())
+        except OSError:
+            h.update(f"module:{name}:{getattr(module, '__version__', '?')}".encode())
+    return "source:" + h.hexdigest()
 
 
 def evaluator_precision(fn, device: str, what: str) -> str:
