@@ -124,6 +124,14 @@ def fingerprint(
 evaluate.fingerprint = fingerprint  # type: ignore[attr-defined]
 
 
+def precision(device: str) -> str:
+    """The number format `evaluate` computes in on a device kind (see `_autocast`); part of a task's identity."""
+    return "float16-autocast" if device == "cuda" else "float32"
+
+
+evaluate.precision = precision  # type: ignore[attr-defined]
+
+
 def zero_shot_head(
     model: torch.nn.Module, classnames: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
 ) -> torch.Tensor:
