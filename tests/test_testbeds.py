@@ -1,0 +1,66 @@
+"""Real testbeds: reproducible from the seed, CLIP-like trade-offs, batched = single, a truthful margin."""
+import numpy as np
+import pytest
+
+from explorer.testbeds import make_testbed
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("testbeds")
+
+
+@pytest.fixture(scope="module")
+def testbed(cache):
+    return make_testbed("hidden", n_tasks=8, seed=0, cache_dir=cache)
+
+
+def test_same_seed_same_weights_and_accuracies(testbed, cache):
+    fresh = make_testbed("hidden", n_tasks=8, seed=0, cache_dir=None)  # trained again, not read from the cache
+    for key, value in testbed.base.items():
+        assert np.array_equal(value.numpy(), fresh.base[key].numpy()), key
+    for task in testbed.tasks:
+        for key, value in testbed.experts[task].items():
+            assert np.array_equal(value.numpy(), fresh.experts[task][key].numpy()), (task, key)
+    assert sorted(p.name for p in cache.iterdir()) == ["hidden-T8-s0.safetensors"]
+    C = np.random.default_rng(0).random((20, 8))
+    reloaded = make_testbed("hidden", n_tasks=8, seed=0, cache_dir=cache)
+    assert np.array_equal(reloaded.values(C), testbed.values(C))
+    assert np.array_equal(fresh.test_values(C), testbed.test_values(C))
+
+
+def test_experts_beat_the_base_and_task_arithmetic_lies_between(testbed):
+    t = testbed.n_tasks
+    for values in (testbed.values, testbed.test_values):
+        base = values(np.zeros((1, t)))[0]
+        experts = np.diag(values(np.eye(t)))
+        assert np.all(experts >= base + 0.15), (base, experts)
+        lams = np.linspace(0.0, 1.0, 21)
+        ta = values(lams[:, None] * np.ones(t)).mean(axis=1)
+        assert base.mean() + 0.05 <= ta.max() <= experts.mean() - 0.05
+
+
+def test_batched_values_equal_single_calls_and_calls_are_counted(testbed):
+    C = np.random.default_rng(1).random((30, testbed.n_tasks))
+    testbed.n_calls = 0
+    single = np.array([list(testbed(c).values()) for c in C])
+    assert testbed.n_calls == 30
+    assert np.array_equal(testbed.values(C), single)
+    assert np.array_equal(testbed.values(C, chunk=7), single)
+    assert testbed.evaluate_test(C[0]) == dict(zip(testbed.tasks, testbed.test_values(C[:1])[0]))
+    with pytest.raises(ValueError, match="shape"):
+        testbed(np.zeros(3))
+
+
+def test_real_margin_is_zero_on_the_reference_front_and_positive_at_the_base(cache):
+    small = make_testbed("hidden", n_tasks=8, seed=0, cache_dir=cache, truth_samples=128, front_size=6)
+    X, V = small.reference_front()
+    assert len(X) >= 1 and np.array_equal(small.values(X), V)
+    t = small.n_tasks
+    margins, where, measured = small.real_margin(np.vstack([X[:2], np.zeros(t)]), return_points=True)
+    assert np.all(margins[:-1] == 0)
+    assert margins[-1] > 0.05  # the base is far inside the front
+    base = small.values(np.zeros((1, t)))[0]
+    assert np.isclose((measured[-1] - base).min(), margins[-1])  # the margin is witnessed by a real point
+    assert np.array_equal(small.values(where[-1:])[0], measured[-1])
+    assert small.n_calls == 0  # ground truth is not charged to a method's budget
