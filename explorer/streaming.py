@@ -155,6 +155,17 @@ class SafetensorsCheckpoint:
             done += got
         return out
 
+    def advise(self, key: str, start: int, n: int) -> None:
+        """Hint that elements [start, start + n) of `key` will be read soon (no-op where unsupported)."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        e = self.entries[key]
+        try:
+            os.posix_fadvise(self._fd(e.file), e.offset + start * e.dtype.itemsize, n * e.dtype.itemsize,
+                             os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+
     def read(self, key: str) -> torch.Tensor:
         """One whole tensor, read into fresh memory (not memory-mapped)."""
         e = self.entries[key]
@@ -303,7 +314,8 @@ class StreamingMerger:
         jobs = []
         for k in keys:
             n = self.base.entries[k].numel
-            step = n if self.method != "task_arithmetic" else self.chunk
+            # streaming reads every source per job: larger jobs keep the disk reads long and sequential
+            step = n if self.method != "task_arithmetic" else self.chunk * (4 if self.resident is None else 1)
             jobs.extend((k, s, min(n, s + step)) for s in range(0, n, max(1, step)))
         return jobs
 
@@ -345,7 +357,17 @@ class StreamingMerger:
                 bufs = pending.result()
                 if j + 1 < len(jobs):  # buffer set (j+1) % 2 was last used by job j-1, already merged
                     pending = pool.submit(self._read, jobs[j + 1], active, (j + 1) % 2)
+                    if j + 2 < len(jobs):
+                        pool.submit(self._advise, jobs[j + 2], active)
                 yield job, bufs
+
+    def _advise(self, job, active: list[int]) -> None:
+        """Ask the OS to start reading a later job's bytes now (asynchronous readahead)."""
+        key, s, e = job
+        self.base.advise(key, s, e - s)
+        if self.resident is None:
+            for i in active:
+                self.experts[i].advise(key, s, e - s)
 
     # --- merging -----------------------------------------------------------------------------
     def _merge_job(self, job, bufs, c: np.ndarray, active: list[int]) -> torch.Tensor:

@@ -50,6 +50,16 @@ def build(out: Path, skills=("upper", "reverse"), dtype=torch.bfloat16, hidden: 
     return folders
 
 
+def cached_build(tmp_path_factory, name: str = "tiny", **kwargs) -> dict[str, Path]:
+    """`build` once per test session (several test modules use the same tiny models)."""
+    root = tmp_path_factory.getbasetemp() / f"llm-{name}"
+    done = root / "done.json"
+    if not done.exists():
+        folders = build(root, **kwargs)
+        done.write_text(json.dumps({k: str(v) for k, v in folders.items()}))
+    return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path

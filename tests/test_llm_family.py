@@ -23,7 +23,7 @@ PROMPTS = {
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    return llm_models.build(tmp_path_factory.mktemp("llm"))
+    return llm_models.cached_build(tmp_path_factory)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ EM = [{"prompt": f"up {w}=", "answer": w.upper()} for w in ("ab", "cd", "ef", "g
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    return llm_models.build(tmp_path_factory.mktemp("llm"), steps=40)
+    return llm_models.cached_build(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
