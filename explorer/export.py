@@ -48,6 +48,11 @@ class MergekitPlan:
     how: str                               # one line: what was done, or why it is not exact
     inputs: dict[str, dict] = field(default_factory=dict)  # written files: name -> {path, sha256}
 
+    @property
+    def reads_inputs(self) -> bool:
+        """False only where mergekit reads the original checkpoints (exact task arithmetic)."""
+        return not (self.exact and not self.inputs)
+
 
 # --------------------------------------------------------------------------- coefficients.json
 
@@ -328,12 +333,38 @@ def write_mergekit_yaml(path: Path, plan: MergekitPlan) -> None:
     path.write_text(header + yaml.safe_dump(plan.config, sort_keys=False), encoding="utf-8")
 
 
-def write_merged_checkpoint(path: Path, experiment, coefficients: np.ndarray) -> None:
+def merged_state_dict(experiment, coefficients, via_inputs: bool) -> dict[str, torch.Tensor]:
+    """θ₀ + Σ cᵢ τᵢ′ with the base's keys and dtypes, in float32 in the order mergekit's task_arithmetic
+    uses (δᵢ = input − θ₀, δᵢ·wᵢ, summed over i, added to θ₀, cast), so that a half-precision output
+    rounds the same way in both and mergekit rebuilds this file bit for bit rather than to within one
+    bf16/fp16 step. `via_inputs`: mergekit reads the written θ₀ + τᵢ′, so δᵢ = (θ₀ + τᵢ′) − θ₀.
+    Differs from the evaluated merge (merge.Merger) only by float32 rounding."""
+    engine = experiment.engine
+    if engine.task_vectors is None:  # streaming families merge tensor by tensor themselves
+        return engine.merged_state_dict(coefficients)
+    vectors = engine.task_vectors.vectors
+    w = torch.tensor([float(c) for c in np.asarray(coefficients, dtype=float)], dtype=torch.float32)
+    out = {}
+    for key, t in engine.base.items():
+        if key not in vectors:
+            out[key] = t.detach().to("cpu").clone().contiguous()  # clone: no shared storage (tied weights)
+            continue
+        b = t.detach().to("cpu", torch.float32)
+        deltas = vectors[key].to("cpu", torch.float32).clone()
+        if via_inputs:
+            deltas = (b + deltas) - b
+        deltas.mul_(w.view(-1, *([1] * b.dim())))
+        out[key] = (b + deltas.sum(dim=0)).to(t.dtype).contiguous()
+    return out
+
+
+def write_merged_checkpoint(path: Path, experiment, coefficients: np.ndarray, via_inputs: bool | None = None) -> None:
     """merged.safetensors with the base's keys and dtypes; loadable wherever the base is."""
     from safetensors.torch import save_file
 
-    state = experiment.engine.merged_state_dict(coefficients)
-    state = {k: v.clone().contiguous() for k, v in state.items()}  # no shared storage (tied weights)
+    if via_inputs is None:
+        via_inputs = plan_mergekit(experiment, coefficients).reads_inputs
+    state = merged_state_dict(experiment, coefficients, via_inputs)
     save_file(state, str(path), metadata={"format": "pt", "merge-explorer": __version__,
                                           "coefficients": json.dumps([float(c) for c in coefficients])})
 
@@ -359,5 +390,5 @@ def export(experiment, result, decision: Decision, out_dir: str | Path, weights=
         paths.update(family.export(experiment, decision.coefficients, out))
     elif checkpoint:
         paths["merged"] = out / "merged.safetensors"
-        write_merged_checkpoint(paths["merged"], experiment, decision.coefficients)
+        write_merged_checkpoint(paths["merged"], experiment, decision.coefficients, plan.reads_inputs)
     return paths
