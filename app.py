@@ -2,6 +2,12 @@
 
     streamlit run app.py                          # the demo experiment (examples/demo.yaml)
     streamlit run app.py -- --spec my.yaml        # any spec; or set MERGE_EXPLORER_SPEC
+    streamlit run app.py -- --present             # read-only stakeholder mode (./run.sh --present)
+
+A spec is code (its evaluator is imported, `trust_pickle` unpickles): the app opens the spec it was
+started with and, in normal mode, specs under the workspace (--workspace DIR, default the current
+directory); `trust_pickle` specs only with --trust-pickle. Present mode types no paths, starts no
+runs, measures nothing and builds no checkpoints: it shows what the store holds.
 
 All computation and every figure come from the engine (`explorer.app_state`, `explorer.figures`,
 `explorer.report`); this file only lays out widgets, caches and calls.
@@ -31,9 +37,9 @@ def workspace() -> S.Workspace:
 
 
 @st.cache_resource(show_spinner="Loading the experiment…")
-def open_experiment(spec_signature: tuple, store: str | None) -> S.ExperimentHandle:
+def open_experiment(spec_signature: tuple, store: str | None, trust_pickle: bool) -> S.ExperimentHandle:
     """One handle (store connection, lazily built model and task vectors) per spec file version."""
-    return workspace().open(Path(spec_signature[0]), Path(store) if store else None)
+    return workspace().open(Path(spec_signature[0]), Path(store) if store else None, trust_pickle)
 
 
 @st.cache_data(show_spinner="Fitting surrogates and computing the front…", max_entries=16)
@@ -50,15 +56,24 @@ def quality_figure(fingerprint: str, verified_key: tuple, _result, _verified, _u
 
 # --- sidebar: experiment ------------------------------------------------------------------------
 def experiment_picker(args: S.AppArgs) -> Path:
+    """The spec to show: the one the server was started with, another from the store, or a typed path.
+
+    Present mode offers neither of the last two. Whatever is chosen is checked in `allowed_spec`.
+    """
     ss = st.session_state
     ss.setdefault("spec_path", str(args.spec))
     st.sidebar.header("Experiment")
+    if args.present:
+        st.sidebar.caption(f"Showing `{Path(ss['spec_path']).name}` · present mode: read-only")
+        return Path(ss["spec_path"])
     handle = ss.get("_handle_for_picker")
     if handle is not None:
         try:
             experiments = [e for e in handle.experiment.store.experiments() if e["meta"].get("spec_path")]
         except ExplorerError:
             experiments = []
+        experiments = [e for e in experiments if Path(e["meta"]["spec_path"]) == args.spec
+                       or Path(e["meta"]["spec_path"]).is_relative_to(args.workspace)]
         if len(experiments) > 1:
             labels = {e["meta"]["spec_path"]: f"{e['name']} ({e['n_points']} points)" for e in experiments}
             current = ss["spec_path"] if ss["spec_path"] in labels else None
@@ -68,15 +83,39 @@ def experiment_picker(args: S.AppArgs) -> Path:
             if choice and choice != ss["spec_path"]:
                 ss["spec_path"] = choice
     with st.sidebar.form("load_spec", border=False):
-        path = st.text_input("Spec file (YAML)", value=ss["spec_path"], help="Paths inside a spec are relative to it.")
+        path = st.text_input("Spec file (YAML)", value=ss["spec_path"], key="spec_input",
+                             help=f"A spec under {args.workspace}. Paths inside a spec are relative to it.")
         if st.form_submit_button("Load spec"):
-            ss["spec_path"] = str(Path(path).expanduser().resolve())
+            typed = Path(path).expanduser().resolve()
+            refusal = S.spec_refusal(typed, args) if typed.is_file() else None
+            if refusal:
+                ss["_refusal"] = refusal  # shown once, in the main area; the current experiment stays
+            else:
+                ss["spec_path"] = str(typed)
     st.sidebar.caption(f"Showing `{Path(ss['spec_path']).name}`")
     return Path(ss["spec_path"])
 
 
-def demo_missing(message: str) -> None:
+def allowed_spec(spec: Path, args: S.AppArgs) -> Path | None:
+    """`spec` if this server may open it; else a visible one-line refusal and the previous spec."""
+    ss = st.session_state
+    refusal = S.spec_refusal(spec, args)
+    if refusal is None:
+        ss["_last_allowed"] = str(spec)
+        return spec
+    st.error(refusal)
+    fallback = Path(ss.get("_last_allowed") or args.spec)
+    ss["spec_path"] = str(fallback)
+    if fallback == spec or S.spec_refusal(fallback, args) is not None:
+        return None
+    return fallback
+
+
+def demo_missing(message: str, present: bool) -> None:
     st.info(message)
+    if present:
+        st.caption("Present mode builds nothing: build the demo where the server runs, then reload this page.")
+        return
     job = workspace().demo_job
     if job is not None and job.running:
         st.write(job.progress_text())
@@ -100,8 +139,11 @@ def poll_demo() -> None:
 
 
 # --- sidebar: evaluation runs -------------------------------------------------------------------
-def run_panel(handle: S.ExperimentHandle, done: int, total: int) -> None:
+def run_panel(handle: S.ExperimentHandle, done: int, total: int, present: bool) -> None:
     st.sidebar.header("Evaluations")
+    if present:
+        st.sidebar.progress(min(done / max(total, 1), 1.0), text=f"{done} / {total} design and reference points in the store")
+        return
     job = handle.job
     if job is not None and job.running:
         with st.sidebar:
@@ -153,7 +195,9 @@ def preference_sliders(result, handle: S.ExperimentHandle, units: F.Units) -> tu
     ss, exp = st.session_state, handle.experiment
     ekey = exp.key[:12]
     if ss.get("_prefs_for") != ekey:
-        weights, minimums, picked, problems = S.decode_preferences(st.query_params.to_dict(), result.tasks)
+        ranges = {t: S.slider_range(result, i) for i, t in enumerate(result.tasks)}
+        weights, minimums, picked, problems = S.decode_preferences(st.query_params.to_dict(), result.tasks,
+                                                                   result.bounds, ranges)
         if st.query_params.get("exp") not in (None, ekey):
             weights, minimums, picked = {}, {}, None
         for t in result.tasks:
@@ -204,8 +248,7 @@ def slider_scale(units: F.Units, task: str) -> float:
 
 
 # --- main area ----------------------------------------------------------------------------------
-def chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey) -> None:
-    exp = handle.experiment
+def chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey, refs, present) -> None:
     metrics = units.metrics
     st.subheader("Chosen merge")
     if ss_picked() is not None:
@@ -216,6 +259,8 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
     if not decision.feasible:
         short = ", ".join(f"{t} by {s:.4f}" for t, s in zip(result.tasks, decision.shortfall) if s > 0)
         st.warning(f"No front point meets every minimum; showing the closest one (short: {short}).")
+    lines = glance(result, decision, measured, units, refs)
+    st.markdown("\n".join(f"- {line}" for line in lines))
     rows = S.choice_rows(result.tasks, metrics, decision, measured, minimums)
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="chosen_table")
     st.markdown("<span id='chosen-coefficients'>c = [" + ", ".join(f"{c:.3f}" for c in decision.coefficients) + "]</span>",
@@ -224,6 +269,23 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
     st.subheader("Verify")
     if measured is not None:
         st.success("Verified: the real merged model at these coefficients is measured and stored.")
+    if present:
+        if measured is None:
+            st.caption("Not measured yet. Present mode shows stored measurements only; the merges verified "
+                       "so far are the orange stars in the views.")
+    else:
+        verify_button(handle, decision)
+    export_buttons(handle, result, decision, weights, minimums, figs, rows, lines, present)
+
+
+def glance(result, decision, measured, units, refs) -> list[str]:
+    values = measured if measured is not None else decision.predicted
+    fractions = [units.is_fraction(t) for t in result.tasks]
+    return S.glance_lines(result.tasks, result.senses, fractions, values,
+                          S.References.from_markers(refs, len(result.tasks)), measured is not None)
+
+
+def verify_button(handle, decision) -> None:
     disabled = handle.busy
     if st.button("Evaluate the real merged model here", disabled=disabled, key="verify",
                  help="Merges the checkpoints at the chosen coefficients, runs every task's evaluator and stores the result."):
@@ -233,6 +295,9 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
     if disabled:
         st.caption("Verification waits until the running evaluation has finished.")
 
+
+def export_buttons(handle, result, decision, weights, minimums, figs, rows, summary, present) -> None:
+    exp = handle.experiment
     st.subheader("Export")
     w = {t: float(weights[t]) for t in result.tasks}
     m = {t: float(v) for t, v in minimums.items()} or None
@@ -242,15 +307,19 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
                             key="dl_json", on_click="ignore")
     cols[1].download_button("mergekit.yaml", files["mergekit.yaml"], "mergekit.yaml", "application/x-yaml",
                             key="dl_yaml", on_click="ignore")
+    title = f"merge-explorer report: {exp.spec.name}"
+    notes = report_notes(result, decision)
+    cols[1].download_button("report.html", lambda: S.report_bytes(title, figs, rows, notes, summary=summary),
+                            "report.html", "text/html", key="dl_report", on_click="ignore",
+                            help="The plots and the chosen point in one file that opens in any browser.")
+    if present:
+        st.caption("The merged checkpoint is built where the server runs: "
+                   "`merge-explorer export SPEC --weights ... --out DIR` with these preferences.")
+        return
     c = decision.coefficients.copy()
     cols[0].download_button("merged.safetensors", lambda: handle.merged_checkpoint(c), "merged.safetensors",
                             "application/octet-stream", key="dl_ckpt", on_click="ignore", disabled=handle.busy,
                             help="Built on click (loads the checkpoints once per server).")
-    title = f"merge-explorer report: {exp.spec.name}"
-    notes = report_notes(result, decision)
-    cols[1].download_button("report.html", lambda: S.report_bytes(title, figs, rows, notes), "report.html",
-                            "text/html", key="dl_report", on_click="ignore",
-                            help="The plots and the chosen point in one file that opens in any browser.")
 
 
 def report_notes(result, decision) -> list[str]:
@@ -343,8 +412,9 @@ def sync_url(result, weights, minimums, ekey) -> None:
         st.query_params.from_dict(wanted)
 
 
-def follow_link(handle: S.ExperimentHandle) -> None:
-    """A shared link names its experiment (exp=key prefix): open that one if this store knows it."""
+def follow_link(handle: S.ExperimentHandle, args: S.AppArgs) -> None:
+    """A shared link names its experiment (exp=key prefix): open that one if this store knows it and
+    this server may open its spec."""
     ss = st.session_state
     if ss.get("_link_followed"):
         return
@@ -355,8 +425,13 @@ def follow_link(handle: S.ExperimentHandle) -> None:
     for e in handle.experiment.store.experiments():
         path = e["meta"].get("spec_path")
         if e["key"].startswith(want) and path and Path(path).is_file():
-            ss["spec_path"] = path
-            st.rerun()
+            refusal = S.spec_refusal(Path(path), args)
+            if refusal is None:
+                ss["spec_path"] = path
+                st.rerun()
+            st.warning(f"The link names experiment {e['name']!r}, which this server does not open "
+                       f"({refusal}); showing {handle.experiment.spec.name!r}.")
+            return
     st.warning(f"The link names experiment {want!r}, which this store does not have; showing {handle.experiment.spec.name!r}.")
 
 
@@ -365,27 +440,37 @@ def main() -> None:
     st.markdown("## merge-explorer")
     st.caption("Amortized Pareto fronts for model merging (MAP): pick the trade-off, see it at once, verify it, export it.")
     args = S.app_args()
-    spec = experiment_picker(args)
+    if args.present:
+        st.caption("Present mode: read-only. Explore, export the coefficients and the report, share the link.")
+    picked = experiment_picker(args)
+    if st.session_state.get("_refusal"):
+        st.error(st.session_state.pop("_refusal"))
+    spec = allowed_spec(picked, args)
+    if spec is None:
+        return
     if Path(spec) == S.DEFAULT_SPEC:
         ready, message = S.demo_ready(spec)
         if not ready:
-            demo_missing(message)
+            demo_missing(message, args.present)
             return
-    handle = open_experiment(S.file_signature(spec), str(args.store) if args.store else None)
+    handle = open_experiment(S.file_signature(spec), str(args.store) if args.store else None, args.trust_pickle)
     st.session_state["_handle_for_picker"] = handle
     exp = handle.experiment
     ekey = exp.key[:12]
     C, M, kinds, fingerprint = handle.snapshot()
     total = handle.design_size()
     done = S.count_done(exp, C, None)
-    follow_link(handle)
-    run_panel(handle, done, total)
+    follow_link(handle, args)
+    run_panel(handle, done, total, args.present)
     units = F.units_for(exp.tasks, {t: exp.spec.tasks[t].metric for t in exp.tasks}, exp.senses)
     try:
         result = fit(fingerprint, handle)
     except ExplorerError as exc:
-        st.info(f"No front yet: {exc}. Press **Start evaluation** in the sidebar "
-                f"(or run `merge-explorer run {spec}` in a terminal); the views appear as results arrive.")
+        if args.present:
+            st.info(f"No front yet: {exc}.")
+        else:
+            st.info(f"No front yet: {exc}. Press **Start evaluation** in the sidebar "
+                    f"(or run `merge-explorer run {spec}` in a terminal); the views appear as results arrive.")
         return
     poor = S.poor_fits(result)
     if poor:
@@ -408,7 +493,7 @@ def main() -> None:
     with left:
         figs = views(result, chosen, minimums, refs, verified, units, evaluated, ekey, fingerprint)
     with right:
-        chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey)
+        chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey, refs, args.present)
 
 
 try:

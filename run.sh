@@ -1,8 +1,35 @@
 #!/usr/bin/env bash
 # The main job: set up, build the offline demo zoo if missing, run MAP on it (cached), open the explorer.
+#
+#   ./run.sh                   the explorer on the demo at http://127.0.0.1:8501 (PORT=... to change)
+#   ./run.sh --present         read-only stakeholder mode: explore, export coefficients and the report,
+#                              share links; no paths, runs, measurements or checkpoint downloads
+#   ./run.sh --spec S [--store DB] [--workspace DIR] [--trust-pickle]
+#                              another experiment; specs typed in the app must lie under DIR (default:
+#                              this directory); specs with trust_pickle only with --trust-pickle
+#
+# Other arguments go to streamlit. The server listens on 127.0.0.1 only: to show it to others, put an
+# authenticating reverse proxy in front of it (README, "Serving the app safely").
 set -euo pipefail
+app=()
+streamlit_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --present|--trust-pickle) app+=("$1"); shift ;;
+    --spec|--store|--workspace)
+      [ $# -ge 2 ] || { echo "run.sh: $1 needs a value" >&2; exit 2; }
+      app+=("$1" "$(realpath -m -- "$2")"); shift 2 ;;
+    --spec=*|--store=*|--workspace=*) app+=("${1%%=*}" "$(realpath -m -- "${1#*=}")"); shift ;;
+    *) streamlit_args+=("$1"); shift ;;
+  esac
+done
 cd "$(dirname "$0")"
 bash scripts/setup.sh
 . .venv/bin/activate
-merge-explorer demo
-exec streamlit run app.py --browser.gatherUsageStats false --server.headless true --server.address 127.0.0.1 --server.port "${PORT:-8501}" "$@"
+case " ${app[*]-} " in
+  *" --spec "*) ;;  # another experiment: the demo is not needed
+  *) merge-explorer demo ;;
+esac
+exec streamlit run app.py --browser.gatherUsageStats false --server.headless true --server.address 127.0.0.1 \
+  --server.port "${PORT:-8501}" --client.toolbarMode viewer ${streamlit_args[@]+"${streamlit_args[@]}"} \
+  -- ${app[@]+"${app[@]}"}

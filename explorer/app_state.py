@@ -36,26 +36,80 @@ STORE_ENV = "MERGE_EXPLORER_STORE"
 DEMO_COMMAND = "merge-explorer demo"
 
 
-# --- arguments ---------------------------------------------------------------------------------
+PRESENT_ENV = "MERGE_EXPLORER_PRESENT"
+WORKSPACE_ENV = "MERGE_EXPLORER_WORKSPACE"
+TRUST_PICKLE_ENV = "MERGE_EXPLORER_TRUST_PICKLE"
+
+
+# --- arguments and what the server allows ---------------------------------------------------------
 @dataclass(frozen=True)
 class AppArgs:
+    """What the server was started with. A spec is code (its evaluator is imported, `trust_pickle`
+    unpickles), so the operator decides which specs a visitor can open: the one named at start,
+    and in normal mode any under `workspace`; `present` opens no other and measures nothing."""
+
     spec: Path
     store: Path | None
     is_default: bool  # True when no spec was given (the demo)
+    present: bool = False  # read-only stakeholder mode
+    workspace: Path = field(default_factory=Path.cwd)
+    trust_pickle: bool = False
+
+
+def _flag(value: str | None) -> bool:
+    return str(value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def app_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppArgs:
-    """`streamlit run app.py -- --spec S [--store DB]`, else $MERGE_EXPLORER_SPEC, else the demo spec."""
+    """`streamlit run app.py -- [--spec S] [--store DB] [--present] [--workspace DIR] [--trust-pickle]`.
+
+    Each option may also come from the environment ($MERGE_EXPLORER_SPEC, ..._STORE, ..._PRESENT,
+    ..._WORKSPACE, ..._TRUST_PICKLE); without a spec the demo spec is shown. The workspace defaults
+    to the directory the server was started in.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--spec")
     parser.add_argument("--store")
+    parser.add_argument("--present", action="store_true")
+    parser.add_argument("--workspace")
+    parser.add_argument("--trust-pickle", action="store_true")
     known, _ = parser.parse_known_args(argv)
     spec = known.spec or environ.get(SPEC_ENV)
     store = known.store or environ.get(STORE_ENV)
+    workspace = known.workspace or environ.get(WORKSPACE_ENV)
     return AppArgs(Path(spec).expanduser().resolve() if spec else DEFAULT_SPEC,
-                   Path(store).expanduser().resolve() if store else None, spec is None)
+                   Path(store).expanduser().resolve() if store else None, spec is None,
+                   present=known.present or _flag(environ.get(PRESENT_ENV)),
+                   workspace=Path(workspace).expanduser().resolve() if workspace else Path.cwd().resolve(),
+                   trust_pickle=known.trust_pickle or _flag(environ.get(TRUST_PICKLE_ENV)))
+
+
+def spec_refusal(path: Path, args: AppArgs) -> str | None:
+    """Why this server will not open the spec at `path` (one line), or None when it may.
+
+    The spec named at start is the operator's choice; any other must lie under the workspace
+    (normal mode), and present mode opens no other. A spec with `model.trust_pickle: true` is
+    refused unless the server was started with --trust-pickle. Raises ExplorerError for a spec
+    that cannot be read.
+    """
+    from .spec import load_spec
+
+    path = Path(path).expanduser().resolve()
+    if path != args.spec:
+        if args.present:
+            return (f"refused: {path.name}: present mode shows only the experiment the server was started with "
+                    f"({args.spec.name})")
+        if not path.is_relative_to(args.workspace):
+            return (f"refused: {path} is outside the workspace {args.workspace}; a spec is code, so the app opens "
+                    f"specs only there (start it with --workspace DIR to widen it)")
+    if not args.trust_pickle and path.is_file():
+        spec, _ = load_spec(path)
+        if spec.model.trust_pickle:
+            return (f"refused: {path.name} sets model.trust_pickle: true, and unpickling a checkpoint runs its code; "
+                    f"start the app with --trust-pickle if you trust every checkpoint it names")
+    return None
 
 
 # --- share links: preferences in the URL --------------------------------------------------------
@@ -82,10 +136,18 @@ def _short(value: float, digits: int = 4) -> str:
     return f"{float(value):.{digits}g}"
 
 
-def decode_preferences(params: Mapping[str, str], tasks: Sequence[str]) -> tuple[dict, dict, np.ndarray | None, list[str]]:
+WEIGHT_RANGE = (0.0, 10.0)  # the importance sliders' range
+
+
+def decode_preferences(params: Mapping[str, str], tasks: Sequence[str], bounds=None,
+                       metric_ranges: Mapping[str, tuple[float, float]] | None = None
+                       ) -> tuple[dict, dict, np.ndarray | None, list[str]]:
     """(weights, minimums, picked coefficients or None, problems) from query parameters.
 
-    Malformed parts are skipped and reported in `problems` (shown to the user), never raised.
+    A share link is input from anyone: every value is checked, and what is malformed, non-finite,
+    outside its range (weights: `WEIGHT_RANGE`; minimums: `metric_ranges[task]`, the sliders'
+    range, when given) or, for `pick`, of the wrong length or outside the box `bounds` (T, 2), is
+    skipped and reported in `problems` (one line each, shown to the user), never raised.
     """
     problems: list[str] = []
 
@@ -101,25 +163,57 @@ def decode_preferences(params: Mapping[str, str], tasks: Sequence[str]) -> tuple
                 number = float(value)
             except ValueError:
                 number = float("nan")
-            if not sep or task not in tasks or not np.isfinite(number):
-                problems.append(f"ignored {name}={part!r} from the link (tasks are {', '.join(tasks)})")
-                continue
-            out[task] = number
+            if not sep or task not in tasks:
+                problems.append(f"ignored {name}={_clip_text(part)} from the link: no such task "
+                                f"(tasks are {', '.join(tasks)})")
+            elif not np.isfinite(number):
+                problems.append(f"ignored {name}={_clip_text(part)} from the link: not a finite number")
+            else:
+                out[task] = number
         return out
 
-    weights = {t: w for t, w in parse("w").items() if w >= 0}
-    minimums = parse("min")
-    picked = None
-    if params.get("pick"):
-        try:
-            c = np.array([float(x) for x in str(params["pick"]).split(",")])
-            if c.shape == (len(tasks),) and np.all(np.isfinite(c)):
-                picked = c
-            else:
-                problems.append("ignored pick= from the link: wrong number of coefficients")
-        except ValueError:
-            problems.append("ignored pick= from the link: not numbers")
+    weights = {}
+    for t, w in parse("w").items():
+        if WEIGHT_RANGE[0] <= w <= WEIGHT_RANGE[1]:
+            weights[t] = w
+        else:
+            problems.append(f"ignored w={t}:{_short(w)} from the link: an importance lies in "
+                            f"[{WEIGHT_RANGE[0]:g}, {WEIGHT_RANGE[1]:g}]")
+    minimums = {}
+    for t, v in parse("min").items():
+        lo, hi = (metric_ranges or {}).get(t, (-np.inf, np.inf))
+        if lo <= v <= hi:
+            minimums[t] = v
+        else:
+            problems.append(f"ignored min={t}:{_short(v)} from the link: outside the front's range "
+                            f"[{_short(lo)}, {_short(hi)}] for {t}")
+    picked = _decode_pick(params.get("pick"), len(tasks), bounds, problems)
     return weights, minimums, picked, problems
+
+
+def _decode_pick(text, n_tasks: int, bounds, problems: list[str]) -> np.ndarray | None:
+    if not text:
+        return None
+    try:
+        c = np.array([float(x) for x in str(text).split(",")])
+    except ValueError:
+        problems.append(f"ignored pick={_clip_text(text)} from the link: not numbers")
+        return None
+    if c.shape != (n_tasks,):
+        problems.append(f"ignored pick= from the link: {len(c)} coefficients for {n_tasks} tasks")
+    elif not np.all(np.isfinite(c)):
+        problems.append("ignored pick= from the link: a coefficient is not a finite number")
+    elif bounds is not None and not np.all((c >= np.asarray(bounds)[:, 0] - 1e-9) & (c <= np.asarray(bounds)[:, 1] + 1e-9)):
+        box = ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in np.asarray(bounds))
+        problems.append(f"ignored pick= from the link: coefficients outside the explored box ({box})")
+    else:
+        return c
+    return None
+
+
+def _clip_text(text, limit: int = 40) -> str:
+    text = repr(str(text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --- experiments and their shared state ---------------------------------------------------------
@@ -345,15 +439,18 @@ class Workspace:
         self._handles: dict[tuple, ExperimentHandle] = {}
         self.demo_job: Job | None = None
 
-    def open(self, spec: Path, store: Path | None = None) -> ExperimentHandle:
-        """The shared handle for a spec (reloaded when the spec file changes); raises ExplorerError."""
+    def open(self, spec: Path, store: Path | None = None, trust_pickle: bool = False) -> ExperimentHandle:
+        """The shared handle for a spec (reloaded when the spec file changes); raises ExplorerError.
+
+        `trust_pickle` is the server's --trust-pickle (as the CLI's flag: pickled checkpoints load).
+        """
         from .runner import Experiment
 
-        key = (file_signature(spec), str(store) if store else None)
+        key = (file_signature(spec), str(store) if store else None, bool(trust_pickle))
         with self._lock:
             handle = self._handles.get(key)
             if handle is None:
-                handle = ExperimentHandle(Experiment.from_file(spec, store_path=store))
+                handle = ExperimentHandle(Experiment.from_file(spec, store_path=store, trust_pickle=trust_pickle))
                 self._handles[key] = handle
             return handle
 
@@ -444,11 +541,81 @@ def choice_rows(tasks: Sequence[str], metrics: Mapping[str, str], decision: Deci
     return rows
 
 
+# --- reads at a glance -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class References:
+    """Measured reference values per task: the base, each expert on its own task, task arithmetic."""
+
+    base: np.ndarray | None = None
+    experts: np.ndarray | None = None
+    task_arithmetic: np.ndarray | None = None
+
+    @classmethod
+    def from_markers(cls, markers: Sequence[Marker], n_tasks: int) -> "References":
+        from .figures import expert_diagonal
+
+        by_kind = {m.kind: m.metrics for m in markers if m.kind in ("base", "task_arithmetic")}
+        return cls(by_kind.get("base"), expert_diagonal(markers, n_tasks), by_kind.get("task_arithmetic"))
+
+
+def glance_lines(tasks: Sequence[str], senses: Sequence[float], fractions: Sequence[bool], values: np.ndarray,
+                 refs: References, measured: bool = False) -> list[str]:
+    """One plain-language line per task comparing the chosen merge with the base, the expert and task arithmetic.
+
+    e.g. "digits: 84.1 % (predicted) — +12.3 points over the base, 5.2 below the expert, keeps 70 % of
+    the expert's gain; +3.1 over task arithmetic". Accuracies (`fractions`) read in percent and
+    points; other metrics in their own units, with "better"/"worse" following the task's sense.
+    A reference that was not measured is left out.
+    """
+    lines = []
+    for i, task in enumerate(tasks):
+        scale = 100.0 if fractions[i] else 1.0
+        v = float(values[i])
+        shown = f"{scale * v:.1f} %" if fractions[i] else f"{v:.4g}"
+        parts = []
+        first = [True]
+
+        def versus(ref: float, name: str) -> str:
+            d = scale * (v - ref)
+            unit = " points" if fractions[i] and first[0] else ""
+            first[0] = False
+            if not fractions[i]:
+                better = d * senses[i] >= 0
+                return f"{abs(d):.3g} {'better' if better else 'worse'} than {name}"
+            if abs(d) < 0.05:
+                return f"level with {name}"
+            return f"+{d:.1f}{unit} over {name}" if d > 0 else f"{-d:.1f}{unit} below {name}"
+
+        if refs.base is not None:
+            parts.append(versus(float(refs.base[i]), "the base"))
+        if refs.experts is not None:
+            parts.append(versus(float(refs.experts[i]), "the expert"))
+            if refs.base is not None:
+                parts.append(_gain_kept(v, float(refs.base[i]), float(refs.experts[i]), senses[i]))
+        head = ", ".join(parts)
+        if refs.task_arithmetic is not None:
+            ta = versus(float(refs.task_arithmetic[i]), "task arithmetic")
+            head = f"{head}; {ta}" if head else ta
+        kind = "measured" if measured else "predicted"
+        lines.append(f"{task}: {shown} ({kind})" + (f" — {head}" if head else ""))
+    return lines
+
+
+def _gain_kept(value: float, base: float, expert: float, sense: float) -> str:
+    gain = (expert - base) * sense
+    if not gain > 1e-12:
+        return "the expert does not beat the base here"
+    share = (value - base) * sense / gain
+    if share <= 0:
+        return "keeps none of the expert's gain"
+    return f"keeps {100 * share:.0f} % of the expert's gain"
+
+
 def report_bytes(title: str, figures: dict, rows: list[dict], notes: Sequence[str] = (),
-                 meta: Mapping[str, str] | None = None) -> bytes:
+                 meta: Mapping[str, str] | None = None, summary: Sequence[str] = ()) -> bytes:
     from .report import report_html
 
-    return report_html(title, figures, rows, notes, meta).encode("utf-8")
+    return report_html(title, figures, rows, notes, meta, summary).encode("utf-8")
 
 
 def to_buffer(data: bytes) -> io.BytesIO:

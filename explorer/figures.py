@@ -294,46 +294,71 @@ def parallel(result, minimums=None, chosen: Chosen | None = None, verified: Sequ
     """One line per front point over all tasks; per-task minimums are drawn as constraint ranges.
 
     Lines outside a constraint range are greyed out (they are infeasible for the current
-    minimums). The chosen merge is the vermillion line, verified merges the orange ones.
-    `minimums` is (T,) with NaN for "no bound" (a ceiling for metrics to minimise).
+    minimums). The front is drawn pale so that the chosen merge, a thick vermillion line with a
+    white halo drawn last, stands out; verified merges are orange. `minimums` is (T,) with NaN
+    for "no bound" (a ceiling for metrics to minimise).
     """
     tasks = result.tasks
     units = units or units_for(tasks, None, result.senses)
     F = result.front_predicted
-    rows, colour_value = [F], [np.zeros(len(F))]
+    everything = np.vstack([F] + [m.metrics[None, :] for m in verified]
+                           + ([chosen.predicted[None, :]] if chosen is not None else []))
+    ranges = [_parallel_range(everything[:, t]) for t in range(len(tasks))]
+    rows, colour_value = [F], [np.full(len(F), PARALLEL_LEVELS["front"])]
     for m in verified:
-        rows.append(m.metrics[None, :])
-        colour_value.append(np.array([0.5]))
+        rows.append(_thick_line(m.metrics, ranges, 1))
+        colour_value.append(np.full(len(rows[-1]), PARALLEL_LEVELS["verified"]))
     if chosen is not None:
-        rows.append(chosen.predicted[None, :])
-        colour_value.append(np.array([1.0]))
+        for level, band in (("halo", _thick_line(chosen.predicted, ranges, 4)),
+                            ("chosen", _thick_line(chosen.predicted, ranges, 2))):
+            rows.append(band)
+            colour_value.append(np.full(len(band), PARALLEL_LEVELS[level]))
     data, colours = np.vstack(rows), np.concatenate(colour_value)
     floors = np.full(len(tasks), np.nan) if minimums is None else np.asarray(minimums, dtype=float)
     dims = []
     for t, task in enumerate(tasks):
-        values = data[:, t]
-        lo, hi = float(np.min(values)), float(np.max(values))
-        if not hi > lo:
-            lo, hi = lo - 1e-3, hi + 1e-3
-        dim = dict(label=units.title(task, values), values=values, range=[lo, hi],
-                   tickformat=units.tickformat(task, values))
+        lo, hi = ranges[t]
+        dim = dict(label=units.title(task, everything[:, t]), values=data[:, t], range=[lo, hi],
+                   tickformat=units.tickformat(task, everything[:, t]))
         if np.isfinite(floors[t]):
             bound = float(np.clip(floors[t], lo, hi))
             dim["constraintrange"] = [bound, hi] if result.senses[t] > 0 else [lo, bound]
         dims.append(dim)
-    fig = _figure(_trace("parcoords", 
+    fig = _figure(_trace("parcoords",
         dimensions=dims,
-        line=dict(color=colours, cmin=0.0, cmax=1.0, showscale=False,
-                  colorscale=[[0.0, OKABE_ITO["sky_blue"]], [0.49, OKABE_ITO["sky_blue"]],
-                              [0.5, OKABE_ITO["orange"]], [0.99, OKABE_ITO["orange"]],
-                              [1.0, OKABE_ITO["vermillion"]]]),
+        line=dict(color=colours, cmin=0.0, cmax=1.0, showscale=False, colorscale=PARALLEL_COLOURS),
         unselected=dict(line=dict(color="#D9D9D9", opacity=0.25)),
         labelangle=0, labelside="top", labelfont=dict(size=12), tickfont=dict(size=11),
     ))
-    _layout(fig, "Front over all tasks (predicted)<br><sup>blue: front points · vermillion: chosen · orange: verified</sup>",
-            legend_below=False)
-    fig.update_layout(margin=dict(l=60, r=60, t=100, b=30))
+    _layout(fig, "Front over all tasks (predicted)<br><sup>pale blue: front points · vermillion: chosen · "
+                 "orange: verified</sup>", legend_below=False)
+    fig.update_layout(margin=dict(l=60, r=60, t=125, b=30))
     return fig
+
+
+#: colour levels of the parallel-coordinates lines (drawn in this order: later lines lie on top)
+PARALLEL_LEVELS = {"front": 0.0, "verified": 0.5, "halo": 0.75, "chosen": 1.0}
+PARALLEL_COLOURS = [[0.0, "#B9DDF3"], [0.49, "#B9DDF3"],  # a pale Okabe-Ito sky blue: the front recedes
+                    [0.5, OKABE_ITO["orange"]], [0.74, OKABE_ITO["orange"]],
+                    [0.75, "#FFFFFF"], [0.99, "#FFFFFF"], [1.0, OKABE_ITO["vermillion"]]]
+PARALLEL_AXIS_PX = HEIGHT - 165  # about the drawn length of an axis (the height less the margins)
+
+
+def _parallel_range(values: np.ndarray) -> tuple[float, float]:
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return (lo - 1e-3, hi + 1e-3) if not hi > lo else (lo, hi)
+
+
+def _thick_line(values: np.ndarray, ranges, half_width_px: int) -> np.ndarray:
+    """One line as a band of copies shifted by half pixels (parcoords draws every line 1 px wide).
+
+    Copies are clipped to the axis range, so the band never widens the axes; the middle copy is
+    the exact value.
+    """
+    span = np.array([hi - lo for lo, hi in ranges])
+    lo, hi = np.array([r[0] for r in ranges]), np.array([r[1] for r in ranges])
+    shifts = [k / 2 for k in range(-2 * half_width_px, 2 * half_width_px + 1) if k != 0] + [0]  # half pixels
+    return np.vstack([np.clip(values + k * span / PARALLEL_AXIS_PX, lo, hi) for k in shifts])
 
 
 # --- radar -------------------------------------------------------------------------------------

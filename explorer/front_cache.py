@@ -71,6 +71,10 @@ def required_names() -> set[str]:
 
 
 def _connect(store) -> sqlite3.Connection:
+    """A short-lived connection of our own (the store's file is validated by `Store` already);
+    raises sqlite3.Error for a private in-memory store, which has nothing worth caching."""
+    if getattr(store, "memory", False):
+        raise sqlite3.OperationalError("in-memory store")
     conn = sqlite3.connect(str(Path(store.path)), timeout=60)
     conn.execute("PRAGMA busy_timeout=60000")
     return conn

@@ -30,6 +30,7 @@ table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.95rem; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.7rem; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .meta { color: #555; font-size: 0.9rem; }
+.glance { font-size: 1.0rem; padding-left: 1.2rem; } .glance li { margin: 0.2rem 0; }
 .note { background: #fff4e0; border-left: 4px solid #E69F00; padding: 0.5rem 0.8rem; margin: 0.5rem 0; }
 """
 
@@ -51,13 +52,16 @@ def _table(rows: Sequence[Mapping]) -> str:
 
 
 def report_html(title: str, figures: Mapping, rows: Sequence[Mapping], notes: Sequence[str] = (),
-                meta: Mapping[str, str] | None = None) -> str:
-    """The report as one HTML string: title, chosen-point table, notes, then each figure."""
+                meta: Mapping[str, str] | None = None, summary: Sequence[str] = ()) -> str:
+    """The report as one HTML string: title, the chosen merge at a glance (`summary`, one line per
+    task), its table, notes, then each figure."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
     info = {"generated": time.strftime("%Y-%m-%d %H:%M"), **(meta or {})}
     parts.append('<p class="meta">' + " · ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in info.items())
                  + "</p>")
     parts.append("<h2>Chosen merge</h2>")
+    if summary:
+        parts.append('<ul class="glance">' + "".join(f"<li>{html.escape(line)}</li>" for line in summary) + "</ul>")
     parts.append(_table(rows))
     for note in notes:
         parts.append(f'<div class="note">{html.escape(note)}</div>')
@@ -74,8 +78,8 @@ def report_html(title: str, figures: Mapping, rows: Sequence[Mapping], notes: Se
 
 
 def write_report(path: str | Path, title: str, figures: Mapping, rows: Sequence[Mapping], notes: Sequence[str] = (),
-                 meta: Mapping[str, str] | None = None) -> Path:
+                 meta: Mapping[str, str] | None = None, summary: Sequence[str] = ()) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(report_html(title, figures, rows, notes, meta), encoding="utf-8")
+    p.write_text(report_html(title, figures, rows, notes, meta, summary), encoding="utf-8")
     return p

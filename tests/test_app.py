@@ -181,3 +181,124 @@ def test_missing_demo_shows_build_command(tmp_path, monkeypatch):
     assert not at.exception and not at.error
     assert any(app_state.DEMO_COMMAND in i.value for i in at.info)
     assert any(b.label == "Build the demo now" for b in at.button)
+
+
+# --- what the server allows: workspace, trust_pickle, present mode --------------------------------
+def copy_spec(toy_spec: Path, where: Path, **model_updates) -> Path:
+    """A copy of the toy experiment (checkpoints and store) at `where`, its spec's model updated."""
+    shutil.copytree(toy_spec.parent, where)
+    data = yaml.safe_load((where / "spec.yaml").read_text())
+    data["model"].update(model_updates)
+    (where / "spec.yaml").write_text(yaml.safe_dump(data, sort_keys=False))  # task order is part of the key
+    return where / "spec.yaml"
+
+
+def load_spec_in_sidebar(at, path: Path):
+    at.text_input(key="spec_input").input(str(path))
+    next(b for b in at.button if b.label == "Load spec").click()
+    return at.run()
+
+
+def test_spec_outside_the_workspace_is_refused(app, toy_spec, tmp_path, monkeypatch):
+    other = copy_spec(toy_spec, tmp_path / "elsewhere")
+    monkeypatch.setenv(app_state.WORKSPACE_ENV, str(tmp_path / "workspace"))
+    at = load_spec_in_sidebar(app.run(), other)
+    assert not at.exception
+    refusals = [e.value for e in at.error]
+    assert len(refusals) == 1 and "outside the workspace" in refusals[0] and str(other) in refusals[0]
+    assert "\n" not in refusals[0]
+    assert at.session_state["spec_path"] == str(toy_spec)  # still the experiment it was showing
+    assert len(at.slider) == 6 and at.dataframe  # ... and its views
+
+
+def test_spec_inside_a_widened_workspace_opens(app, toy_spec, tmp_path, monkeypatch):
+    other = copy_spec(toy_spec, tmp_path / "projects" / "other")
+    monkeypatch.setenv(app_state.WORKSPACE_ENV, str(tmp_path / "projects"))
+    at = load_spec_in_sidebar(app.run(), other)
+    no_errors(at)
+    assert at.session_state["spec_path"] == str(other)
+    assert len(at.slider) == 6, [i.value for i in at.info]
+
+
+def test_trust_pickle_spec_needs_the_server_flag(toy_spec, tmp_path, monkeypatch):
+    spec = copy_spec(toy_spec, tmp_path / "pickled", trust_pickle=True)
+    monkeypatch.setenv(app_state.SPEC_ENV, str(spec))
+    monkeypatch.delenv(app_state.TRUST_PICKLE_ENV, raising=False)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    refusals = [e.value for e in at.error]
+    assert len(refusals) == 1 and "trust_pickle" in refusals[0] and "--trust-pickle" in refusals[0]
+    assert not at.slider and not at.dataframe  # nothing of the experiment was opened
+
+    monkeypatch.setenv(app_state.TRUST_PICKLE_ENV, "1")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    no_errors(at)
+    assert len(at.slider) == 6
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"w": "low:1,mid:1,high:50"}, "importance lies in [0, 10]"),
+    ({"w": "low:1e999"}, "not a finite number"),
+    ({"min": "mid:7"}, "outside the front's range"),
+    ({"min": "mid:nan"}, "not a finite number"),
+    ({"pick": "0.5,0.5"}, "2 coefficients for 3 tasks"),
+    ({"pick": "0.2,inf,0.3"}, "not a finite number"),
+    ({"pick": "0.2,1.7,0.3"}, "outside the explored box"),
+    ({"w": "nosuch:2"}, "no such task"),
+])
+def test_bad_share_link_values_are_ignored_visibly(app, params, message):
+    default = chosen(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
+    app.query_params.update(params)  # a link is read when a visitor's session starts
+    at = app.run()
+    assert not at.exception and not at.error
+    warnings = [w.value for w in at.sidebar.warning]
+    assert any(message in w for w in warnings), warnings
+    assert np.allclose(chosen(at), default)  # the bad value changed nothing
+    assert slider(at, "w", "high").value <= 10.0
+
+
+def test_good_pick_in_a_link_selects_that_point(app):
+    app.query_params.update({"pick": "0.2,0.6,0.3"})
+    at = app.run()
+    no_errors(at)
+    assert not at.sidebar.warning
+    assert np.allclose(chosen(at), [0.2, 0.6, 0.3])
+
+
+def test_present_mode_is_read_only(app, monkeypatch):
+    monkeypatch.setenv(app_state.PRESENT_ENV, "1")
+    at = app.run()
+    no_errors(at)
+    assert not at.text_input  # no path to type
+    labels = {b.label for b in at.button}
+    assert not labels & {"Start evaluation", "Continue evaluation", "Evaluate the real merged model here",
+                         "Load spec", "Build the demo now"}
+    assert {b.label for b in at.get("download_button")} == {"coefficients.json", "mergekit.yaml", "report.html"}
+    before = chosen(at)
+    slider(at, "w", "high").set_value(10.0).run()  # exploring still works
+    no_errors(at)
+    assert not np.allclose(before, chosen(at))
+    assert "high:10" in at.query_params["w"]
+
+
+def test_glance_lines_compare_with_the_references(app):
+    at = app.run()
+    lines = [m.value for m in at.markdown if m.value.startswith("- ")]
+    assert len(lines) == 1
+    rows = lines[0].splitlines()
+    assert [r.split(":")[0] for r in rows] == ["- low", "- mid", "- high"]
+    for r in rows:
+        assert "over the base" in r or "below the base" in r
+        assert "the expert" in r and "of the expert's gain" in r and "task arithmetic" in r
+
+
+def test_glance_line_numbers():
+    refs = app_state.References(base=np.array([0.718, 2.0]), experts=np.array([0.893, 1.0]),
+                                task_arithmetic=np.array([0.810, 1.6]))
+    lines = app_state.glance_lines(["digits", "loss"], [1.0, -1.0], [True, False], np.array([0.841, 1.5]), refs)
+    assert lines[0] == ("digits: 84.1 % (predicted) — +12.3 points over the base, 5.2 below the expert, "
+                        "keeps 70 % of the expert's gain; +3.1 over task arithmetic")
+    assert lines[1] == ("loss: 1.5 (predicted) — 0.5 better than the base, 0.5 worse than the expert, "
+                        "keeps 50 % of the expert's gain; 0.1 better than task arithmetic")
+    bare = app_state.glance_lines(["digits"], [1.0], [True], np.array([0.5]), app_state.References(), measured=True)
+    assert bare == ["digits: 50.0 % (measured)"]

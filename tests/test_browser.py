@@ -35,13 +35,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(spec: Path, log: Path, timeout: float = 120.0):
-    """`streamlit run app.py -- --spec SPEC` on a free local port; stopped by its PID afterwards."""
+def serve(spec: Path, log: Path, timeout: float = 120.0, app_args: tuple[str, ...] = ()):
+    """`streamlit run app.py -- --spec SPEC [app_args]` on a free local port, started in the repository
+    (so .streamlit/config.toml applies); stopped by its PID afterwards."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
            "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--", "--spec", str(spec)]
+           "--server.fileWatcherType", "none", "--", "--spec", str(spec), *app_args]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=str(ROOT), stdout=fh, stderr=subprocess.STDOUT, env=env,
@@ -135,6 +136,41 @@ def test_slider_moves_chosen_point_in_browser(toy_spec):
         assert after != before
         assert "high%3A10" in page.url or "high:10" in page.url  # the choice is in the URL
         page.screenshot(path=str(ARTIFACTS / "browser-slider-moved.png"), full_page=False)
+        assert not page.locator('[data-testid="stException"]').count()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}")
+def test_present_mode_in_browser(toy_spec):
+    """Read-only: no path input, run, verify, build or checkpoint download, no Deploy button; a
+    slider still moves the choice, and coefficients.json downloads the chosen point."""
+    pytest.importorskip("playwright")
+    import json
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serve(toy_spec, ARTIFACTS / "streamlit-present.log", app_args=("--present",)) as url, browser_page() as page:
+        page.goto(url, wait_until="domcontentloaded")
+        wait_for_plots(page)
+        assert page.get_by_text("Present mode: read-only").count() >= 1
+        assert page.locator('input[aria-label="Spec file (YAML)"]').count() == 0
+        for label in ("Load spec", "Start evaluation", "Continue evaluation", "Evaluate the real merged model here",
+                      "Build the demo now", "merged.safetensors"):
+            assert page.get_by_role("button", name=label).count() == 0, label
+        assert page.locator('[data-testid="stAppDeployButton"]').count() == 0
+        assert page.get_by_role("button", name="coefficients.json").count() == 1
+        before = chosen_text(page)
+        move_slider(page, "Importance of high")
+        page.wait_for_function(
+            "(old) => { const e = document.querySelector('#chosen-coefficients'); return e && e.innerText !== old; }",
+            arg=before, timeout=60_000)
+        wait_idle(page)
+        after = chosen_text(page)
+        with page.expect_download(timeout=60_000) as info:
+            page.get_by_role("button", name="coefficients.json").click()
+        doc = json.loads(Path(info.value.path()).read_text())
+        shown = re.findall(r"-?\d+\.\d+", after)
+        assert [f"{doc['coefficients'][t]:.3f}" for t in ("low", "mid", "high")] == shown
+        assert doc["preferences"]["weights"]["high"] == 10.0
+        page.screenshot(path=str(ARTIFACTS / "browser-present-mode.png"), full_page=False)
         assert not page.locator('[data-testid="stException"]').count()
 
 

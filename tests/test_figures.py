@@ -88,7 +88,25 @@ def test_parallel_draws_minimums_as_constraint_ranges(result):
     assert dims[0].constraintrange is None
     lo, hi = dims[1].constraintrange
     assert lo == pytest.approx(floor) and hi == pytest.approx(max(dims[1].values))
-    assert len(dims[0].values) == len(result.front_predicted) + 1  # front + the chosen line
+    n = len(result.front_predicted)
+    assert np.array_equal(np.array([d.values[:n] for d in dims]).T, result.front_predicted)  # the front first
+
+
+def test_parallel_chosen_line_stands_out(result):
+    """The chosen merge is drawn last, as a thick band around its exact values in the top colour."""
+    chosen = _chosen(result)
+    fig = F.parallel(result, None, chosen)
+    values = np.array([d.values for d in fig.data[0].dimensions]).T
+    colours = np.asarray(fig.data[0].line.color)
+    n = len(result.front_predicted)
+    top = colours == colours.max()
+    assert top.sum() >= 5 and np.all(top[-top.sum():]) and not top[:n].any()  # chosen copies, drawn last
+    assert np.allclose(values[-1], chosen.predicted)  # the middle copy is exact, on top
+    spread = values[top].max(axis=0) - values[top].min(axis=0)
+    span = np.array([d.range[1] - d.range[0] for d in fig.data[0].dimensions])
+    assert np.all(spread > 0) and np.all(spread < 0.05 * span)  # a few pixels thick, not a smear
+    scale = dict(fig.data[0].line.colorscale)
+    assert scale[1.0] == F.OKABE_ITO["vermillion"] and scale[0.0] != F.STYLE["front"][0]  # the front recedes
 
 
 def test_radar_scales_to_experts(result, markers):

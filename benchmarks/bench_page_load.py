@@ -1,0 +1,145 @@
+"""Page load in a real browser: navigation to the first page showing its plots, on the demo.
+
+Starts `streamlit run app.py` on 127.0.0.1 (as ./run.sh does), waits until it answers, then opens
+the page in headless Chromium (Playwright, Debian's /usr/bin/chromium) several times, each in a
+new browser context (a new visitor: a new streamlit session). One load = from `page.goto` to the
+moment a plotly plot is drawn (`.js-plotly-plot .main-svg`) and the chosen coefficients are on the
+page. The first load after the server started is reported apart ("first": the server imports the
+engine and reads the experiment then); the others are the warm loads the target is about (<= 3 s).
+
+    python benchmarks/bench_page_load.py [--spec examples/demo.yaml] [--loads 5] [--present]
+    python benchmarks/bench_page_load.py --app-root /tmp/old-checkout   # another version of the app
+
+Prints one line per load and writes benchmarks/results/page_load.json (--out to change).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("MERGE_EXPLORER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"]
+TARGET_S = 3.0
+PLOTS = ".js-plotly-plot .main-svg"
+CHOSEN = "#chosen-coefficients"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(app_root: Path, app_args: list[str], log: Path, timeout: float = 180.0):
+    """The app served from `app_root` on a free loopback port; stopped by its process id afterwards."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(app_root)}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_root / "app.py"), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none", "--", *app_args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=str(app_root), stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"streamlit did not start; log: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def one_load(browser, url: str, timeout_ms: int) -> float:
+    """Seconds from navigation to plots and chosen point on screen, in a fresh context (new session)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        start = time.perf_counter()
+        page.goto(url, wait_until="commit")
+        page.wait_for_selector(PLOTS, timeout=timeout_ms)
+        page.wait_for_selector(CHOSEN, timeout=timeout_ms)
+        elapsed = time.perf_counter() - start
+        if page.locator('[data-testid="stException"]').count():
+            raise RuntimeError("the page shows an exception")
+        return elapsed
+    finally:
+        context.close()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default=str(ROOT / "examples" / "demo.yaml"))
+    parser.add_argument("--store", help="store path (default: the spec's)")
+    parser.add_argument("--app-root", default=str(ROOT), help="directory holding the app.py to serve")
+    parser.add_argument("--loads", type=int, default=5, help="warm loads after the first")
+    parser.add_argument("--present", action="store_true", help="serve in present mode (app flag --present)")
+    parser.add_argument("--label", default="", help="a name for this run in the results")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds one load may take")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "page_load.json"))
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    app_args = ["--spec", str(Path(args.spec).resolve())] + (["--store", args.store] if args.store else [])
+    app_args += ["--present"] if args.present else []
+    root = Path(args.app_root).resolve()
+    with server(root, app_args, ROOT / "test-artifacts" / "bench-page-load.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            first = one_load(browser, url, int(args.timeout * 1000))
+            print(f"first load after start: {first:.2f} s")
+            warm = []
+            for k in range(args.loads):
+                warm.append(one_load(browser, url, int(args.timeout * 1000)))
+                print(f"warm load {k + 1}: {warm[-1]:.2f} s")
+        finally:
+            browser.close()
+    warm_sorted = sorted(warm)
+    median = warm_sorted[len(warm) // 2] if warm else float("nan")
+    record = {"label": args.label or root.name, "app_root": str(root), "spec": str(Path(args.spec).resolve()),
+              "present": args.present, "first_load_s": round(first, 3), "warm_loads_s": [round(w, 3) for w in warm],
+              "warm_median_s": round(median, 3), "warm_max_s": round(max(warm), 3) if warm else None,
+              "target_s": TARGET_S, "under_target": bool(warm and max(warm) <= TARGET_S),
+              "measured": time.strftime("%Y-%m-%d %H:%M"),
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "load_average": [round(x, 2) for x in os.getloadavg()]}}
+    print(f"warm median {median:.2f} s, max {record['warm_max_s']} s (target <= {TARGET_S} s)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(out.read_text()).get("runs", []) if out.is_file() else []
+    runs = [r for r in runs if r.get("label") != record["label"]] + [record]
+    out.write_text(json.dumps({"target_s": TARGET_S, "runs": runs}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0 if record["under_target"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
