@@ -434,6 +434,8 @@ def count_done(experiment, C: np.ndarray, budget: int | None) -> int:
 class Workspace:
     """Per server process: loaded experiments by spec file, and the demo build job."""
 
+    MAX_OPEN = 2  # engines kept for the pages of this server (e.g. two people on two experiments)
+
     def __init__(self):
         self._lock = threading.Lock()
         self._handles: dict[tuple, ExperimentHandle] = {}
@@ -452,7 +454,23 @@ class Workspace:
             if handle is None:
                 handle = ExperimentHandle(Experiment.from_file(spec, store_path=store, trust_pickle=trust_pickle))
                 self._handles[key] = handle
+            self._handles.pop(key)
+            self._handles[key] = handle  # most recently shown last
+            self._drop_unshown()
             return handle
+
+    def _drop_unshown(self) -> None:
+        """Keep the engines pages show now: the newest MAX_OPEN handles and any with a run in progress.
+
+        A handle holds a built model and task vectors (gigabytes for ViT-B/32); one a page still
+        holds stays alive with that page, and is simply opened again if shown again.
+        """
+        keys = list(self._handles)
+        newest = keys[-1]
+        for key in keys[:-1]:
+            stale = key[0][0] == newest[0][0] and key[1] == newest[1]  # an older version of the same spec file
+            if (stale or key in keys[:-self.MAX_OPEN]) and not self._handles[key].busy:
+                del self._handles[key]
 
     def start_demo_build(self, log_dir: Path | None = None) -> Job:
         """`merge-explorer demo --no-progress` in a subprocess (builds the zoo, then runs its design)."""
