@@ -366,6 +366,8 @@ class Experiment:
 
         digest = front_cache.front_digest(C, M, self.bounds, self.senses, self.spec.seed, front_points)
         front, surrogates = front_cache.load_fit(self.store, digest)
+        if surrogates is None:  # the front search may leave state on the surrogates: restore both or neither
+            front = None
         result = fit_result(self.tasks, C, M, self.bounds, [s > 0 for s in self.senses], self.spec.seed,
                             front_points=front_points, front=front, surrogates=surrogates)
         if front is None or surrogates is None:
