@@ -64,3 +64,10 @@ def test_real_margin_is_zero_on_the_reference_front_and_positive_at_the_base(cac
     assert np.isclose((measured[-1] - base).min(), margins[-1])  # the margin is witnessed by a real point
     assert np.array_equal(small.values(where[-1:])[0], measured[-1])
     assert small.n_calls == 0  # ground truth is not charged to a method's budget
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="unknown testbed kind 'wide'"):
+        make_testbed("wide", cache_dir=None)
+    with pytest.raises(ValueError, match="n_tasks=12"):
+        make_testbed("hidden", n_tasks=12, cache_dir=None)
