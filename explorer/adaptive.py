@@ -1,40 +1,36 @@
-"""Adaptive sampling: spend evaluations where the surrogates are uncertain or wrong near the front.
+"""Adaptive sampling: spend evaluations where the predicted front is least certain.
 
 MAP spends its whole budget on a space-filling design, but only the region around the Pareto front
-matters to the user, and a quadratic fitted to the whole box is biased exactly there. Here a
-smaller space-filling design comes first; then, in rounds,
+matters to the user, and a surrogate fitted to the whole box is least reliable exactly there (the
+front is where predictions are optimistic). Here a smaller space-filling design comes first; then,
+in rounds,
 
-1. the surrogates are fitted to everything measured so far and their front is computed;
-2. candidates (a Sobol set over the box plus jittered front points) are scored by
-   uncertainty × closeness to the front. Uncertainty combines the spread of a Bayesian-bootstrap
-   ensemble of quadratics (Dirichlet row weights, so no refit is ever rank-deficient) with the
-   leave-one-out error of nearby measurements ("most wrong"); closeness is exp(−gap/σ), where gap
-   is how far the predicted front dominates the candidate and σ its uncertainty, so a point counts
-   as "near the front" when it could be on it;
+1. one surrogate per task is fitted to everything measured so far (family chosen per task by
+   leave-one-out error, see explorer.model_selection) and their front is computed;
+2. front points are scored by their largest predictive std over tasks, relative to the std the
+   surrogates must reach to vouch for a point (`explorer.explore.trust_thresholds`);
 3. a batch is picked greedily, each pick damping the scores around it (and around every measured
    point), so a batch spreads along the front instead of piling up;
-4. the batch is measured and, before refitting, its error under the previous surrogates is the
-   held-out error near the front: when it falls below `tol` (metric units), sampling stops.
+4. the batch is measured; before refitting, its error under the previous surrogates is the
+   held-out error on the front: when its RMS falls below `tol` (metric units), sampling stops.
 
-Unlike MAP's reference Bayesian mode, every measurement is kept (nothing is overwritten between
-rounds), acquisition is a deterministic argmax (no near-uniform softmax), and regions with no
-samples have the largest bootstrap spread, so they are explored rather than ignored.
+The points placed on the front are marked ("adaptive"); their left-out errors calibrate the
+std the final fit reports on the front (`explorer.model_selection.recalibrate_on`). Unlike MAP's
+reference Bayesian mode, every measurement is kept, acquisition is a deterministic argmax, and
+regions with no samples have the largest std, so they are explored rather than ignored.
 """
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy.stats import qmc
 
 from .design import default_budget, n_quadratic_terms, normalize_bounds, sample_design
 from .errors import SpecError
-from .explore import ExploreResult, check_metrics, fit_result, task_senses
+from .explore import ExploreResult, check_metrics, fit_result, fit_surrogates, task_senses, trust_thresholds
 from .pareto import compute_front
-from .surrogate import QuadraticSurrogate, _forward, _inverse, choose_link, quadratic_features
 
 
 def default_initial(n_tasks: int) -> int:
@@ -66,6 +62,7 @@ class AdaptiveSampler:
     n_candidates: int = 1024
     seed: int = 0
     link: str = "auto"
+    family: str = "auto"
     history: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -88,99 +85,40 @@ class AdaptiveSampler:
     def initial_design(self) -> np.ndarray:
         return sample_design(self.bounds, self.n_tasks, self.initial, self.seed)
 
-    # --- fitting -----------------------------------------------------------------------------
-    def _links(self, Y: np.ndarray) -> list[str]:
-        return [choose_link(Y[:, i], self.senses[i] > 0) if self.link == "auto" else self.link for i in range(self.n_tasks)]
+    def fit(self, C: np.ndarray, Y: np.ndarray) -> list:
+        names = [f"t{i}" for i in range(self.n_tasks)]
+        fitted = fit_surrogates(names, C, Y, self.bounds, self.senses, self.family, self.link)
+        return [fitted[n] for n in names]
 
-    def fit(self, C: np.ndarray, Y: np.ndarray) -> list[QuadraticSurrogate]:
-        return [QuadraticSurrogate(link=self.link, higher_is_better=self.senses[i] > 0).fit(C, Y[:, i])
-                for i in range(self.n_tasks)]
-
-    def _ensemble(self, C: np.ndarray, Y: np.ndarray, links: list[str], rng) -> np.ndarray:
-        """Bootstrap weights (B, P, T): ridge fits in link space with Dirichlet row weights."""
-        X = quadratic_features(C)
-        scale = np.sqrt(np.mean(X**2, axis=0)) + 1e-12
-        Xs = X / scale
-        Z = np.column_stack([_forward(l, Y[:, i]) for i, l in enumerate(links)])
-        n, p = Xs.shape
-        penalty = 1e-6 * n * np.eye(p)
-        penalty[0, 0] = 0.0
-        W = rng.dirichlet(np.ones(n), self.n_bootstrap) * n  # (B, n), mean weight 1
-        gram = np.einsum("bn,np,nq->bpq", W, Xs, Xs) + penalty
-        rhs = np.einsum("bn,np,nt->bpt", W, Xs, Z)
-        return np.linalg.solve(gram, rhs) / scale[None, :, None]
-
-    @staticmethod
-    def _loo_errors(C: np.ndarray, Y: np.ndarray, surrogates) -> np.ndarray:
-        """Per measured point, the leave-one-out error (metric units, RMS over tasks) of a linked fit."""
-        X = quadratic_features(C)
-        scale = np.sqrt(np.mean(X**2, axis=0)) + 1e-12
-        Xs = X / scale
-        n, p = Xs.shape
-        if n <= p:
-            return np.zeros(n)
-        penalty = 1e-6 * n * np.eye(p)
-        penalty[0, 0] = 0.0
-        H = Xs @ np.linalg.solve(Xs.T @ Xs + penalty, Xs.T)
-        h = np.clip(np.diag(H), 0.0, 0.99)
-        errs = []
-        for i, s in enumerate(surrogates):
-            z = _forward(s.link_, Y[:, i])
-            z_loo = z - (z - H @ z) / (1.0 - h)
-            errs.append(Y[:, i] - _inverse(s.link_, z_loo))
-        return np.sqrt(np.mean(np.square(errs), axis=0))
-
-    # --- acquisition -------------------------------------------------------------------------
     def propose(self, C: np.ndarray, Y: np.ndarray, k: int | None = None) -> np.ndarray:
         """The next batch (k, T) given measured coefficients C (n, T) and metrics Y (n, T)."""
         C, Y = np.asarray(C, dtype=float), np.asarray(Y, dtype=float)
         k = self.batch if k is None else k
         round_no = len(self.history)
-        rng = np.random.default_rng([self.seed, round_no, len(C)])
         lo, hi = self.bounds[:, 0], self.bounds[:, 1]
         width = hi - lo
         surrogates = self.fit(C, Y)
-        front = compute_front(surrogates, self.bounds, self.senses, n_candidates=1024, max_points=200, seed=self.seed + round_no)
-        front_good = -front.F  # goodness (larger is better) of the predicted front
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            unit = qmc.Sobol(d=self.n_tasks, scramble=True, seed=rng.integers(2**31)).random(self.n_candidates)
-        jitter = front.X[rng.integers(len(front.X), size=self.n_candidates)] + rng.normal(0, 0.04, (self.n_candidates, self.n_tasks)) * width
-        cand = np.vstack([lo + unit * width, np.clip(jitter, lo, hi), front.X])
-
-        links = [s.link_ for s in surrogates]
-        ens = self._ensemble(C, Y, links, rng)  # (B, P, T)
-        Zc = np.einsum("np,bpt->bnt", quadratic_features(cand), ens)
-        Pc = np.stack([_inverse(l, Zc[..., i]) for i, l in enumerate(links)], axis=-1)  # (B, n, T)
-        spread = Pc.std(axis=0)  # (n, T)
-        mean = np.column_stack([s.predict(cand) for s in surrogates])
-
-        # "most wrong": leave-one-out error of nearby measurements, kernel-weighted in the unit box
-        loo = self._loo_errors(C, Y, surrogates)
-        rho = 0.15 * math.sqrt(self.n_tasks)
-        Uc, Us = (cand - lo) / width, (C - lo) / width
-        d2 = ((Uc[:, None, :] - Us[None, :, :]) ** 2).sum(axis=2)
-        kern = np.exp(-d2 / (2 * rho**2))
-        misfit = (kern @ loo) / (kern.sum(axis=1) + 1e-12)
-
-        sigma = np.sqrt(np.sum(spread**2, axis=1) + misfit**2)
-        good = mean * self.senses
-        gap = np.linalg.norm(np.maximum(front_good[None, :, :] - good[:, None, :], 0.0), axis=2).min(axis=1)
-        score = sigma * np.exp(-gap / (sigma + 1e-3))
-
+        front = compute_front(surrogates, self.bounds, self.senses, n_candidates=1024, max_points=300,
+                              seed=self.seed + round_no)
+        cand = front.X
+        pairs = [s.predict(cand, return_std=True) for s in surrogates]
+        std = np.column_stack([p[1] for p in pairs])
+        score = np.max(std / trust_thresholds(Y), axis=1)
         # never re-measure: damp candidates near measured points, then pick greedily with damping
+        Uc, Us = (cand - lo) / width, (C - lo) / width
         near = 0.05 * math.sqrt(self.n_tasks)
+        d2 = ((Uc[:, None, :] - Us[None, :, :]) ** 2).sum(axis=2)
         score = score * np.prod(1.0 - np.exp(-d2 / (2 * near**2)), axis=1)
+        spread = 3 * near
         chosen = []
-        for _ in range(k):
+        for _ in range(min(k, len(cand))):
             i = int(np.argmax(score))
             if score[i] <= 0:
                 break
             chosen.append(i)
-            score = score * (1.0 - np.exp(-((Uc - Uc[i]) ** 2).sum(axis=1) / (2 * near**2)))
+            score = score * (1.0 - np.exp(-((Uc - Uc[i]) ** 2).sum(axis=1) / (2 * spread**2)))
         batch = cand[chosen]
-        self._pending_prediction = (batch.copy(), np.column_stack([s.predict(batch) for s in surrogates]))
+        self._pending_prediction = (batch.copy(), np.column_stack([p[0] for p in pairs])[chosen])
         return batch
 
     def record(self, batch: np.ndarray, measured: np.ndarray, n_total: int) -> float:
@@ -195,18 +133,9 @@ class AdaptiveSampler:
         return err
 
     def converged(self) -> bool:
-        """True when the last round's held-out error is below `tol`, or no longer falling.
-
-        The second case is a quadratic that is as good as it gets near the front (its remaining
-        error is bias, which more samples do not remove): a round whose error is not at least
-        10 % below the best earlier round ends sampling.
-        """
+        """True when the last round's held-out error on the front is below `tol`."""
         errs = [h["held_out_rmse"] for h in self.history if np.isfinite(h["held_out_rmse"])]
-        if not errs:
-            return False
-        if errs[-1] < self.tol:
-            return True
-        return len(errs) >= 2 and errs[-1] >= 0.9 * min(errs[:-1])
+        return bool(errs) and errs[-1] < self.tol
 
 
 def explore_adaptive(
@@ -221,6 +150,7 @@ def explore_adaptive(
     batch: int | None = None,
     tol: float = 0.005,
     link: str = "auto",
+    family: str = "auto",
     progress: bool = False,
     front_points: int = 1000,
     front_bounds=None,
@@ -241,7 +171,8 @@ def explore_adaptive(
     budget = default_budget(t) if budget is None else int(budget)
     initial = min(default_initial(t), budget) if initial is None else int(initial)
     sampler = AdaptiveSampler(normalize_bounds(bounds, t), task_senses(tasks, higher_is_better), budget, initial,
-                              default_batch(t) if batch is None else int(batch), tol, seed=seed, link=link)
+                              default_batch(t) if batch is None else int(batch), tol, seed=seed, link=link,
+                              family=family)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -275,7 +206,9 @@ def explore_adaptive(
     finally:
         if bar:
             bar.close()
-    result = fit_result(tasks, C, Y, bounds, higher_is_better, seed, link, front_points, front_bounds)
+    front_samples = np.arange(len(C)) >= sampler.initial  # placed on the predicted front
+    result = fit_result(tasks, C, Y, bounds, higher_is_better, seed, link, front_points, front_bounds,
+                        family=family, front_samples=front_samples)
     result.extra["adaptive"] = sampler.history
     return result
 

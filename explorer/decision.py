@@ -22,6 +22,8 @@ class Decision:
     predicted: np.ndarray
     feasible: bool
     shortfall: np.ndarray  # per task, how far the choice misses its minimum (metric units, ≥ 0)
+    std: np.ndarray | None = None  # per task, the predictive std at the choice (metric units)
+    trusted: bool = True  # whether the surrogates vouch for the choice (see ExploreResult.trusted)
 
 
 def as_vector(values, tasks: list[str], default: float, what: str) -> np.ndarray:
@@ -39,12 +41,15 @@ def as_vector(values, tasks: list[str], default: float, what: str) -> np.ndarray
     return arr
 
 
-def achievement(goodness: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def achievement(goodness: np.ndarray, weights: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
     """Augmented weighted-Chebyshev shortfall from the ideal point (lower is better).
 
     `goodness` is (n, T) with larger = better; each task is scaled by its range on the front.
+    `reference` (goodness of the front, default `goodness` itself) fixes the ideal and nadir
+    points, so points off the front (measured ones, say) are judged on the same scale.
     """
-    ideal, nadir = goodness.max(axis=0), goodness.min(axis=0)
+    ref = goodness if reference is None else np.atleast_2d(reference)
+    ideal, nadir = ref.max(axis=0), ref.min(axis=0)
     shortfall = (ideal - goodness) / np.maximum(ideal - nadir, 1e-12)
     w = weights / weights.sum()
     return np.max(w * shortfall, axis=1) + RHO * np.sum(w * shortfall, axis=1)
@@ -57,19 +62,22 @@ def decide(
     tasks: list[str],
     weights=None,
     minimums=None,
+    scale_front: np.ndarray | None = None,
 ) -> Decision:
     """Choose the front point that best matches the preferences.
 
     weights: importance per task (> 0, default equal). minimums: per-task bound on the predicted
     metric in its own units — a floor for metrics to maximise, a ceiling for metrics to minimise.
     If no front point meets all bounds, returns the one that misses them least (feasible=False).
+    scale_front: predictions of the whole front, whose ideal and nadir scale the tasks when only
+    part of it is offered (default: the offered points).
     """
     w = as_vector(weights, tasks, 1.0, "weights")
     if np.any(w < 0) or not np.any(w > 0) or not np.all(np.isfinite(w)):
         raise ValueError("weights must be finite, non-negative and not all zero")
     w = np.maximum(w, 1e-6)
     goodness = front_predicted * senses
-    score = achievement(goodness, w)
+    score = achievement(goodness, w, None if scale_front is None else scale_front * senses)
     floors = as_vector(minimums, tasks, np.nan, "minimums")
     has_floor = np.isfinite(floors)
     miss = np.where(has_floor, np.maximum(floors * senses - goodness, 0.0), 0.0)

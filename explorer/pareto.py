@@ -74,7 +74,11 @@ def surrogate_objectives(surrogates: Sequence, senses: np.ndarray):
     """
     from .surrogate import QuadraticSurrogate, _inverse, _inverse_derivative, quadratic_features
 
+    from .kriging import KrigingSurrogate, kriging_objectives
+
     senses = np.asarray(senses, dtype=float)
+    if all(isinstance(s, KrigingSurrogate) for s in surrogates):
+        return kriging_objectives(surrogates, senses)
     if all(isinstance(s, QuadraticSurrogate) for s in surrogates):
         W = np.column_stack([s.coef_ for s in surrogates])
         A = np.stack([s.A_ for s in surrogates])
@@ -106,11 +110,12 @@ def surrogate_objectives(surrogates: Sequence, senses: np.ndarray):
     return objectives, jacobian
 
 
-def refine(X0, objectives, jacobian, bounds, scale, iterations: int = 150) -> np.ndarray:
+def refine(X0, objectives, jacobian, bounds, scale, iterations: int = 150, feasible=None) -> np.ndarray:
     """Move each row of X0 to a point in the box that dominates it and is locally Pareto-optimal.
 
     Ascends the soft minimum over objectives of the (scaled) improvement over the start point;
     only points whose true minimum improvement is ≥ 0 are kept, so nothing gets worse.
+    `feasible(X) -> bool mask`, when given, rejects steps that leave the feasible region.
     """
     lo, hi = bounds[:, 0], bounds[:, 1]
     width = hi - lo
@@ -131,7 +136,8 @@ def refine(X0, objectives, jacobian, bounds, scale, iterations: int = 150) -> np
         grad = -np.einsum("nm,nmt->nt", wts / scale, J)  # ascent direction of the soft minimum
         grad_unit = grad * width  # gradient w.r.t. coordinates scaled to the unit box
         norm = np.linalg.norm(grad_unit, axis=1, keepdims=True) + 1e-12
-        X = np.clip(X + step * width * grad_unit / norm, lo, hi)
+        X_new = np.clip(X + step * width * grad_unit / norm, lo, hi)
+        X = X_new if feasible is None else np.where(feasible(X_new)[:, None], X_new, X)
     true_gain = ((F0 - objectives(X)) / scale).min(axis=1)
     better = true_gain > best_gain
     best_X[better] = X[better]
@@ -222,6 +228,59 @@ def compute_front(
     Fall = objectives(Xall)
     keep = non_dominated(Fall)
     Xf, Ff = Xall[keep], Fall[keep]
+    pick = thin(Ff, max_points, seed)
+    order = np.argsort(Ff[pick, 0])
+    return Front(X=Xf[pick][order], F=Ff[pick][order])
+
+
+def compute_trusted_front(
+    surrogates: Sequence,
+    bounds: np.ndarray,
+    senses: np.ndarray,
+    samples: np.ndarray,
+    radius: float,
+    max_points: int = 1000,
+    seed: int = 0,
+    n_candidates: int = 8192,
+) -> Front:
+    """The surrogates' front within `radius` (box widths) of a measured sample: where they were
+    shown to be accurate (see explorer.model_selection.trust_radius).
+
+    Candidates fill balls around the samples (the samples themselves included); their
+    non-dominated set is refined with steps that may not leave the region, filtered and thinned.
+    """
+    bounds = np.asarray(bounds, dtype=float)
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    width = hi - lo
+    samples = np.atleast_2d(np.asarray(samples, dtype=float))
+    t = bounds.shape[0]
+    objectives, jacobian = surrogate_objectives(surrogates, np.asarray(senses, dtype=float))
+    rng = np.random.default_rng(seed)
+    U = (samples - lo) / width
+
+    def feasible(X):
+        V = (X - lo) / width
+        d2 = np.sum(V**2, axis=1)[:, None] + np.sum(U**2, axis=1)[None, :] - 2 * V @ U.T
+        return d2.min(axis=1) <= radius**2 + 1e-12
+
+    X = samples.copy()
+    if radius > 0:
+        direction = rng.standard_normal((n_candidates, t))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        r = radius * rng.random((n_candidates, 1)) ** (1.0 / t)
+        around = samples[rng.integers(len(samples), size=n_candidates)]
+        X = np.vstack([X, np.clip(around + direction * r * width, lo, hi)])
+    F = objectives(X)
+    idx = non_dominated(F)
+    if radius > 0:
+        if len(idx) > 2000:
+            idx = rng.choice(idx, 2000, replace=False)
+        scale = np.ptp(F, axis=0) + 1e-9
+        Xr = refine(X[idx], objectives, jacobian, bounds, scale, feasible=feasible)
+        X = np.vstack([X[idx], Xr])
+        F = objectives(X)
+        idx = non_dominated(F)
+    Xf, Ff = X[idx], F[idx]
     pick = thin(Ff, max_points, seed)
     order = np.argsort(Ff[pick, 0])
     return Front(X=Xf[pick][order], F=Ff[pick][order])

@@ -11,6 +11,9 @@ import numpy as np
 
 LINKS = ("logit", "log", "identity")
 _EPS = 1e-4
+#: target share of left-out measurements inside ±2 predictive std after calibration
+COVERAGE_TARGET = 0.95
+_CALIBRATION_GRID = np.exp(np.linspace(np.log(0.25), np.log(20.0), 120))
 
 
 def quadratic_features(coefficients: np.ndarray) -> np.ndarray:
@@ -19,6 +22,69 @@ def quadratic_features(coefficients: np.ndarray) -> np.ndarray:
     n, t = c.shape
     iu, ju = np.triu_indices(t, k=1)
     return np.hstack([np.ones((n, 1)), c, c**2, c[:, iu] * c[:, ju]])
+
+
+def quadratic_feature_jacobian(coefficients: np.ndarray) -> np.ndarray:
+    """d features / d c for each row: shape (n, P, T), in the order of `quadratic_features`."""
+    c = np.atleast_2d(np.asarray(coefficients, dtype=float))
+    n, t = c.shape
+    iu, ju = np.triu_indices(t, k=1)
+    jac = np.zeros((n, 1 + 2 * t + len(iu), t))
+    idx = np.arange(t)
+    jac[:, 1 + idx, idx] = 1.0
+    jac[:, 1 + t + idx, idx] = 2.0 * c
+    pairs = 1 + 2 * t + np.arange(len(iu))
+    jac[:, pairs, iu] = c[:, ju]
+    jac[:, pairs, ju] = c[:, iu]
+    return jac
+
+
+def infer_n_examples(metric: np.ndarray, largest: int = 20000) -> int | None:
+    """The smallest evaluation-set size n for which every value is k/n (None if there is none)."""
+    y = np.asarray(metric, dtype=float).ravel()
+    if y.size == 0 or np.any((y < 0) | (y > 1)):
+        return None
+    n = np.arange(1, largest + 1)
+    frac = np.abs(np.outer(n, y) - np.round(np.outer(n, y)))
+    ok = np.flatnonzero(np.all(frac < 1e-6 * n[:, None], axis=1))
+    return int(n[ok[0]]) if ok.size else None
+
+
+def clip_for_link(link: str, metric: np.ndarray, n_examples: int | None = None) -> np.ndarray:
+    """Keep accuracies of exactly 0 or 1 finite under the logit link: clip to [½/(n+1), (n+½)/(n+1)].
+
+    n is the evaluation-set size behind the accuracy ((k+½)/(n+1) for k = 0 and k = n); when it is
+    not given it is inferred from the spacing of the values, else 1000 is assumed.
+    """
+    m = np.asarray(metric, dtype=float)
+    if link != "logit":
+        return m
+    n = n_examples or infer_n_examples(m) or 1000
+    return np.clip(m, 0.5 / (n + 1), (n + 0.5) / (n + 1))
+
+
+def link_forward(link: str, m: np.ndarray) -> np.ndarray:
+    """The link (logit, log, identity) applied to a metric already kept inside its domain."""
+    return _forward(link, m)
+
+
+def calibration_factor(link: str, observed: np.ndarray, z_mean: np.ndarray, z_std: np.ndarray) -> float:
+    """Smallest std scale putting `COVERAGE_TARGET` of left-out measurements inside ±2 std.
+
+    z_mean, z_std: left-out predictions and their std in link space. Intervals are mapped
+    through the inverse link, so the coverage is counted in metric units.
+    """
+    y = np.asarray(observed, dtype=float)
+    for f in _CALIBRATION_GRID:
+        lo, hi = _inverse(link, z_mean - 2 * f * z_std), _inverse(link, z_mean + 2 * f * z_std)
+        if np.mean((y >= lo - 1e-12) & (y <= hi + 1e-12)) >= COVERAGE_TARGET:
+            return float(f)
+    return float(_CALIBRATION_GRID[-1])
+
+
+def metric_std(link: str, z: np.ndarray, z_std: np.ndarray) -> np.ndarray:
+    """A std in metric units: a quarter of the ±2-std interval mapped through the inverse link."""
+    return (_inverse(link, z + 2 * z_std) - _inverse(link, z - 2 * z_std)) / 4.0
 
 
 def choose_link(metric: np.ndarray, higher_is_better: bool) -> str:
@@ -82,21 +148,24 @@ class QuadraticSurrogate:
     """
 
     def __init__(self, link: str = "auto", alpha: float = 1e-8, higher_is_better: bool = True,
-                 gauss_newton_steps: int = 20):
+                 gauss_newton_steps: int = 20, n_examples: int | None = None):
         self.link = link
         self.alpha = alpha
         self.higher_is_better = higher_is_better
         self.gauss_newton_steps = gauss_newton_steps
+        self.n_examples = n_examples
 
     def fit(self, coefficients: np.ndarray, metric: np.ndarray) -> "QuadraticSurrogate":
         c, y, link = self._validated(coefficients, metric)
-        self.coef_ = self._weights(c, y, link)
+        y_fit = clip_for_link(link, y, self.n_examples)
+        self.coef_ = self._weights(c, y_fit, link)
         self.link_ = link
         self.n_tasks_ = c.shape[1]
         self.n_samples_ = len(y)
         self._set_quadratic_form()
         self.r2_train_ = _r2(y, self.predict(c))
-        self.r2_cv_ = self._cross_validated_r2(c, y, link)
+        self.r2_cv_ = self._cross_validated_r2(c, y_fit, link)
+        self._fit_uncertainty(c, y, link)
         return self
 
     def _validated(self, coefficients, metric) -> tuple[np.ndarray, np.ndarray, str]:
@@ -129,7 +198,13 @@ class QuadraticSurrogate:
             z = xs @ w
             resid = y - _inverse(link, z)
             step = self._solve(xs * _inverse_derivative(link, z)[:, None], resid, penalty)
-            if np.sum((y - _inverse(link, xs @ (w + step))) ** 2) >= np.sum(resid**2):
+            # damped: halve the step until the squared error falls (saturated points make full
+            # Gauss-Newton steps overshoot)
+            for _halving in range(8):
+                if np.sum((y - _inverse(link, xs @ (w + step))) ** 2) < np.sum(resid**2):
+                    break
+                step = step / 2
+            else:
                 break
             w = w + step
         return w / scale
@@ -137,6 +212,8 @@ class QuadraticSurrogate:
     def _cross_validated_r2(self, c: np.ndarray, y: np.ndarray, link: str, max_folds: int = 100) -> float:
         """Leave-one-out R² in metric units (k-fold with at most `max_folds` folds for large n)."""
         n, p = len(y), quadratic_features(c[:1]).shape[1]
+        self.loo_decision_ = np.full(n, np.nan)
+        self.loo_predictions_ = np.full(n, np.nan)
         if n <= p:
             return float("nan")
         folds = np.arange(n) % min(n, max_folds)
@@ -144,8 +221,35 @@ class QuadraticSurrogate:
         for k in np.unique(folds):
             test = folds == k
             w = self._weights(c[~test], y[~test], link)
-            held_out[test] = _inverse(link, quadratic_features(c[test]) @ w)
-        return _r2(y, held_out)
+            held_out[test] = quadratic_features(c[test]) @ w
+        self.loo_decision_ = held_out
+        self.loo_predictions_ = _inverse(link, held_out)
+        return _r2(y, self.loo_predictions_)
+
+    def _fit_uncertainty(self, c: np.ndarray, y: np.ndarray, link: str) -> None:
+        """Predictive std from the least-squares posterior in link space, calibrated on left-out points.
+
+        var(z) = σ² (1 + x(XᵀX + αI)⁻¹xᵀ), σ² the mean squared left-out residual of the linked
+        metric; then scaled so ±2 std covers `COVERAGE_TARGET` of the left-out measurements.
+        """
+        x = quadratic_features(c)
+        self._std_scale = np.sqrt(np.mean(x**2, axis=0)) + 1e-12
+        xs = x / self._std_scale
+        gram = xs.T @ xs + self.alpha * len(y) * np.eye(x.shape[1]) + 1e-10 * np.eye(x.shape[1])
+        self._gram_inv = np.linalg.pinv(gram)
+        self.calibration_ = 1.0
+        if np.all(np.isfinite(self.loo_decision_)):
+            z = _forward(link, clip_for_link(link, y, self.n_examples))
+            self.noise_scale_ = float(np.sqrt(np.mean((z - self.loo_decision_) ** 2)))
+            lev = np.einsum("ij,jk,ik->i", xs, self._gram_inv, xs)
+            sd = self.noise_scale_ * np.sqrt(1 + np.clip(lev, 0, None))
+            self.calibration_ = calibration_factor(link, y, self.loo_decision_, sd)
+            self.loo_z_, self.loo_z_std_ = self.loo_decision_, sd * self.calibration_
+            self.loo_std_ = metric_std(link, self.loo_z_, self.loo_z_std_)
+        else:  # no degrees of freedom left to estimate the error: say so with an unbounded std
+            self.noise_scale_ = float("inf")
+            self.loo_z_, self.loo_z_std_ = self.loo_decision_, np.full(len(y), np.inf)
+            self.loo_std_ = np.full(len(y), np.inf)
 
     @staticmethod
     def _solve(a: np.ndarray, b: np.ndarray, penalty: np.ndarray) -> np.ndarray:
@@ -169,9 +273,20 @@ class QuadraticSurrogate:
         """The quadratic in link space, ½cᵀAc + bᵀc + e."""
         return quadratic_features(coefficients) @ self.coef_
 
-    def predict(self, coefficients: np.ndarray) -> np.ndarray:
-        """Predicted metric at each row of `coefficients`, shape (k,)."""
-        return _inverse(self.link_, self.decision_function(coefficients))
+    def predict(self, coefficients: np.ndarray, return_std: bool = False):
+        """Predicted metric at each row of `coefficients`, shape (k,); with return_std, (mean, std).
+
+        std is in metric units (scikit-learn's GaussianProcessRegressor convention), calibrated on
+        left-out points; infinite when the design leaves no degrees of freedom to estimate it.
+        """
+        z = self.decision_function(coefficients)
+        mean = _inverse(self.link_, z)
+        if not return_std:
+            return mean
+        xs = quadratic_features(coefficients) / self._std_scale
+        lev = np.einsum("ij,jk,ik->i", xs, self._gram_inv, xs)
+        sd = self.noise_scale_ * np.sqrt(1 + np.clip(lev, 0, None)) * self.calibration_
+        return mean, metric_std(self.link_, z, sd)
 
     def gradient(self, coefficients: np.ndarray) -> np.ndarray:
         """d predict / d c at each row, shape (k, T); used by the front refinement."""
