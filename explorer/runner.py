@@ -351,9 +351,10 @@ class Experiment:
 
     def result(self, front_points: int = 1000) -> ExploreResult:
         """Fit surrogates to the stored design points and compute the front (no model needed)."""
-        C, M, _ = self.measured(FIT_KINDS)
+        C, M, kinds = self.measured(FIT_KINDS)
         inside = np.all((C >= self.bounds[:, 0] - 1e-12) & (C <= self.bounds[:, 1] + 1e-12), axis=1) if len(C) else []
         C, M = C[inside], M[inside]
+        on_front = np.array([k == "adaptive" for k in kinds], dtype=bool)[inside] if len(kinds) else None
         from .design import n_quadratic_terms
 
         need = n_quadratic_terms(len(self.tasks))
@@ -364,12 +365,13 @@ class Experiment:
             )
         from . import front_cache  # the front is cached in the store by content: reading results back refits none
 
-        digest = front_cache.front_digest(C, M, self.bounds, self.senses, self.spec.seed, front_points)
+        digest = front_cache.front_digest(C, M, self.bounds, self.senses, self.spec.seed, front_points,
+                                          on_front=None if on_front is None else on_front.tolist())
         front, surrogates = front_cache.load_fit(self.store, digest)
         if surrogates is None:  # the front search may leave state on the surrogates: restore both or neither
             front = None
         result = fit_result(self.tasks, C, M, self.bounds, [s > 0 for s in self.senses], self.spec.seed,
-                            front_points=front_points, front=front, surrogates=surrogates)
+                            front_points=front_points, front=front, surrogates=surrogates, front_samples=on_front)
         if front is None or surrogates is None:
             front_cache.save_fit(self.store, digest, result, self.key)
         result.extra["references"] = self.references()
