@@ -225,6 +225,8 @@ def run_adaptive(experiment, budget: int | None = None, progress: bool = True, e
     t = len(experiment.tasks)
     budget = budget if budget is not None else (experiment.spec.budget or default_budget(t))
     initial = min(default_initial(t), budget) if initial is None else int(initial)
+    if budget > initial + 1:  # keep one evaluation for the best task-arithmetic reference (finish)
+        budget -= 1
     sampler = AdaptiveSampler(experiment.bounds, experiment.senses, budget, initial,
                               default_batch(t) if batch is None else int(batch), tol, seed=experiment.spec.seed)
     bar = None

@@ -99,7 +99,7 @@ def cmd_run(args) -> int:
     executor = make_executor(getattr(args, "executor", None), **options)
     extra = {"tol": args.tol} if getattr(args, "adaptive", False) and args.tol is not None else {}
     result = exp.run(budget=args.budget, progress=not args.no_progress, executor=executor,
-                     adaptive=getattr(args, "adaptive", False), **extra)
+                     adaptive=True if getattr(args, "adaptive", False) else None, **extra)
     print(summary(exp, result))
     return 0
 
@@ -156,6 +156,12 @@ def cmd_demo(args) -> int:
     from .zoo import DEFAULT_DIRS, ensure_zoo
 
     root = Path(__file__).resolve().parent.parent  # the specs' paths are relative to examples/, not to the cwd
+    if args.kind == "llm":  # a tiny Llama and one expert per string skill (explorer/llm_zoo.py)
+        from .llm_zoo import DEFAULT_DIR as LLM_DIR, ensure_llm_zoo
+
+        ensure_llm_zoo(root / LLM_DIR, progress=not args.no_progress)
+        args.spec = str(root / "examples" / "demo_llm.yaml") if args.spec is None else args.spec
+        return cmd_run(args)
     ensure_zoo(root / DEFAULT_DIRS[args.tasks], progress=not args.no_progress, n_tasks=args.tasks)
     name = "demo.yaml" if args.tasks == 4 else f"demo{args.tasks}.yaml"
     args.spec = str(root / "examples" / name) if args.spec is None else args.spec
@@ -176,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def run_options(p):
         p.add_argument("--adaptive", action="store_true",
-                       help="smaller design, then rounds of points near the front until the held-out error stops falling (budget = most evaluations)")
+                       help="smaller design, then rounds of points on the predicted front (the default from 5 tasks on; budget = most evaluations)")
         p.add_argument("--tol", type=float, help="--adaptive: stop when a round's held-out RMS error is below this (default 0.005)")
         p.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
                        help="where evaluations run: this process (default) or a Ray cluster (pip install 'merge-explorer[ray]')")
@@ -216,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tasks", type=int, choices=[4, 8], default=4,
                    help="4: cache/demo-zoo + examples/demo.yaml (default); 8: cache/demo-zoo-8 + examples/demo8.yaml")
+    p.add_argument("--kind", choices=["clip", "llm"], default="clip",
+                   help="clip: the CLIP zoo (default); llm: cache/llm-zoo (tiny Llama, 4 skills) + examples/demo_llm.yaml")
     p.add_argument("--budget", type=int)
     p.add_argument("--no-progress", action="store_true")
     run_options(p)

@@ -283,12 +283,17 @@ class Experiment:
     def design(self, budget: int | None = None) -> np.ndarray:
         return sample_design(self.bounds, len(self.tasks), budget if budget is not None else self.spec.budget, self.spec.seed)
 
-    def run(self, budget: int | None = None, progress: bool = True, executor=None, adaptive: bool = False,
+    def run(self, budget: int | None = None, progress: bool = True, executor=None, adaptive: bool | None = None,
             **adaptive_options) -> ExploreResult:
         """Evaluate the design (resuming from the store), the reference points, then fit.
 
-        adaptive: a smaller design, then rounds of points near the front (see explorer.adaptive).
+        adaptive: a smaller design, then rounds of points near the front (see explorer.adaptive);
+        None: adaptive from `explorer.explore.ADAPTIVE_FROM_TASKS` tasks on.
         """
+        from .explore import default_design
+
+        if adaptive is None:
+            adaptive = default_design(len(self.tasks)) == "adaptive"
         if adaptive:
             from .adaptive import run_adaptive
 
