@@ -1,0 +1,77 @@
+"""Quadratic + Gaussian-process surrogate: exact where MAP's quadratic is, better where it is not, honest std."""
+import numpy as np
+import pytest
+from scipy.stats import qmc
+
+from explorer.design import sample_design
+from explorer.kriging import KrigingSurrogate
+from explorer.landscapes import make_landscape
+from explorer.pareto import surrogate_objectives
+from explorer.surrogate import QuadraticSurrogate, clip_for_link, infer_n_examples
+
+
+def _landscape_data(kind: str, t: int, n: int, seed: int = 0):
+    land = make_landscape(t, kind, seed=seed)
+    C = sample_design(land.bounds, t, n, seed)
+    return land, C, land.values(C)
+
+
+def test_recovers_a_quadratic_in_link_space():
+    rng = np.random.default_rng(0)
+    C = rng.random((30, 3))
+    z = 0.5 + C @ np.array([1.0, -2.0, 0.5]) - 1.5 * C[:, 0] * C[:, 1] + C[:, 2] ** 2
+    y = 1 / (1 + np.exp(-z))
+    s = KrigingSurrogate(bounds=np.tile([0.0, 1.0], (3, 1))).fit(C, y)
+    X = rng.random((200, 3))
+    zx = 0.5 + X @ np.array([1.0, -2.0, 0.5]) - 1.5 * X[:, 0] * X[:, 1] + X[:, 2] ** 2
+    np.testing.assert_allclose(s.predict(X), 1 / (1 + np.exp(-zx)), atol=2e-3)
+    assert s.r2_cv_ > 0.999
+
+
+def test_beats_the_quadratic_on_a_sharp_landscape_and_its_intervals_cover():
+    land, C, Y = _landscape_data("sharp", 3, 40)
+    X = qmc.Sobol(3, seed=7).random(512)
+    truth = land.values(X)
+    quad_err, krig_err, covered = [], [], []
+    for i in range(3):
+        q = QuadraticSurrogate().fit(C, Y[:, i])
+        k = KrigingSurrogate(bounds=land.bounds).fit(C, Y[:, i])
+        mean, std = k.predict(X, return_std=True)
+        quad_err.append(np.median(np.abs(q.predict(X) - truth[:, i])))
+        krig_err.append(np.median(np.abs(mean - truth[:, i])))
+        covered.append(np.mean(np.abs(mean - truth[:, i]) <= 2 * std))
+        assert k.r2_cv_ > q.r2_cv_
+    assert np.mean(krig_err) < 0.7 * np.mean(quad_err)
+    assert 0.8 <= np.mean(covered) <= 0.99  # calibrated on left-out points: held-out points are covered
+
+
+def test_std_vanishes_at_samples_and_grows_away_from_them():
+    land, C, Y = _landscape_data("smooth", 2, 20)
+    k = KrigingSurrogate(bounds=land.bounds).fit(C, Y[:, 0])
+    _, at = k.predict(C, return_std=True)
+    _, between = k.predict(C[:5] + 0.08, return_std=True)
+    assert np.median(at) < 0.2 * np.median(between)
+
+
+def test_gradient_matches_finite_differences_for_the_front_search():
+    land, C, Y = _landscape_data("sharp", 3, 30)
+    ss = [KrigingSurrogate(bounds=land.bounds).fit(C, Y[:, i]) for i in range(3)]
+    objectives, jacobian = surrogate_objectives(ss, np.ones(3))
+    X = np.random.default_rng(1).random((6, 3))
+    F, J = jacobian(X, with_objectives=True)
+    np.testing.assert_allclose(F, -np.column_stack([s.predict(X) for s in ss]), atol=1e-12)
+    eps = 1e-6
+    numeric = np.stack([(objectives(X + eps * e) - objectives(X - eps * e)) / (2 * eps) for e in np.eye(3)], axis=2)
+    np.testing.assert_allclose(J, numeric, atol=1e-6)
+
+
+def test_accuracies_of_zero_and_one_stay_finite_under_the_logit_link():
+    y = np.array([0.0, 1.0, 0.5, 0.25, 0.75] * 4)
+    assert infer_n_examples(y) == 4
+    clipped = clip_for_link("logit", y)
+    assert clipped.min() == pytest.approx(0.5 / 5) and clipped.max() == pytest.approx(4.5 / 5)
+    C = np.random.default_rng(0).random((20, 2))
+    for s in (QuadraticSurrogate(), KrigingSurrogate(bounds=np.tile([0.0, 1.0], (2, 1)))):
+        s.fit(C, y)
+        mean, std = s.predict(C, return_std=True)
+        assert np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all((mean >= 0) & (mean <= 1))
