@@ -54,10 +54,15 @@ def _resolve_dir(path: Path) -> list[Path]:
 def checkpoint_files(path: str | os.PathLike) -> list[Path]:
     """The files that make up one checkpoint (several for sharded ones)."""
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p}: checkpoint file not found")
-    if p.is_dir():
-        return _resolve_dir(p)
+    try:
+        if not p.exists():
+            raise CheckpointError(f"{p}: checkpoint file not found")
+        if p.is_dir():
+            return _resolve_dir(p)
+        if not p.is_file():  # a device or a pipe would be read forever
+            raise CheckpointError(f"{p}: not a regular file")
+    except OSError as exc:
+        raise CheckpointError(f"{p}: cannot read it ({exc.strerror or exc})") from None
     if p.name.endswith(".index.json"):
         return _resolve_dir(p.parent)
     return [p]

@@ -4,6 +4,11 @@
 class ExplorerError(Exception):
     """Base class: the message is one line that names the file, key or tensor at fault."""
 
+    def __str__(self) -> str:
+        text = super().__str__()
+        # quoted library messages (SQLite, YAML, torch) may span lines: the user still gets one
+        return " ".join(text.split()) if "\n" in text or "\r" in text else text
+
 
 class SpecError(ExplorerError):
     """The spec (or an argument standing in for it) is invalid."""

@@ -142,7 +142,8 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def _describe(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
-    loc = tuple(err["loc"])
+    # union members show up in the location as type names ('tuple[float, float]'): not keys
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p and p.endswith("]")))
     where = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         valid = _valid_keys(Spec, loc)

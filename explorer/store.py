@@ -9,9 +9,9 @@ in progress. A file that is not ours is reported, never overwritten.
 Several processes (a run, app servers, verifications) share one store: every write takes the
 write lock up front (`BEGIN IMMEDIATE`) and waits for it, and a transaction that still meets a
 busy database is retried, so `database is locked` never reaches the user before `LOCK_WAIT_S`.
-Nothing is written until there is a result to keep: the experiment's registration and new file
-hashes ride along with its first stored evaluation, so a command that fails leaves the store as it
-found it.
+Nothing is written until there is a result to keep: a new store file is created with its first
+result, and an experiment's registration and new file hashes ride along with its first stored
+evaluation, so a command that fails (or only reads) leaves the store as it found it.
 """
 from __future__ import annotations
 
@@ -80,27 +80,48 @@ class Store:
         self._lock = threading.RLock()  # one connection shared by threads (app sessions): one statement at a time
         self._pending: dict[str, tuple[str, dict]] = {}  # experiment key -> (name, meta), written with its first result
         self._pending_hashes: dict[str, str] = {}
-        existed = False
+        self._conn: sqlite3.Connection | None = None
+        self._ready = False  # our schema is there (a new store gets it with its first write)
         if not self.memory:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                existed = self.path.exists() and self.path.stat().st_size > 0
+                if self.path.exists() and not self.path.is_file():
+                    raise StoreError(f"{self.path}: is not a file; choose another store path")
             except OSError as exc:
-                raise StoreError(f"{self.path}: cannot create its directory ({exc.strerror})") from None
-            if self.path.exists() and not self.path.is_file():
-                raise StoreError(f"{self.path}: is not a file; choose another store path")
-        try:
-            self._conn = sqlite3.connect(str(path), timeout=LOCK_WAIT_S / 2, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot open the store ({exc})") from None
-        try:
-            self._retry(self._open, existed)
-        except BaseException:
-            self._conn.close()
-            raise
+                raise StoreError(f"{self.path}: cannot use it as a store ({exc.strerror or exc})") from None
+        self._retry(self._ensure, False)
 
-    def _open(self, existed: bool) -> None:
-        conn = self._conn
+    def _exists(self) -> bool:
+        try:
+            return self.memory or (self.path.is_file() and self.path.stat().st_size > 0)
+        except OSError:
+            return False
+
+    def _ensure(self, write: bool) -> None:
+        """Connect when there is something to read (or, for a write, create the file), and check it is ours."""
+        if self._conn is None:
+            existed = self._exists()
+            if not existed and not write:
+                return  # no store yet: reads find nothing, and nothing is created for them
+            if not self.memory:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"{self.path}: cannot create its directory ({exc.strerror})") from None
+            conn = sqlite3.connect(str(self.path) if not self.memory else MEMORY, timeout=LOCK_WAIT_S / 2,
+                                   check_same_thread=False)
+            try:
+                self._ready = self._validate(conn, existed)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        elif not self._ready:
+            self._ready = self._validate(self._conn, True)  # another process may have created it meanwhile
+        if write and not self._ready:
+            self._initialize()
+
+    def _validate(self, conn: sqlite3.Connection, existed: bool) -> bool:
+        """Refuse foreign, newer and damaged files (reading only); True when our schema is in place."""
         conn.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT_S / 2 * 1000)}")
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()}
@@ -112,22 +133,26 @@ class Store:
         if existed and app_id == APPLICATION_ID:
             problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
             if problem != "ok":
-                raise sqlite3.DatabaseError(f"integrity check: {problem}")
+                raise sqlite3.DatabaseError(f"integrity check: {' '.join(str(problem).split())}")
             missing = {"experiments", "evaluations", "file_hashes"} - tables
             if version == SCHEMA_VERSION and missing:
                 raise sqlite3.DatabaseError(f"table {sorted(missing)[0]!r} is missing")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a process crash loses nothing committed
-        if app_id != APPLICATION_ID or version != SCHEMA_VERSION:  # a new store: the only writes on opening
-            if not self.memory:
-                conn.execute("PRAGMA journal_mode=WAL")
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        conn.execute("SELECT COUNT(*) FROM experiments").fetchone()
+        return app_id == APPLICATION_ID and version == SCHEMA_VERSION
+
+    def _initialize(self) -> None:
+        """Give a new store its schema (with its first write, in one transaction)."""
+        conn = self._conn
+        if not self.memory:
+            conn.execute("PRAGMA journal_mode=WAL")
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._ready = True
 
     def _retry(self, operation: Callable[..., T], *args) -> T:
         """Run `operation` under the connection lock; retry while other connections keep the store busy.
@@ -151,10 +176,14 @@ class Store:
                 raise StoreError(f"{self.path}: unusable store ({exc}); move it away to start a new one") from None
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{self.path}: corrupt store ({exc}); move it away to start a new one") from None
+            except (UnicodeDecodeError, OverflowError) as exc:  # damaged text or numbers in a page SQLite accepted
+                raise StoreError(f"{self.path}: corrupt store ({type(exc).__name__}: {exc}); move it away to start a "
+                                 "new one") from None
 
     def _write(self, statements: Callable[[sqlite3.Connection], None]) -> None:
         """One write transaction: the lock is taken up front, pending registrations and hashes ride along."""
         def transaction():
+            self._ensure(write=True)
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
                 statements(self._conn)
@@ -163,12 +192,21 @@ class Store:
 
         self._retry(transaction)
 
-    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
-        return self._retry(lambda: self._conn.execute(sql, params).fetchall())
+    def _read(self, sql: str, params: tuple = (), empty: list | None = None) -> list[tuple]:
+        """Rows of a query; `empty` (default no rows) while the store has no schema yet."""
+        def query():
+            self._ensure(write=False)
+            if self._conn is None or not self._ready:
+                return list(empty or [])
+            return self._conn.execute(sql, params).fetchall()
+
+        return self._retry(query)
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn, self._ready = None, False
 
     def __enter__(self) -> "Store":
         return self
@@ -265,7 +303,7 @@ class Store:
         return float(value)
 
     def count(self, experiment: str) -> int:
-        return self._read("SELECT COUNT(*) FROM evaluations WHERE experiment=?", (experiment,))[0][0]
+        return self._read("SELECT COUNT(*) FROM evaluations WHERE experiment=?", (experiment,), [(0,)])[0][0]
 
     def flush(self) -> None:
         """Write pending file hashes now (a no-op when there are none)."""

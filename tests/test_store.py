@@ -13,8 +13,9 @@ from explorer.store import Store, coefficient_key
 def test_wal_mode_lets_a_reader_see_committed_results_while_a_writer_holds_a_transaction(tmp_path):
     path = tmp_path / "s.sqlite"
     writer = Store(path)
-    assert writer._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert not path.exists() and writer.get("exp", "task-id", [0.1, 0.2]) is None  # created with its first result
     writer.put("exp", "task-id", "a", [0.1, 0.2], 0.9)
+    assert writer._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     raw = sqlite3.connect(path, timeout=0.5)
     raw.execute("BEGIN IMMEDIATE")  # another process in the middle of writing
     raw.execute("INSERT INTO evaluations VALUES ('exp','task-id','x','a','[]',0.1,0,'design',0)")
