@@ -36,7 +36,7 @@ TRUST_RANGE_SHARE = 0.05
 
 #: Version of the surrogate and front code: part of the key of every cached front (front_cache.py).
 #: Bump it whenever a change to the fit or the front search changes the front for the same points.
-FIT_VERSION = "2"
+FIT_VERSION = "3"
 
 
 def task_senses(tasks: Sequence[str], higher_is_better) -> np.ndarray:
@@ -75,8 +75,8 @@ class ExploreResult:
     """Samples, measurements, surrogates and the amortized front of one exploration.
 
     `front_std` (m, T) is each front point's predictive std in metric units; `front_trusted` (m,)
-    says whether the surrogates vouch for it (std within `trust_std` on every task). Choices are
-    made among trusted points whenever there are any.
+    says whether the surrogates vouch for it (it lies within the trust radius of a measured
+    point, see `trusted_front`). Choices are made among trusted points whenever there are any.
     """
 
     tasks: list[str]
@@ -106,6 +106,18 @@ class ExploreResult:
             return np.column_stack([self.surrogates[t].predict(c) for t in self.tasks])
         pairs = [self.surrogates[t].predict(c, return_std=True) for t in self.tasks]
         return np.column_stack([p[0] for p in pairs]), np.column_stack([p[1] for p in pairs])
+
+    @property
+    def trust_radius(self) -> float:
+        """Distance (box widths) from a measured point within which the surrogates are vouched for."""
+        return float(min(getattr(s, "trust_radius_", 0.0) for s in self.surrogates.values()))
+
+    def vouched(self, coefficients: np.ndarray) -> np.ndarray:
+        """Whether each row lies within `trust_radius` of a measured sample (what `front_trusted` says)."""
+        lo, width = self.bounds[:, 0], self.bounds[:, 1] - self.bounds[:, 0]
+        V, U = (np.atleast_2d(coefficients) - lo) / width, (self.samples - lo) / width
+        d2 = np.sum(V**2, axis=1)[:, None] + np.sum(U**2, axis=1)[None, :] - 2 * V @ U.T
+        return d2.min(axis=1) <= self.trust_radius**2 + 1e-9
 
     @property
     def trust_std(self) -> np.ndarray:
@@ -182,8 +194,8 @@ def trusted_front(surrogates, samples, observed, box, search_box, senses, front_
 
     1. the trust radius: how far from measured points left-out errors say the surrogates stay
        accurate (`model_selection.trust_radius`, median error within half the trust std per task);
-    2. the front within the trust radius of a sample (`pareto.compute_trusted_front`), kept where
-       the std is within the trust threshold: `front_trusted` True;
+    2. the front within the trust radius of a sample (`pareto.compute_trusted_front`):
+       `front_trusted` True;
     3. the unconstrained front of the box, for context: `front_trusted` False unless it also
        lies in the trusted region.
     Two thirds of `front_points` go to the trusted part.
@@ -199,7 +211,7 @@ def trusted_front(surrogates, samples, observed, box, search_box, senses, front_
     V, U = (X - lo) / width, (samples - lo) / width
     d2 = np.sum(V**2, axis=1)[:, None] + np.sum(U**2, axis=1)[None, :] - 2 * V @ U.T
     near = d2.min(axis=1) <= radius**2 + 1e-9
-    trusted = near & np.all(np.nan_to_num(std, nan=np.inf) <= trust_thresholds(observed), axis=1)
+    trusted = near
     for s in surrogates:
         s.trust_radius_ = radius
     return {"front_coefficients": X, "front_predicted": predicted, "front_std": std, "front_trusted": trusted}
