@@ -1,427 +1,380 @@
-"""The benchmark harness: front quality per evaluation, evaluation cost, surrogate cost, scaling in T.
+"""The benchmark: real evaluations spent against the quality of the merge chosen, and front fidelity.
 
-    python -m benchmarks.run            # full run (analytic landscapes, toy and demo zoo when built)
-    python -m benchmarks.run --quick    # a few minutes: fewer landscapes and task counts
+    python -m benchmarks.run                 # analytic T = 2, 4, 8 (3 seeds), both testbeds, both demo zoos
+    python -m benchmarks.run --quick         # analytic T = 2, 4, 8 (seed 0) and both testbeds
+    python -m benchmarks.run --scaling-only  # picks vs T = 2..20 per method (benchmarks/scaling.py)
+    python -m benchmarks.run --only testbed  # just the problems whose name contains a word
 
-Writes benchmarks/results/benchmark[-quick].md (the tables the README quotes) and .json (raw numbers).
+Writes benchmarks/results/benchmark[-quick].md and .json and prints the tables. Each finished
+problem is kept under cache/benchmark/, so an interrupted run resumes (`--fresh` starts over).
 
-Quality is always measured on *re-evaluated* fronts: the front's coefficients are evaluated for
-real and their non-dominated set compared with the ground truth (IGD, IGD+ in accuracy units,
-hypervolume ratio). Ground truth: the exact front of analytic landscapes (explorer.landscapes), and
-a 21×21 grid of real evaluations for a pair of demo-zoo tasks. Re-evaluations are not counted as
-evaluations; the count is what a strategy spends to produce its front.
+What is compared, on each problem, for the same 10 preferences (fixed seeded weight vectors):
+- ours: the product's default, `explore_adaptive(tol=0)` (at most 2P evaluations), its surrogate
+  picks among the trusted front (`result.decide`), then `result.polish` (≤ 12 evaluations each);
+- plain MAP: `explore(family="quadratic")`, its picks among its whole front;
+- random search, a brute-force grid, optuna's NSGA-II and TPE (benchmarks/rivals.py), whose pick
+  is the best of their *measured* points by the same achievement function.
+
+Every evaluation a method makes counts (distinct points): ours at N₁ = its design plus measuring
+its 10 picks, at N₂ = N₁ plus the polish. Every other method gets N₁ and N₂ (MAP: a design of
+N − 10 plus measuring its picks). Quality of a pick: its real margin, the most every task could
+gain at once over it (0 = nothing beats it in every task), against the truth where it is known,
+else against every point any method measured. Front fidelity: ≥ 40 points of the shown front
+(ours: the trusted rows; MAP: all rows) measured for real by the benchmark, not by the methods.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
+import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from scipy.optimize import minimize
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import problems as P  # noqa: E402
+from benchmarks.rivals import RIVALS, pick_measured  # noqa: E402
 from explorer.adaptive import explore_adaptive  # noqa: E402
+from explorer.decision import achievement, decide  # noqa: E402
 from explorer.design import default_budget, n_quadratic_terms  # noqa: E402
-from explorer.explore import explore, fit_result  # noqa: E402
-from explorer.landscapes import make_landscape  # noqa: E402
-from explorer.lowrank import LowRankQuadraticSurrogate, choose_method, lowrank_design, n_lowrank_terms  # noqa: E402
-from explorer.nested import nested_picks  # noqa: E402
-from explorer.pareto import compute_front, hypervolume, igd, igd_plus, non_dominated  # noqa: E402
-from explorer.surrogate import QuadraticSurrogate  # noqa: E402
+from explorer.explore import explore  # noqa: E402
+from explorer.pareto import non_dominated, thin  # noqa: E402
 
-EQUAL_QUALITY_SLACK = 0.01   # "within 1 accuracy point of IGD"
-MAP_MATCH_SLACK = 0.001      # adaptive "reaches" MAP's IGD within 0.1 accuracy point
+#: Bump when what a problem's cached result means changes (methods, counting, metrics).
+VERSION = "1"
+N_PREFERENCES = 10
+POLISH_BUDGET = 12
+FIDELITY_POINTS = 40
+CACHE = ROOT / "cache" / "benchmark"
+METHODS = ["ours", "plain MAP", "random", "grid", "NSGA-II", "TPE"]
 
 
-# ----------------------------------------------------------------------------- quality
-def quality(values: np.ndarray, truth: np.ndarray, hv_ok: bool = True) -> dict:
-    """IGD, IGD+ and hypervolume ratio of measured accuracies (n, T) against the true front (m, T)."""
-    V = values[non_dominated(-values)]
-    out = {"igd": igd(-V, -truth), "igd_plus": igd_plus(-V, -truth), "front_size": int(len(V))}
-    if hv_ok and truth.shape[1] <= 4:
-        ref = -truth.min(axis=0) + 0.01 * np.ptp(truth, axis=0) + 1e-9
-        out["hv_ratio"] = hypervolume(-V, ref) / hypervolume(-truth, ref)
+def preferences(t: int, n: int = N_PREFERENCES, seed: int = 0) -> np.ndarray:
+    """Equal weights, then seeded Dirichlet(1) weight vectors: the same for every method."""
+    rng = np.random.default_rng([seed, t, 10])
+    return np.vstack([np.ones(t) / t, rng.dirichlet(np.ones(t), n - 1)])
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def fidelity(problem: P.Problem, result, rows: np.ndarray, seed: int) -> dict:
+    """|predicted − measured| over ≥ 40 points of the given front rows, measured for real (audit)."""
+    if len(rows) == 0:
+        return {"n": 0}
+    chosen = rows[thin(result.front_predicted[rows], FIDELITY_POINTS, seed)]
+    pred, std = result.front_predicted[chosen], result.front_std[chosen]
+    meas = problem.measure(result.front_coefficients[chosen])
+    err = np.abs(pred - meas)
+    per_task = np.median(err, axis=0)
+    return {"n": int(len(chosen)), "shown_rows": int(len(rows)), "front_rows": int(len(result.front_coefficients)),
+            "median": float(np.median(err)), "p90": float(np.percentile(err, 90)), "max": float(err.max()),
+            "worst_task_median": float(per_task.max()), "worst_task": problem.tasks[int(per_task.argmax())],
+            "per_task_median": per_task.tolist(), "bias": float(np.mean(pred - meas)),
+            "coverage_2std": float(np.mean(err <= 2 * std)) if np.all(np.isfinite(std)) else None}
+
+
+def pick_error(pred: np.ndarray, meas: np.ndarray, std: np.ndarray | None = None) -> dict:
+    err = np.abs(pred - meas)
+    out = {"median": float(np.median(err)), "max": float(err.max())}
+    if std is not None and np.all(np.isfinite(std)):
+        out["coverage_2std"] = float(np.mean(err <= 2 * std))
     return out
 
 
-def grid(levels: int, t: int) -> np.ndarray:
-    axes = np.meshgrid(*[np.linspace(0, 1, levels)] * t, indexing="ij")
-    return np.stack([a.ravel() for a in axes], axis=1)
-
-
-def first_reaching(curve: list[tuple[int, float]], target: float) -> int | None:
-    hits = [n for n, q in sorted(curve) if q <= target + 1e-12]
-    return hits[0] if hits else None
-
-
-# ----------------------------------------------------------------------------- A: front quality
-def quality_problem(name: str, evaluate_many, tasks, truth: np.ndarray, grid_levels: list[int], map_factors: list[float],
-                    seed: int = 0, front_points: int = 1000, hv_ok: bool = True) -> dict:
-    """All strategies on one problem. `evaluate_many(C) -> (n, T)` real measurements."""
-    t = len(tasks)
-    p = n_quadratic_terms(t)
-    evaluate = lambda c: dict(zip(tasks, evaluate_many(np.asarray(c)[None])[0]))  # noqa: E731
-    rows = []
-    for f in map_factors:
-        budget = max(p + 1, int(round(f * p)))
-        start = time.perf_counter()
-        r = explore(evaluate, tasks, budget=budget, seed=seed, front_points=front_points)
-        q = quality(evaluate_many(r.front_coefficients), truth, hv_ok)
-        rows.append({"strategy": "MAP" + (" (default 2P)" if budget == default_budget(t) else ""), "evaluations": budget,
-                     **q, "seconds": time.perf_counter() - start})
-    trace = []
-
-    def callback(C, Y):
-        r = fit_result(tasks, C, Y, np.tile([0.0, 1.0], (t, 1)), seed=seed, front_points=front_points)
-        trace.append((len(C), quality(evaluate_many(r.front_coefficients), truth, hv_ok)))
-
+def run_ours(problem: P.Problem, prefs: np.ndarray, seed: int) -> dict:
+    counter = P.Counter(problem)
     start = time.perf_counter()
-    r = explore_adaptive(evaluate, tasks, seed=seed, front_points=front_points, callback=callback)
+    result = explore_adaptive(counter.one, problem.tasks, seed=seed, tol=0.0, front_points=1000)
+    fit_s = time.perf_counter() - start
+    n_fit = counter.n
+    decisions = [result.decide(w) for w in prefs]
+    C1 = np.array([d.coefficients for d in decisions])
+    pred = np.array([d.predicted for d in decisions])
+    std = np.array([d.std for d in decisions])
+    V1 = counter.many(C1)
+    n1 = counter.n
+    start = time.perf_counter()
+    polished = [result.polish(counter.one, w, budget=POLISH_BUDGET) for w in prefs]
+    polish_s = time.perf_counter() - start
+    trusted = np.flatnonzero(result.front_trusted)
+    return {"result": result, "n_fit": n_fit, "fit_s": fit_s, "polish_s": polish_s,
+            "budgets": {"N1": (n1, C1, V1), "N2": (counter.n, np.array([c for c, _ in polished]),
+                                                   np.array([m for _, m in polished]))},
+            "pick_error": pick_error(pred, V1, std), "picks_trusted": int(sum(d.trusted for d in decisions)),
+            "fidelity": fidelity(problem, result, trusted, seed),
+            "rounds": len(result.extra.get("adaptive", []))}
+
+
+def run_map(problem: P.Problem, prefs: np.ndarray, seed: int, total: int, with_fidelity: bool) -> dict:
+    """Plain MAP spending `total` evaluations: a design of total − 10, then measuring its 10 picks."""
+    counter = P.Counter(problem)
+    t = problem.n_tasks
+    design = max(n_quadratic_terms(t) + 1, total - len(prefs))
+    start = time.perf_counter()
+    result = explore(counter.one, problem.tasks, budget=design, seed=seed, family="quadratic", front_points=1000)
     seconds = time.perf_counter() - start
-    for n, q in trace[:-1]:
-        rows.append({"strategy": "adaptive (round)", "evaluations": n, **q})
-    rows.append({"strategy": "adaptive (stopped)", "evaluations": len(r.samples), **trace[-1][1], "seconds": seconds,
-                 "rounds": r.extra["adaptive"]})
-    for levels in grid_levels:
-        C = grid(levels, t)
-        rows.append({"strategy": f"brute force {levels}^{t}", "evaluations": len(C), **quality(evaluate_many(C), truth, hv_ok)})
-
-    bf = [(r_["evaluations"], r_["igd"]) for r_ in rows if r_["strategy"].startswith("brute")]
-    target = min(q for _, q in bf) + EQUAL_QUALITY_SLACK
-    map_like = [(r_["evaluations"], r_["igd"]) for r_ in rows if r_["strategy"].startswith(("MAP", "adaptive"))]
-    n_bf, n_map = first_reaching(bf, target), first_reaching(map_like, target)
-    map_default = next(r_ for r_ in rows if r_["strategy"] == "MAP (default 2P)")
-    ada_curve = [(r_["evaluations"], r_["igd"]) for r_ in rows if r_["strategy"].startswith("adaptive")]
-    n_ada = first_reaching(ada_curve, map_default["igd"] + MAP_MATCH_SLACK)
-    stopped = next(r_ for r_ in rows if r_["strategy"] == "adaptive (stopped)")
-    return {
-        "problem": name, "n_tasks": t, "rows": rows,
-        "headline": {
-            "target_igd": target, "bruteforce_evaluations": n_bf, "map_evaluations": n_map,
-            "ratio_vs_bruteforce": (n_map / n_bf) if n_bf and n_map else None,
-            "map_default_evaluations": map_default["evaluations"], "map_default_igd": map_default["igd"],
-            "adaptive_evaluations_to_match_map": n_ada,
-            "ratio_adaptive_vs_map": (n_ada / map_default["evaluations"]) if n_ada else None,
-            "adaptive_stopped_evaluations": stopped["evaluations"], "adaptive_stopped_igd": stopped["igd"],
-        },
-    }
-
-
-def analytic_quality(quick: bool) -> list[dict]:
-    problems = [(2, "smooth"), (2, "sharp"), (3, "smooth"), (3, "sharp")] + ([] if quick else [(4, "smooth"), (4, "sharp")])
-    levels = {2: [3, 4, 5, 6, 8, 11, 16, 21], 3: [3, 4, 5, 6, 8, 11], 4: [3, 4, 5, 6, 7]}
-    out = []
-    for t, kind in problems:
-        land = make_landscape(t, kind)
-        _, truth = land.true_front(1000)
-        print(f"  quality: analytic {land.name}", flush=True)
-        out.append(quality_problem(f"analytic {land.name}", land.values, land.tasks, truth, levels[t], [1.2, 1.5, 2.0, 3.0]))
+    ds = [decide(result.front_coefficients, result.front_predicted, result.senses, problem.tasks, w) for w in prefs]
+    C = np.array([d.coefficients for d in ds])
+    pred = np.array([d.predicted for d in ds])
+    std = result.front_std[[d.index for d in ds]]
+    V = counter.many(C)
+    out = {"result": result, "design": design, "n": counter.n, "seconds": seconds, "C": C, "V": V,
+           "pick_error": pick_error(pred, V, std)}
+    if with_fidelity:
+        out["fidelity"] = fidelity(problem, result, np.arange(len(result.front_coefficients)), seed)
     return out
 
 
-# ----------------------------------------------------------------------------- demo zoo
-def demo_zoo_available() -> Path | None:
-    spec = ROOT / "examples" / "demo.yaml"
-    manifest = ROOT / "cache" / "demo-zoo" / "manifest.json"
-    return spec if spec.is_file() and manifest.is_file() else None
-
-
-def _measure_tasks(exp, tasks_idx: list[int]):
-    """evaluate_many over a subset of tasks (other coefficients 0), through the store (kind 'benchmark')."""
-    names = [exp.tasks[i] for i in tasks_idx]
-    t = len(exp.tasks)
-
-    def evaluate_many(C: np.ndarray) -> np.ndarray:
-        out = []
-        for c in np.atleast_2d(C):
-            full = np.zeros(t)
-            full[tasks_idx] = c
-            have = exp.stored(full)
-            missing = [n for n in names if n not in have]
-            if missing:
-                for task, value, seconds in exp.engine.measure(full, missing):
-                    exp.store.put(exp.key, exp.task_identities[task], task, full, value, seconds, "benchmark")
-                    have[task] = value
-            out.append([have[n] for n in names])
-        return np.array(out)
-
-    return evaluate_many, names
-
-
-def demo_quality(spec: Path, quick: bool) -> list[dict]:
-    from explorer.runner import Experiment
-
-    exp = Experiment.from_file(spec, store_path=ROOT / "cache" / "benchmark-store.sqlite")
-    evaluate_many, names = _measure_tasks(exp, [0, 1])
-    print(f"  quality: demo zoo pair {names} (ground truth: 21x21 grid)", flush=True)
-    truth_all = evaluate_many(grid(21, 2))
-    truth = truth_all[non_dominated(-truth_all)]
-    levels = [3, 4, 5, 6, 8, 11] if quick else [3, 4, 5, 6, 8, 11, 16]
-    return [quality_problem(f"demo zoo {names[0]}+{names[1]}", evaluate_many, names, truth, levels,
-                            [1.2, 2.0] if quick else [1.2, 1.5, 2.0, 3.0], front_points=30)]
-
-
-# ----------------------------------------------------------------------------- B: evaluation cost
-def evaluation_cost(spec: Path, label: str, n_points: int, images_per_point) -> dict:
-    """Engine throughput (merge + evaluate + store, fresh points) vs plain inference of one fixed model."""
-    from explorer.runner import Experiment
-
-    with tempfile.TemporaryDirectory() as tmp:
-        exp = Experiment.from_file(spec, store_path=Path(tmp) / "store.sqlite")
-        t = len(exp.tasks)
-        engine = exp.engine
-        rng = np.random.default_rng(123)
-        warm = rng.random(t)
-        exp.evaluate(warm)  # warm caches (eval tensors, heads) as a real run would have after its first point
-        points = rng.random((n_points, t))
+def run_problem(problem: P.Problem, seed: int, log) -> dict:
+    t = problem.n_tasks
+    prefs = preferences(t, seed=seed)
+    started = time.perf_counter()
+    log(f"  ours (explore_adaptive, 2P = {default_budget(t)})")
+    ours = run_ours(problem, prefs, seed)
+    n1, n2 = ours["budgets"]["N1"][0], ours["budgets"]["N2"][0]
+    log(f"    {ours['n_fit']} design + picks = N1 {n1}; + polish = N2 {n2}; fit {ours['fit_s']:.0f} s, "
+        f"polish {ours['polish_s']:.0f} s; front fidelity {ours['fidelity'].get('median', float('nan')):.4f}")
+    picks = {"ours": ours["budgets"]}
+    seconds = {"ours": ours["fit_s"] + ours["polish_s"]}
+    log("  plain MAP")
+    maps = {}
+    for label, n in (("N1", n1), ("N2", n2)):
+        maps[label] = run_map(problem, prefs, seed, n, with_fidelity=label == "N1")
+    picks["plain MAP"] = {k: (m["n"], m["C"], m["V"]) for k, m in maps.items()}
+    seconds["plain MAP"] = sum(m["seconds"] for m in maps.values())
+    measured = {}
+    for name, (search, prefix) in RIVALS.items():
+        log(f"  {name}")
         start = time.perf_counter()
-        for c in points:
-            exp.evaluate(c)
-        engine_s = time.perf_counter() - start
-        engine.merger.apply(warm)
-        start = time.perf_counter()
-        for _ in range(n_points):
-            for task in exp.tasks:
-                engine.evaluators[task](engine.model)
-        plain_s = time.perf_counter() - start
-        reps = 20
-        start = time.perf_counter()
-        for c in points[:reps]:
-            engine.merger.apply(c)
-        merge_s = (time.perf_counter() - start) / min(reps, n_points)
-        flat = list(engine.merger.flat_vectors.values())
-        nbytes = sum(v.numel() * v.element_size() for v in flat)
-        start = time.perf_counter()
-        for _ in range(reps):
-            total = sum(float(v.sum()) for v in flat)  # noqa: F841 - reading every byte once
-        read_s = (time.perf_counter() - start) / reps
-    imgs = images_per_point * n_points
-    return {"setup": label, "points": n_points, "images_per_point": images_per_point,
-            "engine_images_per_s": imgs / engine_s, "plain_images_per_s": imgs / plain_s,
-            "throughput_ratio": plain_s / engine_s, "merge_ms": merge_s * 1e3, "read_task_vectors_ms": read_s * 1e3,
-            "task_vector_mb": nbytes / 1e6, "merge_vs_read": merge_s / read_s}
+        if prefix:
+            counter = P.Counter(problem)
+            search(counter, n2, seed)
+            C, V = counter.measured()
+            measured[name] = {"N1": (C[:n1], V[:n1]), "N2": (C, V)}
+        else:
+            measured[name] = {}
+            for label, n in (("N1", n1), ("N2", n2)):
+                counter = P.Counter(problem)
+                search(counter, n, seed)
+                measured[name][label] = counter.measured()
+        seconds[name] = time.perf_counter() - start
+    # the reference that scales every rival's achievement function: the truth, else all measured
+    if problem.truth is not None:
+        reference = problem.truth
+    else:
+        pool = np.vstack([v for _, v in problem.pool])
+        reference = pool[non_dominated(-pool)]
+    for name, budgets in measured.items():
+        picks[name] = {}
+        for label, (C, V) in budgets.items():
+            idx = [pick_measured(V, w, reference) for w in prefs]
+            picks[name][label] = (len(C), C[idx], V[idx])
+    log("  margins")
+    rows = {}
+    for name in METHODS:
+        rows[name] = {}
+        for label, (n, C, V) in picks[name].items():
+            margin = problem.margin(C, V)
+            ach = np.array([achievement(v[None], w, reference)[0] for v, w in zip(V, prefs)])
+            rows[name][label] = {"evaluations": int(n), "mean_margin": float(margin.mean()), "max_margin": float(margin.max()),
+                                 "margins": margin.tolist(), "mean_achievement": float(ach.mean()),
+                                 "mean_accuracy": float(V.mean()), "coefficients": C.tolist(), "measured": V.tolist()}
+    return {"problem": problem.name, "family": problem.family, "n_tasks": t, "P": n_quadratic_terms(t), "seed": seed,
+            "truth": problem.note, "preferences": prefs.tolist(), "rows": rows, "seconds": seconds,
+            "ours": {k: ours[k] for k in ("n_fit", "fit_s", "polish_s", "pick_error", "picks_trusted", "fidelity", "rounds")}
+                    | {"front_rows": int(len(ours["result"].front_trusted)), "trusted_rows": int(ours["result"].front_trusted.sum())},
+            "plain MAP": {"design": maps["N1"]["design"], "pick_error": maps["N1"]["pick_error"],
+                          "fidelity": maps["N1"]["fidelity"]},
+            "wall_s": time.perf_counter() - started}
 
 
-def toy_cost(quick: bool) -> dict:
-    from tests import toy_zoo
-
-    tmp = Path(tempfile.mkdtemp())
-    spec = toy_zoo.build(tmp)
-    _, y = toy_zoo._data("val")
-    images = int(sum(int(torch.isin(y, torch.tensor(c)).sum()) for c in toy_zoo.GROUPS.values()))
-    return evaluation_cost(spec, "toy MLP (digits, 3 tasks)", 20 if quick else 60, images)
+# ----------------------------------------------------------------------------- which problems
 
 
-def demo_cost(spec: Path, quick: bool) -> dict:
-    from explorer import clip_suite
-    from explorer.runner import Experiment
-
-    exp = Experiment.from_file(spec, store_path=Path(tempfile.mkdtemp()) / "s.sqlite")
-    images = 0
-    for t in exp.tasks:
-        params = dict(exp.spec.tasks[t].params)
-        data = clip_suite.eval_data(exp.engine.model, dataset=params["dataset"], split=params.get("split", "validation"),
-                                    subsample=params.get("subsample"), seed=params.get("seed", 0), spec_dir=str(exp.spec_dir),
-                                    device=exp.engine.device)
-        images += len(data.labels)
-    return evaluation_cost(spec, "demo zoo (tiny open_clip, 4 tasks)", 3 if quick else 8, images)
-
-
-# ----------------------------------------------------------------------------- C: surrogate and UI cost
-def surrogate_cost(quick: bool) -> list[dict]:
+def problem_list(quick: bool) -> list[tuple[str, int, callable]]:
+    """(name, seed, factory) in run order: cheap first."""
+    seeds = [0] if quick else [0, 1, 2]
     out = []
-    for t in range(2, 9):
-        land = make_landscape(t, "smooth")
-        C = np.random.default_rng(t).random((default_budget(t), t))
-        Y = land.values(C)
-        reps = 3
-        start = time.perf_counter()
-        for _ in range(reps):
-            surrogates = [QuadraticSurrogate().fit(C, Y[:, i]) for i in range(t)]
-        fit_s = (time.perf_counter() - start) / reps / t
-        start = time.perf_counter()
-        compute_front(surrogates, np.tile([0.0, 1.0], (t, 1)), np.ones(t))
-        front_s = time.perf_counter() - start
-        out.append({"n_tasks": t, "samples": len(C), "fit_ms_per_task": fit_s * 1e3, "front_s": front_s})
+    for t in (2, 4, 8):
+        for kind in ("smooth", "sharp"):
+            for s in seeds:
+                out.append((f"analytic {kind} T={t} s{s}", s, lambda t=t, kind=kind, s=s: P.analytic(t, kind, s)))
+    for kind in ("hidden", "deep"):
+        out.append((f"testbed {kind} T=8", 0, lambda kind=kind: P.testbed(kind)))
+    if not quick:
+        for zoo in ("demo-zoo", "demo-zoo-8"):
+            out.append((f"{zoo}", 0, lambda zoo=zoo: P.zoo(zoo)))
     return out
 
 
-# ----------------------------------------------------------------------------- D: scaling in T
-def improvement_margin(land, c: np.ndarray) -> float:
-    """Exact: the largest s such that some c' in the box beats c by ≥ s on every task (0 = Pareto-optimal)."""
-    t = land.n_tasks
-    v0 = land.values(c[None], noisy=False)[0]
-    cons = {"type": "ineq", "fun": lambda z: land.values(z[None, :t], noisy=False)[0] - v0 - z[t]}
-    res = minimize(lambda z: -z[t], np.append(c, 0.0), method="SLSQP", constraints=[cons],
-                   bounds=[(0.0, 1.0)] * t + [(0.0, 1.0)], options={"maxiter": 300, "ftol": 1e-10})
-    z = res.x
-    ok = np.all(land.values(z[None, :t], noisy=False)[0] - v0 >= z[t] - 1e-7)
-    return float(max(z[t], 0.0)) if ok else 0.0
+def slug(name: str, seed: int) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", f"{name}-run{seed}").strip("-") + f"-v{VERSION}.json"
 
 
-def _picks_from_surrogates(surrogates, t: int, preferences, seed: int = 0) -> np.ndarray:
-    from explorer.decision import decide
+def run_all(quick: bool, only: list[str], fresh: bool, log) -> tuple[list[dict], list[str]]:
+    results, notes = [], []
+    CACHE.mkdir(parents=True, exist_ok=True)
+    todo = [p for p in problem_list(quick) if not only or any(w in p[0] for w in only)]
+    for i, (name, seed, factory) in enumerate(todo, 1):
+        path = CACHE / slug(name, seed)
+        if path.exists() and not fresh:
+            log(f"[{i}/{len(todo)}] {name}: done before ({path.relative_to(ROOT)})")
+            results.append(json.loads(path.read_text()))
+            continue
+        if name.startswith("demo-zoo") and not P.zoo_built(name):
+            notes.append(f"{name}: not built (cache/{name}/manifest.json missing), skipped; build it with "
+                         f"`merge-explorer demo{' --tasks 8' if name.endswith('8') else ''}` and rerun.")
+            log(f"[{i}/{len(todo)}] {name}: not built, skipped")
+            continue
+        log(f"[{i}/{len(todo)}] {name}")
+        res = run_problem(factory(), seed, log)
+        path.write_text(json.dumps(res, default=_json) + "\n")
+        results.append(res)
+    return results, notes
 
-    front = compute_front(surrogates, np.tile([0.0, 1.0], (t, 1)), np.ones(t), n_candidates=1024, max_points=300, seed=seed)
-    tasks = [f"t{i}" for i in range(t)]
-    return np.array([decide(front.X, -front.F, np.ones(t), tasks, weights=w).coefficients for w in preferences])
 
-
-def scaling(quick: bool) -> list[dict]:
-    sizes = [2, 4, 8, 12] if quick else [2, 4, 6, 8, 12, 16, 20]
-    out = []
-    for t in sizes:
-        land = make_landscape(t, "smooth")
-        rng = np.random.default_rng(t)
-        prefs = [np.ones(t)] + list(rng.dirichlet(np.ones(t), 4))
-        print(f"  scaling: T={t} (rule picks {choose_method(t)})", flush=True)
-
-        def record(method, n_eval, picks, seconds):
-            vals = land.values(picks, noisy=False)
-            margins = [improvement_margin(land, c) for c in picks]
-            out.append({"n_tasks": t, "method": method, "evaluations": int(n_eval), "mean_margin": float(np.mean(margins)),
-                        "max_margin": float(np.max(margins)), "mean_accuracy": float(vals.mean()), "seconds": seconds,
-                        "rule": choose_method(t)})
-
-        if t <= (12 if quick else 16):
-            start = time.perf_counter()
-            C = np.random.default_rng(0).random((1, t))
-            from explorer.design import sample_design
-
-            C = sample_design((0.0, 1.0), t, None, 0)
-            Y = land.values(C)
-            sur = [QuadraticSurrogate().fit(C, Y[:, i]) for i in range(t)]
-            record("full quadratic (MAP)", len(C), _picks_from_surrogates(sur, t, prefs), time.perf_counter() - start)
-        start = time.perf_counter()
-        C = lowrank_design((0.0, 1.0), t, 2 * n_lowrank_terms(t), 0)
-        Y = land.values(C)
-        sur = [LowRankQuadraticSurrogate(cv_folds=2).fit(C, Y[:, i]) for i in range(t)]
-        record("low-rank quadratic (r=2)", len(C), _picks_from_surrogates(sur, t, prefs), time.perf_counter() - start)
-        start = time.perf_counter()
-        results, n_eval = nested_picks(land, land.tasks, prefs)
-        record("nested", n_eval, np.array([r.coefficients for r in results]), time.perf_counter() - start)
-    return out
+def _json(o):
+    return o.tolist() if hasattr(o, "tolist") else str(o)
 
 
 # ----------------------------------------------------------------------------- report
-def _f(x, digits=4):
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "—"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def markdown(res: dict, scaling_only: bool = False) -> str:
+def _pts(x) -> str:
+    return "—" if x is None else f"{100 * x:.2f}"
+
+
+def summary(results: list[dict]) -> dict:
+    """Per T and family, mean over problems of each method's mean margin at N₁ and N₂; where ours loses."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        key = "analytic" if r["family"] == "analytic" else r["problem"]
+        groups.setdefault(f"{key} T={r['n_tasks']}" if r["family"] == "analytic" else key, []).append(r)
+    table = []
+    for key, rs in groups.items():
+        row = {"setting": key, "problems": len(rs), "n_tasks": rs[0]["n_tasks"]}
+        for label in ("N1", "N2"):
+            row[label] = {m: float(np.mean([r["rows"][m][label]["mean_margin"] for r in rs])) for m in METHODS}
+            row[f"{label}_evaluations"] = {m: float(np.mean([r["rows"][m][label]["evaluations"] for r in rs])) for m in METHODS}
+        table.append(row)
+    losses = []
+    for r in results:
+        for label in ("N1", "N2"):
+            ours = r["rows"]["ours"][label]["mean_margin"]
+            better = [(m, r["rows"][m][label]["mean_margin"]) for m in METHODS[1:]
+                      if r["rows"][m][label]["mean_margin"] < ours - 0.001]
+            if better:
+                losses.append({"problem": r["problem"], "budget": label, "ours": ours, "better": better})
+    return {"table": table, "losses": losses}
+
+
+def markdown(res: dict) -> str:
     lines = [f"# merge-explorer benchmark{' (quick)' if res['quick'] else ''}", "",
-             f"Machine: {res['machine']}. Total time {res['seconds']:.0f} s. No GPU in this run.", ""]
-    if scaling_only:
-        return "\n".join(lines + _scaling_lines(res["scaling"])) + "\n"
-    h = res["headlines"]
-    lines += ["## Headline ratios", "",
-              f"- **Evaluations vs brute force at equal quality** (IGD within 1 accuracy point of the best brute-force grid): "
-              f"median ratio {_f(h['ratio_vs_bruteforce_median'], 3)} (per problem: {h['ratio_vs_bruteforce']}).",
-              f"- **Adaptive vs plain MAP** (evaluations adaptive needs to reach MAP-2P's IGD within 0.1 point, over 2P): "
-              f"median {_f(h['ratio_adaptive_vs_map_median'], 3)} (per problem: {h['ratio_adaptive_vs_map']}); "
-              f"with its own stopping rule adaptive spent {h['adaptive_stopped']} evaluations vs {h['map_default']}.",
-              f"- **Engine throughput vs plain inference** (images/s, same data, same process): {h['throughput']}.", ""]
-    lines += ["## Front quality per evaluation", "",
-              "Re-evaluated fronts vs ground truth (IGD, IGD+ in accuracy units; HV ratio to the true front's hypervolume).", ""]
-    for prob in res["quality"]:
-        hl = prob["headline"]
-        lines += [f"### {prob['problem']}", "",
-                  "| strategy | evaluations | IGD | IGD+ | HV ratio | front points |", "|---|---:|---:|---:|---:|---:|"]
-        for r in prob["rows"]:
-            lines.append(f"| {r['strategy']} | {r['evaluations']} | {_f(r['igd'])} | {_f(r['igd_plus'])} | {_f(r.get('hv_ratio'), 3)} | {r['front_size']} |")
-        lines += ["", f"Target IGD {_f(hl['target_igd'])}: brute force needs {hl['bruteforce_evaluations']}, MAP/adaptive "
-                  f"{hl['map_evaluations']} (ratio {_f(hl['ratio_vs_bruteforce'], 3)}). Adaptive matches MAP-2P "
-                  f"(IGD {_f(hl['map_default_igd'])}, {hl['map_default_evaluations']} evals) after "
-                  f"{hl['adaptive_evaluations_to_match_map']} evals; its stopping rule stopped at {hl['adaptive_stopped_evaluations']} "
-                  f"(IGD {_f(hl['adaptive_stopped_igd'])}).", ""]
-    if res.get("demo_note"):
-        lines += [f"> {res['demo_note']}", ""]
-    lines += ["## Evaluation cost", "", "| setup | images/point | engine img/s | plain img/s | engine/plain | merge ms | read τ ms | τ MB |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in res["cost"]:
-        lines.append(f"| {c['setup']} | {c['images_per_point']} | {c['engine_images_per_s']:.0f} | {c['plain_images_per_s']:.0f} | "
-                     f"{c['throughput_ratio']:.3f} | {c['merge_ms']:.3f} | {c['read_task_vectors_ms']:.3f} | {c['task_vector_mb']:.2f} |")
-    lines += ["", "## Surrogate and UI cost (2P samples, analytic landscape)", "", "| T | samples | fit ms/task (incl. LOO-CV) | front s |", "|---:|---:|---:|---:|"]
-    for s in res["surrogate"]:
-        lines.append(f"| {s['n_tasks']} | {s['samples']} | {s['fit_ms_per_task']:.1f} | {s['front_s']:.2f} |")
-    lines += [""] + _scaling_lines(res["scaling"])
+             f"Machine: {res['machine']}. Wall time {res['seconds']:.0f} s (this run; finished problems are reused "
+             "from cache/benchmark/). Produced by `python -m benchmarks.run" + (" --quick" if res["quick"] else "") + "`.", "",
+             "Each method spends real evaluations (distinct points, all counted) and then picks one merge for each of "
+             f"{N_PREFERENCES} fixed preferences (equal weights and 9 seeded Dirichlet weight vectors). The quality of a "
+             "pick is its **real margin**: the most every task could gain at once over the pick's measured accuracies "
+             "(accuracy points; 0 = nothing known beats it in every task). **N₁** = ours' design + measuring its 10 "
+             f"surrogate picks; **N₂** = N₁ + polishing each pick (≤ {POLISH_BUDGET} evaluations each). Every other method "
+             "gets N₁ and N₂ evaluations. Rivals pick the best *measured* point by the achievement function scaled by "
+             "the true front (zoos: by everything measured), which ours does not get.", ""]
+    s = res["summary"]
+    for label, title in (("N1", "N₁ (ours: surrogate picks)"), ("N2", "N₂ (ours: polished picks)")):
+        lines += [f"## Mean real margin of the picks at {title}, accuracy points (lower is better)", "",
+                  "| setting | problems | evaluations | " + " | ".join(METHODS) + " |",
+                  "|---|---:|---:|" + "---:|" * len(METHODS)]
+        for row in s["table"]:
+            ev = row[f"{label}_evaluations"]["ours"]
+            best = min(row[label].values())
+            cells = [(f"**{_pts(row[label][m])}**" if row[label][m] <= best + 1e-12 else _pts(row[label][m])) for m in METHODS]
+            lines.append(f"| {row['setting']} | {row['problems']} | {ev:.0f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Where ours loses", ""]
+    if s["losses"]:
+        lines += ["Problems where some method's mean margin beats ours by more than 0.1 point:", "",
+                  "| problem | budget | ours | better |", "|---|---|---:|---|"]
+        for loss in s["losses"]:
+            lines.append(f"| {loss['problem']} | {loss['budget']} | {_pts(loss['ours'])} | "
+                         + ", ".join(f"{m} {_pts(v)}" for m, v in sorted(loss["better"], key=lambda x: x[1])) + " |")
+    else:
+        lines.append("Nowhere by more than 0.1 point.")
+    lines += ["", "## Front fidelity: the shown front measured for real", "",
+              "Ours: points of the trusted front (what the app shows as vouched for); plain MAP: points of its whole front. "
+              "|predicted − measured| in accuracy points over every task of every point; coverage: share within ±2 std.", "",
+              "| problem | method | points (of shown/front rows) | median | p90 | worst task's median | coverage ±2σ | "
+              "picks: median \\|pred − meas\\| | picks coverage |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in res["results"]:
+        for m in ("ours", "plain MAP"):
+            f, pe = r[m]["fidelity"], r[m]["pick_error"]
+            if f.get("n", 0) == 0:
+                lines.append(f"| {r['problem']} | {m} | 0 (no trusted rows) | — | — | — | — | {_pts(pe['median'])} | — |")
+                continue
+            cov = "—" if f["coverage_2std"] is None else f"{100 * f['coverage_2std']:.0f} %"
+            pcov = "—" if pe.get("coverage_2std") is None else f"{100 * pe['coverage_2std']:.0f} %"
+            lines.append(f"| {r['problem']} | {m} | {f['n']} ({f['shown_rows']}/{f['front_rows']}) | {_pts(f['median'])} | "
+                         f"{_pts(f['p90'])} | {_pts(f['worst_task_median'])} ({f['worst_task']}) | {cov} | {_pts(pe['median'])} | {pcov} |")
+    lines += ["", "## Per problem", ""]
+    for r in res["results"]:
+        o = r["ours"]
+        lines += [f"### {r['problem']} ({r['truth']})", "",
+                  f"Ours: {o['n_fit']} design evaluations ({o['rounds']} adaptive rounds), {o['trusted_rows']} of "
+                  f"{o['front_rows']} front rows trusted, {o['picks_trusted']}/10 picks trusted; fit {o['fit_s']:.0f} s, "
+                  f"polish {o['polish_s']:.0f} s. Plain MAP design at N₁: {r['plain MAP']['design']}.", "",
+                  "| method | N₁ evals | mean margin | max margin | mean achievement | N₂ evals | mean margin | max margin | "
+                  "mean achievement | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for m in METHODS:
+            a, b = r["rows"][m]["N1"], r["rows"][m]["N2"]
+            lines.append(f"| {m} | {a['evaluations']} | {_pts(a['mean_margin'])} | {_pts(a['max_margin'])} | "
+                         f"{a['mean_achievement']:.3f} | {b['evaluations']} | {_pts(b['mean_margin'])} | {_pts(b['max_margin'])} | "
+                         f"{b['mean_achievement']:.3f} | {r['seconds'][m]:.0f} |")
+        lines.append("")
+    polish = [r for r in res["results"] if r["family"] == "testbed"]
+    if polish:
+        lines += ["## Polish on the testbeds", ""]
+        for r in polish:
+            a, b = r["rows"]["ours"]["N1"], r["rows"]["ours"]["N2"]
+            lines.append(f"- {r['problem']}: mean real margin {_pts(a['mean_margin'])} → {_pts(b['mean_margin'])} points "
+                         f"(max {_pts(b['max_margin'])}) with {b['evaluations'] - a['evaluations']} extra evaluations for "
+                         f"{N_PREFERENCES} preferences (target: mean ≤ 0.50 with ≤ {POLISH_BUDGET} each).")
+        lines.append("")
+    for note in res["notes"]:
+        lines.append(f"> {note}")
     return "\n".join(lines) + "\n"
-
-
-def _scaling_lines(rows: list[dict]) -> list[str]:
-    lines = ["## Scaling with the number of tasks (analytic 'smooth' landscapes, 5 preferences)", "",
-              "Quality of the merged model picked for each preference: its exact *improvement margin* (the most every task "
-              "could gain at once by moving to the true front; 0 = Pareto-optimal), in accuracy units.", "",
-              "| T | rule picks | method | evaluations | mean margin | max margin | mean accuracy | seconds |", "|---:|---|---|---:|---:|---:|---:|---:|"]
-    for s in rows:
-        lines.append(f"| {s['n_tasks']} | {s['rule']} | {s['method']} | {s['evaluations']} | {s['mean_margin']:.4f} | {s['max_margin']:.4f} | "
-                     f"{s['mean_accuracy']:.4f} | {s['seconds']:.1f} |")
-    return lines
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer problems and task counts (a few minutes)")
+    ap.add_argument("--quick", action="store_true", help="analytic T = 2, 4, 8 (one seed) and both testbeds")
+    ap.add_argument("--scaling-only", action="store_true", help="only picks vs T = 2..20 per method (scaling.md/json)")
+    ap.add_argument("--only", nargs="*", default=[], help="run only problems whose name contains one of these words")
+    ap.add_argument("--fresh", action="store_true", help="recompute problems finished before")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--skip-demo", action="store_true", help="skip the demo-zoo parts even when the zoo is built")
-    ap.add_argument("--scaling-only", action="store_true", help="only the scaling table, T = 2..20 (scaling.md/json)")
     args = ap.parse_args(argv)
-    torch.manual_seed(0)
-    started = time.perf_counter()
-    if args.scaling_only:
-        rows = scaling(quick=False)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "scaling.json").write_text(json.dumps(rows, indent=1) + "\n")
-        text = markdown({"quick": False, "machine": f"{platform.machine()}, torch {torch.__version__}",
-                         "seconds": time.perf_counter() - started, "scaling": rows}, scaling_only=True)
-        (out / "scaling.md").write_text(text)
-        print(text)
-        return 0
-    res = {"quick": args.quick, "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-           f"torch {torch.__version__}, CUDA {'yes' if torch.cuda.is_available() else 'no'}"}
-    print("front quality (analytic)", flush=True)
-    res["quality"] = analytic_quality(args.quick)
-    spec = None if args.skip_demo else demo_zoo_available()
-    print("evaluation cost", flush=True)
-    res["cost"] = [toy_cost(args.quick)]
-    if spec:
-        res["quality"] += demo_quality(spec, args.quick)
-        res["cost"].append(demo_cost(spec, args.quick))
-    else:
-        res["demo_note"] = ("Demo zoo not built (cache/demo-zoo/manifest.json missing): its rows are skipped. Build it with "
-                            "`merge-explorer demo` or `python -c 'from explorer.zoo import ensure_zoo; ensure_zoo()'`, then rerun.")
-    print("surrogate cost", flush=True)
-    res["surrogate"] = surrogate_cost(args.quick)
-    print("scaling", flush=True)
-    res["scaling"] = scaling(args.quick)
-    ratios = [p["headline"]["ratio_vs_bruteforce"] for p in res["quality"]]
-    ada = [p["headline"]["ratio_adaptive_vs_map"] for p in res["quality"]]
-    res["headlines"] = {
-        "ratio_vs_bruteforce": {p["problem"]: _f(p["headline"]["ratio_vs_bruteforce"], 3) for p in res["quality"]},
-        "ratio_vs_bruteforce_median": float(np.median([r for r in ratios if r is not None])) if any(r is not None for r in ratios) else None,
-        "ratio_adaptive_vs_map": {p["problem"]: _f(p["headline"]["ratio_adaptive_vs_map"], 3) for p in res["quality"]},
-        "ratio_adaptive_vs_map_median": float(np.median([r if r is not None else np.inf for r in ada])) if ada else None,
-        "adaptive_stopped": sum(p["headline"]["adaptive_stopped_evaluations"] for p in res["quality"]),
-        "map_default": sum(p["headline"]["map_default_evaluations"] for p in res["quality"]),
-        "throughput": "; ".join(f"{c['setup']}: {c['throughput_ratio']:.3f}" for c in res["cost"]),
-    }
-    res["seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.scaling_only:
+        from benchmarks import scaling
+
+        return scaling.main(out, quick=args.quick)
+    import torch
+
+    started = time.perf_counter()
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    results, notes = run_all(args.quick, args.only, args.fresh, log)
+    res = {"quick": args.quick, "version": VERSION,
+           "machine": f"{platform.machine()}, torch {torch.__version__}, no GPU used (all CPU)",
+           "seconds": time.perf_counter() - started, "notes": notes, "results": results, "summary": summary(results)}
     stem = "benchmark-quick" if args.quick else "benchmark"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n")
+    if args.only:
+        stem += "-partial"
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=_json) + "\n")
     text = markdown(res)
     (out / f"{stem}.md").write_text(text)
     print(text)
