@@ -6,8 +6,9 @@
 Each trial copies the toy experiment (tests/toy_zoo.py) with an empty store, starts
 `merge-explorer run spec` as a real process, sends it SIGKILL at a random moment, then reruns the
 same command to the end. Four trials in five kill uniformly within the evaluation phase of an
-uninterrupted run (from the first evaluator call to the exit: merges, evaluations, commits, the
-fit); every fifth kills uniformly within the start-up before it (imports, store creation, hashing).
+uninterrupted run (counted from the second evaluator call, when the first result is committed, to
+the exit: merges, evaluations, commits, the fit); every fifth kills uniformly within the start-up
+before it (imports, store creation, hashing).
 The evaluator logs every call before it measures, so per trial:
 
 - lost = evaluator calls made by the killed process − rows it left in the store (at most 1: the
@@ -91,7 +92,7 @@ def reference(template: Path, work: Path, delay: float, budget: int | None) -> t
     proc = _run(spec, log, delay, budget)
     first = None
     while proc.poll() is None:
-        if first is None and log.exists():
+        if first is None and _calls(log) >= 2:
             first = time.perf_counter() - start
         time.sleep(0.01)
     _, err = proc.communicate(timeout=1800)
@@ -103,14 +104,18 @@ def reference(template: Path, work: Path, delay: float, budget: int | None) -> t
 
 
 def kill_trial(template: Path, work: Path, kill_after: float, expected_front: np.ndarray, delay: float,
-               budget: int | None, after_first_call: bool = True) -> dict:
+               budget: int | None, after_first_call: bool = True, rerun=None) -> dict:
     """One trial: run, SIGKILL `kill_after` s after the first evaluator call (or after the start),
-    measure the loss, rerun, compare the front."""
+    measure the loss, rerun, compare the front.
+
+    rerun: a function of the spec path running the same command to the end and returning its exit
+    status (default: `merge-explorer run` in a new process).
+    """
     spec = fresh_copy(template, work)
     store, log = spec.parent / "store.sqlite", spec.parent / "calls.log"
     proc = _run(spec, log, delay, budget)
-    if after_first_call:
-        while not log.exists() and proc.poll() is None:
+    if after_first_call:  # from the second evaluator call on: the first result is committed
+        while _calls(log) < 2 and proc.poll() is None:
             time.sleep(0.005)
     time.sleep(kill_after)
     finished_first = proc.poll() is not None
@@ -118,18 +123,29 @@ def kill_trial(template: Path, work: Path, kill_after: float, expected_front: np
         os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     rows_killed, calls_killed = _rows(store), _calls(log)
-    rerun = _run(spec, log, 0.0, budget)
-    _, err = rerun.communicate(timeout=1800)
+    err = ""
+    if rerun is None:
+        process = _run(spec, log, 0.0, budget)
+        _, err = process.communicate(timeout=1800)
+        code = process.returncode
+    else:
+        saved = {k: os.environ.get(k) for k in ("TOY_CALL_LOG", "TOY_DELAY")}
+        os.environ.update(TOY_CALL_LOG=str(log), TOY_DELAY="0")
+        try:
+            code = rerun(spec)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     rows_after, calls_rerun = _rows(store), _calls(log) - calls_killed
     conn = sqlite3.connect(store)
     integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
     conn.close()
-    got = front(spec) if rerun.returncode == 0 else np.empty((0, expected_front.shape[1]))
+    got = front(spec) if code == 0 else np.empty((0, expected_front.shape[1]))
     same = got.shape == expected_front.shape and bool(np.array_equal(got, expected_front))
     return {
         "kill_after_s": round(kill_after, 3), "finished_before_kill": finished_first,
         "rows_when_killed": rows_killed, "calls_when_killed": calls_killed, "lost": calls_killed - rows_killed,
-        "rerun_exit": rerun.returncode, "rerun_error": err.strip().splitlines()[-1] if rerun.returncode and err.strip() else None,
+        "rerun_exit": code, "rerun_error": err.strip().splitlines()[-1] if code and err.strip() else None,
         "rerun_calls": calls_rerun, "rerun_rows_added": rows_after - rows_killed, "rows_after": rows_after,
         "integrity": integrity, "same_front": same,
         "front_max_abs_diff": float(np.max(np.abs(got - expected_front))) if got.shape == expected_front.shape else None,

@@ -7,7 +7,7 @@ class ExplorerError(Exception):
     def __str__(self) -> str:
         text = super().__str__()
         # quoted library messages (SQLite, YAML, torch) may span lines: the user still gets one
-        return " ".join(text.split()) if "\n" in text or "\r" in text else text
+        return " ".join(text.split()) if len(text.splitlines()) > 1 else text
 
 
 class SpecError(ExplorerError):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
-import sqlite3
 import weakref
 from pathlib import Path
 
@@ -22,16 +20,15 @@ from explorer.merge import Merger
 from explorer.runner import Experiment
 from explorer.task_vectors import compute_task_vectors
 from tests import toy_zoo
+from tests.shared_toy import copy_toy, shared_toy
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
-    return toy_zoo.build(tmp_path_factory.mktemp("toy-faults"))
+    return shared_toy(tmp_path_factory)  # read-only: tests that write copy it
 
 
-def _copy(toy: Path, directory: Path) -> Path:
-    shutil.copytree(toy.parent, directory, ignore=shutil.ignore_patterns("store.sqlite*"))
-    return directory / toy.name
+_copy = copy_toy
 
 
 def _digest(path: Path) -> dict[str, bytes]:
@@ -41,11 +38,17 @@ def _digest(path: Path) -> dict[str, bytes]:
 # --- kill -9 and concurrent writers (real processes; the benchmarks run more of the same) ----------
 @pytest.mark.slow
 def test_kill_9_loses_at_most_the_evaluation_in_progress_and_the_rerun_gives_the_same_front(toy, tmp_path):
-    expected, startup_s, eval_s, total_rows = bench_kill.reference(toy, tmp_path, 0.01, None)
+    from explorer import cli
+
+    reference = Experiment.from_file(copy_toy(toy, tmp_path / "reference"))
+    expected = reference.run(progress=False).front_coefficients
+    total_rows = reference.store.count(reference.key)
     assert expected.shape[1] == 3 and total_rows == 63
     rng = np.random.default_rng(1)
     for i in range(2):
-        t = bench_kill.kill_trial(toy, tmp_path / f"trial{i}", float(rng.uniform(0.1, 0.8) * eval_s), expected, 0.01, None)
+        t = bench_kill.kill_trial(toy, tmp_path / f"trial{i}", float(rng.uniform(0.2, 2.0)), expected, 0.05, None,
+                                  rerun=lambda spec: cli.main(["run", str(spec), "--no-progress"]))
+        assert 0 < t["rows_when_killed"] < total_rows, t  # killed mid-run (not before or after it)
         assert t["lost"] <= 1, t
         assert t["rerun_exit"] == 0 and t["rows_after"] == total_rows, t
         assert t["rerun_calls"] == t["rerun_rows_added"], t  # nothing already stored was measured again

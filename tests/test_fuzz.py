@@ -31,7 +31,6 @@ from explorer import cli  # noqa: E402
 from explorer.app_state import Workspace, choose, decode_preferences  # noqa: E402
 from explorer.errors import ExplorerError  # noqa: E402
 from explorer.runner import Experiment  # noqa: E402
-from tests import toy_zoo  # noqa: E402
 
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 TRIED: Counter = Counter()
@@ -56,7 +55,9 @@ def report_count():
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
     """The toy experiment, run to the end once: a complete store to read and to protect."""
-    spec = toy_zoo.build(tmp_path_factory.mktemp("toy-fuzz"))
+    from tests.shared_toy import copy_toy, shared_toy
+
+    spec = copy_toy(shared_toy(tmp_path_factory), tmp_path_factory.mktemp("fuzz") / "toy")
     exp = Experiment.from_file(spec)
     exp.run(progress=False)
     exp.store.close()

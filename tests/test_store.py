@@ -93,7 +93,9 @@ def _settle(*paths):
 
 @pytest.fixture(scope="module")
 def toy_dir(tmp_path_factory):
-    return toy_zoo.build(tmp_path_factory.mktemp("toy-identity")).parent
+    from tests.shared_toy import shared_toy
+
+    return shared_toy(tmp_path_factory).parent
 
 
 @pytest.fixture
