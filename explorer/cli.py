@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ExplorerError, SpecError
+from .vouch import FAMILY_HELP, decision_at, decision_reason, plus_minus, surrogate_family
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -67,20 +68,29 @@ def summary(experiment, result) -> str:
             _fmt(refs["experts"][i]) if "experts" in refs else "—",
             _fmt(ta[i]) if ta is not None else _fmt(ta_pred[i]),
             f"{result.surrogates[t].r2_cv_:.3f}",
+            surrogate_family(result.surrogates[t]),
         ])
+    n_trusted = int(np.sum(result.front_trusted))
     text = [f"experiment {experiment.spec.name!r}: {len(result.samples)} evaluated points, "
-            f"{len(result.front_coefficients)} front points",
-            format_table(["task", "metric", "base", "expert", f"task arith. (λ={ta_lam:.2f})", "R² (LOO-CV)"], rows)]
+            f"{len(result.front_coefficients)} front points ({n_trusted} vouched for by the surrogates)",
+            format_table(["task", "metric", "base", "expert", f"task arith. (λ={ta_lam:.2f})", "R² (LOO-CV)",
+                          "surrogate"], rows),
+            f"surrogate: {FAMILY_HELP}"]
     poor = [t for t in result.tasks if result.surrogates[t].r2_cv_ < 0.8]
     if poor:
         text.append(f"warning: surrogate fit is poor (R² < 0.8) for {', '.join(poor)}: trust the front less there")
     picks = [("balanced", None)] + [(f"favour {t}", {t: 4.0}) for t in result.tasks]
-    front_rows = []
+    front_rows, flags = [], []
     for label, w in picks[: 1 + min(len(result.tasks), 4)]:
         d = result.decide(weights=w)
-        front_rows.append([label] + [f"{c:.3f}" for c in d.coefficients] + [_fmt(v) for v in d.predicted])
-    headers = ["front point"] + [f"c[{t}]" for t in result.tasks] + [f"pred {t}" for t in result.tasks]
-    text += ["", format_table(headers, front_rows)]
+        front_rows.append([label] + [f"{c:.3f}" for c in d.coefficients]
+                          + [plus_minus(v, s) for v, s in zip(d.predicted, d.std)] + ["yes" if d.trusted else "NO"])
+        reason = decision_reason(result, d)
+        if reason:
+            flags.append(f"{label}: {reason}")
+    headers = (["front point"] + [f"c[{t}]" for t in result.tasks] + [f"pred {t} (± std)" for t in result.tasks]
+               + ["vouched for"])
+    text += ["", format_table(headers, front_rows), *flags]
     return "\n".join(text)
 
 
@@ -118,17 +128,95 @@ def _decide(args):
     return exp, result, decision, weights, minimums
 
 
-def _print_decision(exp, decision) -> None:
+def _print_decision(exp, result, decision) -> None:
     if not decision.feasible:
         missed = [f"{t} (short by {s:.4f})" for t, s in zip(exp.tasks, decision.shortfall) if s > 0]
         print(f"infeasible: no front point meets every minimum; closest feasible point misses {', '.join(missed)}")
-    rows = [[t, f"{c:.4f}", _fmt(v)] for t, c, v in zip(exp.tasks, decision.coefficients, decision.predicted)]
-    print(format_table(["task", "coefficient", "predicted"], rows))
+    std = decision.std if decision.std is not None else np.full(len(exp.tasks), np.nan)
+    rows = [[t, f"{c:.4f}", plus_minus(v, s)] for t, c, v, s in zip(exp.tasks, decision.coefficients, decision.predicted, std)]
+    print(format_table(["task", "coefficient", "predicted (± std)"], rows))
+    reason = decision_reason(result, decision)
+    if reason:
+        print(f"warning: {reason}: verify it (merge-explorer verify) or polish it (--polish N)")
+
+
+def _polish(exp, result, decision, weights, minimums, budget: int, progress: bool):
+    """Polish the pick through the store (kind "polish": resumable, never fitted), print measured vs
+    predicted; returns (the polished point's decision, its measured metrics, a summary for exports)."""
+    from .polish import polish
+
+    if budget < 1:
+        raise SpecError(f"--polish: the budget must be at least 1 evaluation, got {budget}")
+    fresh = []
+
+    def evaluate(c):
+        fresh.append(len(exp.stored(c)) < len(exp.tasks))
+        return dict(zip(exp.tasks, exp.evaluate(c, "polish")))
+
+    print(f"polishing the pick with at most {budget} real evaluations (stored: rerun to resume)", flush=True)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=budget, desc="polish", unit="eval", dynamic_ncols=True)
+
+    def step(done, total):
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    try:
+        try:
+            polished = polish(result, evaluate, weights, minimums, budget, step)
+        except ValueError as exc:
+            raise SpecError(f"--polish: {exc}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    c, measured = polished.best
+    at = decision_at(result, c, minimums)
+    start_measured = polished.measured[0]
+    rows = []
+    for i, t in enumerate(exp.tasks):
+        rows.append([t, f"{decision.coefficients[i]:.4f}", plus_minus(decision.predicted[i], _std(decision)[i]),
+                     _fmt(start_measured[i]), f"{c[i]:.4f}", plus_minus(at.predicted[i], at.std[i]),
+                     _fmt(measured[i]), f"{measured[i] - start_measured[i]:+.4f}"])
+    print(format_table(["task", "c (pick)", "predicted (pick)", "measured (pick)", "c (polished)",
+                        "predicted (polished)", "measured (polished)", "gain"], rows))
+    n, new = len(polished.coefficients), int(sum(fresh))
+    if polished.best_index == 0:
+        print(f"polish: {n} evaluations ({new} new); no measured point beat the pick itself, which is kept")
+    else:
+        print(f"polish: {n} evaluations ({new} new); achievement (measured, lower is better) "
+              f"{polished.scores[0]:.4f} -> {polished.scores[polished.best_index]:.4f}")
+    floors = np.array([(minimums or {}).get(t, np.nan) for t in exp.tasks], dtype=float)
+    miss = np.where(np.isfinite(floors), np.maximum((floors - measured) * exp.senses, 0.0), 0.0)
+    at.feasible, at.shortfall = bool(np.all(miss <= 1e-12)), miss  # the polished point is judged as measured
+    if not at.feasible:
+        missed = [f"{t} (short by {s:.4f})" for t, s in zip(exp.tasks, miss) if s > 0]
+        print(f"infeasible: the polished point, measured, misses {', '.join(missed)}")
+    summary = {
+        "budget": budget, "evaluations": n,
+        "start": {"coefficients": {t: float(v) for t, v in zip(exp.tasks, decision.coefficients)},
+                  "predicted": {t: float(v) for t, v in zip(exp.tasks, decision.predicted)},
+                  "measured": {t: float(v) for t, v in zip(exp.tasks, start_measured)}},
+        "achievement_start": float(polished.scores[0]),
+        "achievement_polished": float(polished.scores[polished.best_index]),
+        "how": "trust-region search around the surrogate pick, judged on measured values by the pick's "
+               "achievement function; the best measured point is exported (never worse than the pick)",
+    }
+    return at, measured, summary
+
+
+def _std(decision) -> np.ndarray:
+    return decision.std if decision.std is not None else np.full(len(decision.coefficients), np.nan)
 
 
 def cmd_pick(args) -> int:
-    exp, _, decision, _, _ = _decide(args)
-    _print_decision(exp, decision)
+    exp, result, decision, weights, minimums = _decide(args)
+    _print_decision(exp, result, decision)
+    if args.polish is not None:
+        at, _, _ = _polish(exp, result, decision, weights, minimums, args.polish, not args.no_progress)
+        return 0 if at.feasible else 1
     return 0 if decision.feasible else 1
 
 
@@ -136,19 +224,40 @@ def cmd_export(args) -> int:
     from .export import export
 
     exp, result, decision, weights, minimums = _decide(args)
-    _print_decision(exp, decision)
-    paths = export(exp, result, decision, args.out, weights, minimums, checkpoint=not args.no_checkpoint)
+    _print_decision(exp, result, decision)
+    polished = None
+    if args.polish is not None:
+        decision, _, polished = _polish(exp, result, decision, weights, minimums, args.polish, not args.no_progress)
+    paths = export(exp, result, decision, args.out, weights, minimums, checkpoint=not args.no_checkpoint,
+                   measure=True, polish=polished)
+    _print_export_metrics(paths["coefficients"])
     for p in paths.values():
         print(f"wrote {p}")
     return 0
 
 
+def _print_export_metrics(path: Path) -> None:
+    """Measured (validation) and held-out test-split metrics of the exported point, as written."""
+    import json
+
+    doc = json.loads(Path(path).read_text())
+    rows = []
+    for t in doc["tasks"]:
+        test = doc["test_split"]["metrics"].get(t)
+        rows.append([t, plus_minus(doc["predicted"][t], doc["predicted_std"][t]), _fmt((doc["measured"] or {}).get(t)),
+                     _fmt(test) if test is not None else doc["test_split"]["notes"].get(t, "—")])
+    print(format_table(["task", "predicted (± std)", "measured (validation)", "test split (held out)"], rows))
+    print(f"note: {doc['note']}")
+    if doc.get("not_vouched_for"):
+        print(f"warning: exported point {doc['not_vouched_for']}")
+
+
 def cmd_verify(args) -> int:
     exp, _, decision, _, _ = _decide(args)
     measured = exp.evaluate(decision.coefficients, kind="verify")
-    rows = [[t, f"{c:.4f}", _fmt(p), _fmt(m), f"{m - p:+.4f}"]
-            for t, c, p, m in zip(exp.tasks, decision.coefficients, decision.predicted, measured)]
-    print(format_table(["task", "coefficient", "predicted", "measured", "error"], rows))
+    rows = [[t, f"{c:.4f}", plus_minus(p, s), _fmt(m), f"{m - p:+.4f}", "yes" if abs(m - p) <= 2 * s else "no"]
+            for t, c, p, s, m in zip(exp.tasks, decision.coefficients, decision.predicted, _std(decision), measured)]
+    print(format_table(["task", "coefficient", "predicted (± std)", "measured", "error", "within ±2 std"], rows))
     return 0
 
 
@@ -200,14 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     run_options(p)
     p.set_defaults(func=cmd_run)
 
+    def polish_options(p):
+        p.add_argument("--polish", type=int, metavar="N",
+                       help="improve the pick with at most N real evaluations (stored, resumable) and use the best measured point")
+        p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("pick", help="choose a front point from preferences")
     common(p)
     prefs(p)
+    polish_options(p)
     p.set_defaults(func=cmd_pick)
 
-    p = sub.add_parser("export", help="write coefficients.json, mergekit.yaml, merged.safetensors")
+    p = sub.add_parser("export", help="write coefficients.json (with measured and test-split metrics), mergekit.yaml, merged.safetensors")
     common(p)
     prefs(p)
+    polish_options(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-checkpoint", action="store_true", help="skip merged.safetensors")
     p.set_defaults(func=cmd_export)

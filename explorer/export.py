@@ -57,19 +57,43 @@ class MergekitPlan:
 # --------------------------------------------------------------------------- coefficients.json
 
 
+#: What the measured numbers in coefficients.json mean (the exported point was chosen on them).
+VALIDATION_NOTE = ("The choice was made on validation data (the evaluators' params in the spec): `measured` is on "
+                   "that data, so it flatters the chosen point; `test_split` is held out from every choice.")
+
+
 def coefficients_document(experiment, result, decision: Decision, weights=None, minimums=None,
-                          plan: MergekitPlan | None = None) -> dict:
-    """Everything needed to reproduce and audit the choice."""
+                          plan: MergekitPlan | None = None, measured=None, test_split=None,
+                          polish: dict | None = None) -> dict:
+    """Everything needed to reproduce and audit the choice.
+
+    measured: (T,) metrics of the exported point as measured on the validation data (None: not
+    measured yet); test_split: ({task: value or None}, {task: note}) on held-out data
+    (explorer.holdout); polish: how the point was polished (`merge-explorer export --polish`).
+    """
+    from .vouch import decision_reason, surrogate_family
+
     spec, tasks = experiment.spec, experiment.tasks
+    std = decision.std if decision.std is not None else result.predict(decision.coefficients, return_std=True)[1][0]
+    test_values, test_notes = test_split if test_split is not None else ({t: None for t in tasks}, {})
     doc = {
         "experiment": spec.name,
         "experiment_key": experiment.key,
         "tasks": tasks,
         "coefficients": {t: float(c) for t, c in zip(tasks, decision.coefficients)},
         "predicted": {t: float(v) for t, v in zip(tasks, decision.predicted)},
+        "predicted_std": {t: (float(v) if np.isfinite(v) else None) for t, v in zip(tasks, std)},
+        "vouched_for": bool(decision.trusted),
+        "not_vouched_for": decision_reason(result, decision),
+        "measured": None if measured is None else {t: float(v) for t, v in zip(tasks, measured)},
+        "test_split": {"metrics": {t: test_values.get(t) for t in tasks}, "notes": {t: test_notes[t] for t in tasks
+                                                                                    if t in test_notes}},
+        "note": VALIDATION_NOTE if measured is not None else
+        "Not measured yet: `merge-explorer export` (or the app's Verify) measures the exported point.",
         "metrics": {t: spec.tasks[t].metric for t in tasks},
         "higher_is_better": {t: bool(s > 0) for t, s in zip(tasks, experiment.senses)},
         "surrogate_r2_cv": {t: float(result.surrogates[t].r2_cv_) for t in tasks},
+        "surrogate_family": {t: surrogate_family(result.surrogates[t]) for t in tasks},
         "preferences": {"weights": weights, "minimums": minimums, "feasible": bool(decision.feasible)},
         "bounds": experiment.bounds.tolist(),
         "merge": experiment.merge_parameters(),
@@ -82,6 +106,8 @@ def coefficients_document(experiment, result, decision: Decision, weights=None, 
         "model": {"family": spec.model.family, "architecture": spec.model.architecture},
         "package": {"name": "merge-explorer", "version": __version__},
     }
+    if polish is not None:
+        doc["polish"] = polish
     if plan is not None:
         doc["mergekit"] = {"entry_point": plan.entry_point, "command": f"{plan.entry_point} mergekit.yaml OUTPUT_DIR",
                            "exact": plan.exact, "how": plan.how, "inputs": plan.inputs}
@@ -370,12 +396,19 @@ def write_merged_checkpoint(path: Path, experiment, coefficients: np.ndarray, vi
 
 
 def export(experiment, result, decision: Decision, out_dir: str | Path, weights=None, minimums=None,
-           checkpoint: bool = True) -> dict[str, Path]:
+           checkpoint: bool = True, measure: bool = False, polish: dict | None = None) -> dict[str, Path]:
     """Write the export files into `out_dir`; returns their paths.
 
     With `checkpoint`, also merged.safetensors and, where the exact mergekit route needs them, the
     preprocessed experts under mergekit-inputs/ (not returned: they are folders or large files).
+    `measure` evaluates the exported point (validation, stored as kind "verify") and its held-out
+    test split where a task has one; without it, coefficients.json carries what the store has.
     """
+    from .holdout import held_out_metrics
+
+    c = np.asarray(decision.coefficients, dtype=float)
+    measured = experiment.evaluate(c, kind="verify") if measure else _stored_metrics(experiment, c)
+    test_split = held_out_metrics(experiment, c, measure=measure)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"coefficients": out / "coefficients.json", "mergekit": out / "mergekit.yaml"}
@@ -383,7 +416,7 @@ def export(experiment, result, decision: Decision, out_dir: str | Path, weights=
 
     family = lookup_family(experiment.spec.model.family)  # e.g. hf_causal_lm exports a model folder
     plan = plan_mergekit(experiment, decision.coefficients, out if checkpoint else None)
-    doc = coefficients_document(experiment, result, decision, weights, minimums, plan)
+    doc = coefficients_document(experiment, result, decision, weights, minimums, plan, measured, test_split, polish)
     paths["coefficients"].write_text(json.dumps(doc, indent=2) + "\n")
     write_mergekit_yaml(paths["mergekit"], plan)
     if checkpoint and family is not None:
@@ -392,3 +425,9 @@ def export(experiment, result, decision: Decision, out_dir: str | Path, weights=
         paths["merged"] = out / "merged.safetensors"
         write_merged_checkpoint(paths["merged"], experiment, decision.coefficients, plan.reads_inputs)
     return paths
+
+
+def _stored_metrics(experiment, coefficients) -> np.ndarray | None:
+    """The point's metrics on every task if the store has them all, else None."""
+    have = experiment.stored(coefficients)
+    return np.array([have[t] for t in experiment.tasks]) if len(have) == len(experiment.tasks) else None

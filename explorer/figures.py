@@ -32,6 +32,7 @@ CONTINUOUS_SCALE = "Cividis"  # perceptually uniform and colour-blind-safe
 STYLE = {
     "evaluated": (OKABE_ITO["sky_blue"], "circle", "evaluated points (measured)"),
     "front": (OKABE_ITO["blue"], "circle", "surrogate front (predicted)"),
+    "untrusted": (GREY, "circle-open", "front, not vouched for (predicted)"),
     "frontier": (OKABE_ITO["blue"], "circle", "2-D frontier of the surrogate front"),
     "base": (OKABE_ITO["black"], "square", "base model"),
     "expert": (OKABE_ITO["bluish_green"], "diamond", "fine-tuned expert"),
@@ -56,12 +57,36 @@ class Marker:
 
 @dataclass
 class Chosen:
-    """The merge the user is looking at: coefficients, surrogate prediction, and measurement if verified."""
+    """The merge the user is looking at: coefficients, surrogate prediction (± `std`, metric units),
+    measurement if verified, and whether the surrogates vouch for it."""
 
     coefficients: np.ndarray
     predicted: np.ndarray
     measured: np.ndarray | None = None
     label: str = "chosen merge"
+    std: np.ndarray | None = None
+    trusted: bool = True
+
+
+#: Uncertainty is drawn as ±BAND_STD predictive std (about 95 % when calibrated).
+BAND_STD = 2.0
+UNCERTAINTY_NAME = f"±{BAND_STD:g} std (predicted uncertainty)"
+
+
+def _bars(std) -> np.ndarray:
+    """±BAND_STD std as error-bar half widths; unknown or unbounded std -> NaN (drawn as no bar)."""
+    s = BAND_STD * np.asarray(std, dtype=float)
+    return np.where(np.isfinite(s), s, np.nan)
+
+
+def _front_std(result) -> np.ndarray:
+    std = getattr(result, "front_std", None)
+    return np.full(result.front_predicted.shape, np.nan) if std is None else np.asarray(std, dtype=float)
+
+
+def _front_trusted(result) -> np.ndarray:
+    trusted = getattr(result, "front_trusted", None)
+    return np.ones(len(result.front_predicted), dtype=bool) if trusted is None else np.asarray(trusted, dtype=bool)
 
 
 @dataclass
@@ -170,16 +195,32 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
     hover = (f"{tasks[i]} = %{{x:{units.hoverformat(tasks[i], xs)}}}<br>{tasks[j]} = %{{y:{units.hoverformat(tasks[j], ys)}}}"
              f"<br>{_coefficient_hover(tasks)}")
     fig = _figure()
+    trusted, S = _front_trusted(result), _front_std(result)
     colour, symbol, name = STYLE["front"]
     fig.add_trace(_trace("scatter", 
-        x=F[:, i], y=F[:, j], mode="markers", name=name if len(tasks) == 2 else "surrogate front, projected (predicted)",
+        x=F[trusted, i], y=F[trusted, j], mode="markers",
+        name=name if len(tasks) == 2 else "surrogate front, projected (predicted)",
         marker=dict(color=colour, size=6, opacity=0.35 if len(tasks) > 2 else 0.7, symbol=symbol),
-        customdata=result.front_coefficients, hovertemplate=hover + "<extra>front</extra>"))
-    edge = non_dominated_2d(F[:, [i, j]], result.senses[[i, j]])
+        customdata=result.front_coefficients[trusted], hovertemplate=hover + "<extra>front</extra>"))
+    if not trusted.all():
+        colour, symbol, name = STYLE["untrusted"]
+        fig.add_trace(_trace("scatter",
+            x=F[~trusted, i], y=F[~trusted, j], mode="markers", name=name,
+            marker=dict(color=colour, size=6, opacity=0.6, symbol=symbol, line=dict(color=colour, width=1)),
+            customdata=result.front_coefficients[~trusted],
+            hovertemplate=hover + "<extra>not vouched for</extra>"))
+    shown = np.flatnonzero(trusted) if trusted.any() else np.arange(len(F))  # the edge of what choices come from
+    edge = shown[non_dominated_2d(F[shown][:, [i, j]], result.senses[[i, j]])]
     colour, _, name = STYLE["frontier"]
     fig.add_trace(_trace("scatter", 
         x=F[edge, i], y=F[edge, j], mode="lines", name=name, line=dict(color=colour, width=2.5),
         hoverinfo="skip"))
+    fig.add_trace(_trace("scatter",
+        x=F[edge, i], y=F[edge, j], mode="markers", name=UNCERTAINTY_NAME, marker=dict(color=colour, size=3),
+        error_x=dict(type="data", array=_bars(S[edge, i]), visible=True, thickness=1, width=0, color=colour),
+        error_y=dict(type="data", array=_bars(S[edge, j]), visible=True, thickness=1, width=0, color=colour),
+        opacity=0.45, customdata=result.front_coefficients[edge],
+        hovertemplate=hover + f"<extra>±{BAND_STD:g} std</extra>"))
     colour, symbol, name = STYLE["evaluated"]
     fig.add_trace(_trace("scatter", 
         x=M[:, i], y=M[:, j], mode="markers", name=name,
@@ -218,10 +259,15 @@ def _add_markers_2d(fig: go.Figure, markers: Sequence[Marker], i: int, j: int, t
 
 def _add_chosen_2d(fig: go.Figure, chosen: Chosen, i: int, j: int, tasks, hover: str) -> None:
     colour, symbol, name = STYLE["chosen"]
+    bars = {}
+    if chosen.std is not None:
+        bars = dict(error_x=dict(type="data", array=_bars(chosen.std[[i]]), visible=True, thickness=2, width=6, color=colour),
+                    error_y=dict(type="data", array=_bars(chosen.std[[j]]), visible=True, thickness=2, width=6, color=colour))
+    what = "chosen (predicted" + (f", ±{BAND_STD:g} std" if bars else "") + ("" if chosen.trusted else ", not vouched for") + ")"
     fig.add_trace(_trace("scatter", 
         x=[chosen.predicted[i]], y=[chosen.predicted[j]], mode="markers", name=name,
-        marker=dict(color=colour, size=20, symbol=symbol, line=dict(width=3)),
-        customdata=[chosen.coefficients], hovertemplate="chosen (predicted)<br>" + hover + "<extra></extra>"))
+        marker=dict(color=colour if chosen.trusted else GREY, size=20, symbol=symbol, line=dict(width=3)),
+        customdata=[chosen.coefficients], hovertemplate=what + "<br>" + hover + "<extra></extra>", **bars))
     if chosen.measured is not None:
         colour, symbol, name = STYLE["chosen_measured"]
         fig.add_trace(_trace("scatter", 
@@ -245,11 +291,15 @@ def front_3d(result, triple: tuple[int, int, int], chosen: Chosen | None = None,
     hover = "<br>".join(f"{tasks[a]} = %{{{ax}:{units.hoverformat(tasks[a], vals[a])}}}" for a, ax in zip(triple, "xyz"))
     hover += "<br>" + _coefficient_hover(tasks)
     fig = _figure()
-    colour, _, name = STYLE["front"]
-    fig.add_trace(_trace("scatter3d", 
-        x=F[:, i], y=F[:, j], z=F[:, k], mode="markers", name=name,
-        marker=dict(color=colour, size=3, opacity=0.45), customdata=result.front_coefficients,
-        hovertemplate=hover + "<extra>front</extra>"))
+    trusted = _front_trusted(result)
+    for kind, rows in (("front", trusted), ("untrusted", ~trusted)):
+        if not rows.any():
+            continue
+        colour, symbol, name = STYLE[kind]
+        fig.add_trace(_trace("scatter3d", 
+            x=F[rows, i], y=F[rows, j], z=F[rows, k], mode="markers", name=name,
+            marker=dict(color=colour, size=3, opacity=0.45, symbol="circle" if kind == "front" else "circle-open"),
+            customdata=result.front_coefficients[rows], hovertemplate=hover + f"<extra>{name}</extra>"))
     colour, _, name = STYLE["evaluated"]
     fig.add_trace(_trace("scatter3d", 
         x=M[:, i], y=M[:, j], z=M[:, k], mode="markers", name=name,
@@ -269,10 +319,14 @@ def front_3d(result, triple: tuple[int, int, int], chosen: Chosen | None = None,
             customdata=np.array([m.coefficients for m in items]), hovertemplate="%{text}<br>" + hover + "<extra></extra>"))
     if chosen is not None:
         colour, _, name = STYLE["chosen"]
+        bars = {}
+        if chosen.std is not None:
+            bars = {f"error_{ax}": dict(type="data", array=_bars(chosen.std[[a]]), visible=True, thickness=2, color=colour)
+                    for a, ax in zip(triple, "xyz")}
         fig.add_trace(_trace("scatter3d", 
             x=[chosen.predicted[i]], y=[chosen.predicted[j]], z=[chosen.predicted[k]], mode="markers", name=name,
             marker=dict(color=colour, size=10, symbol="circle-open", line=dict(width=4)),
-            customdata=[chosen.coefficients], hovertemplate="chosen (predicted)<br>" + hover + "<extra></extra>"))
+            customdata=[chosen.coefficients], hovertemplate="chosen (predicted)<br>" + hover + "<extra></extra>", **bars))
         if chosen.measured is not None:
             colour, _, name = STYLE["chosen_measured"]
             fig.add_trace(_trace("scatter3d", 
@@ -295,16 +349,22 @@ def parallel(result, minimums=None, chosen: Chosen | None = None, verified: Sequ
 
     Lines outside a constraint range are greyed out (they are infeasible for the current
     minimums). The front is drawn pale so that the chosen merge, a thick vermillion line with a
-    white halo drawn last, stands out; verified merges are orange. `minimums` is (T,) with NaN
-    for "no bound" (a ceiling for metrics to minimise).
+    white halo drawn last, stands out; its ±2 std band is a fan of pale vermillion lines behind
+    it; verified merges are orange. `minimums` is (T,) with NaN for "no bound" (a ceiling for
+    metrics to minimise).
     """
     tasks = result.tasks
     units = units or units_for(tasks, None, result.senses)
     F = result.front_predicted
     everything = np.vstack([F] + [m.metrics[None, :] for m in verified]
                            + ([chosen.predicted[None, :]] if chosen is not None else []))
-    ranges = [_parallel_range(everything[:, t]) for t in range(len(tasks))]
+    band = _parallel_band(chosen, everything) if chosen is not None else None
+    ranges = [_parallel_range(np.concatenate([everything[:, t]] + ([band[:, t]] if band is not None else [])))
+              for t in range(len(tasks))]
     rows, colour_value = [F], [np.full(len(F), PARALLEL_LEVELS["front"])]
+    if band is not None:
+        rows.append(band)
+        colour_value.append(np.full(len(band), PARALLEL_LEVELS["band"]))
     for m in verified:
         rows.append(_thick_line(m.metrics, ranges, 1))
         colour_value.append(np.full(len(rows[-1]), PARALLEL_LEVELS["verified"]))
@@ -330,18 +390,37 @@ def parallel(result, minimums=None, chosen: Chosen | None = None, verified: Sequ
         unselected=dict(line=dict(color="#D9D9D9", opacity=0.25)),
         labelangle=0, labelside="top", labelfont=dict(size=12), tickfont=dict(size=11),
     ))
-    _layout(fig, "Front over all tasks (predicted)<br><sup>pale blue: front points · vermillion: chosen · "
-                 "orange: verified</sup>", legend_below=False)
+    _layout(fig, "Front over all tasks (predicted)<br><sup>pale blue: front points · vermillion: chosen "
+                 f"(pale band: ±{BAND_STD:g} std) · orange: verified</sup>", legend_below=False)
     fig.update_layout(margin=dict(l=60, r=60, t=125, b=30))
     return fig
 
 
 #: colour levels of the parallel-coordinates lines (drawn in this order: later lines lie on top)
-PARALLEL_LEVELS = {"front": 0.0, "verified": 0.5, "halo": 0.75, "chosen": 1.0}
-PARALLEL_COLOURS = [[0.0, "#B9DDF3"], [0.49, "#B9DDF3"],  # a pale Okabe-Ito sky blue: the front recedes
+PARALLEL_LEVELS = {"front": 0.0, "band": 0.375, "verified": 0.5, "halo": 0.75, "chosen": 1.0}
+PARALLEL_COLOURS = [[0.0, "#B9DDF3"], [0.24, "#B9DDF3"],  # a pale Okabe-Ito sky blue: the front recedes
+                    [0.25, "#F3C9A6"], [0.49, "#F3C9A6"],  # a pale vermillion: the chosen line's ±2 std
                     [0.5, OKABE_ITO["orange"]], [0.74, OKABE_ITO["orange"]],
                     [0.75, "#FFFFFF"], [0.99, "#FFFFFF"], [1.0, OKABE_ITO["vermillion"]]]
 PARALLEL_AXIS_PX = HEIGHT - 165  # about the drawn length of an axis (the height less the margins)
+
+
+PARALLEL_BAND_LINES = 21
+
+
+def _parallel_band(chosen: Chosen, everything: np.ndarray) -> np.ndarray | None:
+    """The chosen line shifted by f·2 std for f from -1 to 1 (a fan of lines that reads as a band).
+
+    An unknown std draws no band on that axis; a huge one is cut a quarter of the axis' span beyond
+    the other lines, so it cannot squash the axis.
+    """
+    if chosen.std is None:
+        return None
+    half = np.nan_to_num(_bars(chosen.std), nan=0.0)
+    lo, hi = everything.min(axis=0), everything.max(axis=0)
+    span = np.maximum(hi - lo, 1e-3)
+    f = np.linspace(-1.0, 1.0, PARALLEL_BAND_LINES)[:, None]
+    return np.clip(chosen.predicted[None, :] + f * half[None, :], lo - 0.25 * span, hi + 0.25 * span)
 
 
 def _parallel_range(values: np.ndarray) -> tuple[float, float]:
@@ -391,6 +470,8 @@ def radar(tasks: Sequence[str], experts: np.ndarray, senses: np.ndarray, chosen:
             colour, symbol, _ = STYLE[m.kind]
             add(m.metrics, m.label, colour, dash="dot" if m.kind == "base" else "dashdot", symbol=symbol)
     if chosen is not None:
+        if chosen.std is not None:
+            _radar_band(fig, chosen, experts, senses, theta)
         add(chosen.predicted, "chosen merge (predicted)", STYLE["chosen"][0], fill="toself")
         if chosen.measured is not None:
             add(chosen.measured, "chosen merge (measured)", STYLE["verified"][0], symbol="star")
@@ -398,6 +479,19 @@ def radar(tasks: Sequence[str], experts: np.ndarray, senses: np.ndarray, chosen:
     fig.update_layout(polar=dict(radialaxis=dict(tickformat=".0%", angle=90, tickfont=dict(size=10)),
                                  angularaxis=dict(tickfont=dict(size=12))))
     return fig
+
+
+def _radar_band(fig: go.Figure, chosen: Chosen, experts: np.ndarray, senses: np.ndarray, theta: list) -> None:
+    """The chosen merge's ±2 std as a shaded ring: the upper ring, then the lower one backwards."""
+    half = np.nan_to_num(_bars(chosen.std), nan=0.0)
+    a = scale_to_expert(chosen.predicted - half, experts, senses)
+    b = scale_to_expert(chosen.predicted + half, experts, senses)
+    lo, hi = np.fmin(a, b), np.fmax(a, b)
+    lo = np.where(np.isfinite(lo), lo, 0.0)
+    ring = np.concatenate([np.append(hi, hi[0]), np.append(lo, lo[0])[::-1]])
+    fig.add_trace(_trace("scatterpolar",
+        r=ring, theta=theta + theta[::-1], name=f"chosen merge {UNCERTAINTY_NAME}", mode="lines", fill="toself",
+        fillcolor="rgba(213, 94, 0, 0.18)", line=dict(color=STYLE["chosen"][0], width=0), hoverinfo="skip"))
 
 
 # --- surrogate landscape -------------------------------------------------------------------------
@@ -468,10 +562,12 @@ POOR_FIT_R2 = 0.8
 
 def surrogate_quality(result, verified: Sequence[Marker] = (), units: Units | None = None,
                       threshold: float = POOR_FIT_R2) -> go.Figure:
-    """Per task: surrogate prediction vs measured metric at the evaluated points, titled with R².
+    """Per task: left-out prediction vs measured metric at the evaluated points, titled with R² (LOO).
 
-    R² is leave-one-out cross-validated (the fit's `r2_cv_`); verified merges, measured after the
-    fit, are drawn as orange stars: they are the honest out-of-sample check.
+    Each evaluated point is drawn at the prediction of the fit made without it (`loo_predictions_`,
+    with ±2 `loo_std_` bars), the same predictions the title's R² is computed from: in-sample
+    predictions would look better than the surrogate is. Verified merges, measured after the
+    fit, are drawn as orange stars at the full fit's prediction (±2 std): the honest check.
     """
     tasks = result.tasks
     units = units or units_for(tasks, None, result.senses)
@@ -485,27 +581,34 @@ def surrogate_quality(result, verified: Sequence[Marker] = (), units: Units | No
         titles.append(f"{t}<br>R² (LOO) = {r2:.2f}{flag}")
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
                         vertical_spacing=0.16 if rows > 1 else 0.1, figure=go.Figure(_validate=False))
-    P = result.predict(result.samples)
+    P, PS = loo_predictions(result)
     vC = np.array([m.coefficients for m in verified]) if verified else np.empty((0, n))
     vM = np.array([m.metrics for m in verified]) if verified else np.empty((0, n))
-    vP = result.predict(vC) if len(vC) else np.empty((0, n))
+    vP, vS = result.predict(vC, return_std=True) if len(vC) else (np.empty((0, n)), np.empty((0, n)))
     for t, task in enumerate(tasks):
         r, c = t // cols + 1, t % cols + 1
         obs, pred = result.observed[:, t], P[:, t]
         allv = np.concatenate([obs, pred, vM[:, t], vP[:, t]])
+        allv = allv[np.isfinite(allv)]
         lo, hi = float(np.min(allv)), float(np.max(allv))
         pad = 0.05 * (hi - lo if hi > lo else 1.0)
         fig.add_trace(_trace("scatter", x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", showlegend=False,
                                  line=dict(color=GREY, dash="dash", width=1), hoverinfo="skip"), row=r, col=c)
         fig.add_trace(_trace("scatter", 
-            x=obs, y=pred, mode="markers", name="evaluated points", showlegend=t == 0, legendgroup="evaluated",
+            x=obs, y=pred, mode="markers", name=f"evaluated points (left-out prediction ±{BAND_STD:g} std)",
+            showlegend=t == 0, legendgroup="evaluated",
             marker=dict(color=STYLE["evaluated"][0], size=7), customdata=result.samples,
-            hovertemplate=f"measured %{{x:{units.hoverformat(task, allv)}}}<br>predicted %{{y:{units.hoverformat(task, allv)}}}<extra></extra>"),
+            error_y=dict(type="data", array=_bars(PS[:, t]), visible=True, thickness=1, width=0,
+                         color=STYLE["evaluated"][0]),
+            hovertemplate=f"measured %{{x:{units.hoverformat(task, allv)}}}<br>predicted without it "
+                          f"%{{y:{units.hoverformat(task, allv)}}}<extra></extra>"),
             row=r, col=c)
         if len(vC):
             fig.add_trace(_trace("scatter", 
                 x=vM[:, t], y=vP[:, t], mode="markers", name="verified merges", showlegend=t == 0, legendgroup="verified",
                 marker=dict(color=STYLE["verified"][0], size=13, symbol="star", line=dict(color="black", width=0.5)),
+                error_y=dict(type="data", array=_bars(vS[:, t]), visible=True, thickness=1.5, width=4,
+                             color=STYLE["verified"][0]),
                 customdata=vC,
                 hovertemplate=f"measured %{{x:{units.hoverformat(task, allv)}}}<br>predicted %{{y:{units.hoverformat(task, allv)}}}<extra>verified</extra>"),
                 row=r, col=c)
@@ -513,7 +616,7 @@ def surrogate_quality(result, verified: Sequence[Marker] = (), units: Units | No
         unit = " (%)" if units.is_fraction(task, allv) else ""
         fig.update_xaxes(title=dict(text=f"measured{unit}", font=dict(size=11)), tickformat=fmt, row=r, col=c,
                          range=[lo - pad, hi + pad])
-        fig.update_yaxes(title=dict(text=f"predicted{unit}", font=dict(size=11)), tickformat=fmt, row=r, col=c,
+        fig.update_yaxes(title=dict(text=f"predicted, left out{unit}", font=dict(size=11)), tickformat=fmt, row=r, col=c,
                          range=[lo - pad, hi + pad])
     for k, t in enumerate(tasks):  # poor fits get a vermillion title
         if not (float(result.surrogates[t].r2_cv_) >= threshold):
@@ -521,10 +624,24 @@ def surrogate_quality(result, verified: Sequence[Marker] = (), units: Units | No
     for ann in fig.layout.annotations[: len(tasks)]:
         if ann.font is None or ann.font.color is None:
             ann.font = dict(size=12)
-    _layout(fig, "Surrogate quality: predicted vs measured metric per task", height=max(HEIGHT, 300 * rows + 80))
+    _layout(fig, "Surrogate quality: left-out prediction vs measured metric per task", height=max(HEIGHT, 300 * rows + 80))
     fig.update_layout(margin=dict(t=100))
     fig.update_layout(legend=dict(y=-0.12 if rows > 1 else -0.22))
     return fig
+
+
+def loo_predictions(result) -> tuple[np.ndarray, np.ndarray]:
+    """(n, T) left-out predictions and their std at the evaluated points (NaN where a surrogate has none)."""
+    n = len(result.samples)
+    P, S = np.full((n, len(result.tasks)), np.nan), np.full((n, len(result.tasks)), np.nan)
+    for t, task in enumerate(result.tasks):
+        s = result.surrogates[task]
+        pred, std = getattr(s, "loo_predictions_", None), getattr(s, "loo_std_", None)
+        if pred is not None and len(pred) == n:
+            P[:, t] = pred
+        if std is not None and len(std) == n:
+            S[:, t] = std
+    return P, S
 
 
 def all_views(result, chosen: Chosen, minimums=None, markers: Sequence[Marker] = (), verified: Sequence[Marker] = (),

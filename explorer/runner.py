@@ -28,6 +28,8 @@ from .store import Store, coefficient_key
 
 DEFAULT_STORE = Path("cache") / "store.sqlite"
 FIT_KINDS = ("design", "adaptive")
+#: Points measured to check a choice (verify, and each step of a polish): shown, never fitted.
+CHECK_KINDS = ("verify", "polish")
 
 
 def _digest(obj) -> str:

@@ -112,16 +112,16 @@ def test_exports_match_cli(app, toy_spec, tmp_path, monkeypatch):
         return original(self, label, data, *args, **kwargs)
 
     monkeypatch.setattr(ButtonMixin, "download_button", spy)
+    from explorer import cli
+
+    out = tmp_path / "cli"  # the CLI measures the exported point (validation and test split) and stores it ...
+    assert cli.main(["export", str(toy_spec), "--weights", "low=1.0,mid=3.0,high=1.0", "--out", str(out)]) == 0
     at = app.run()
     slider(at, "w", "mid").set_value(3.0).run()
     no_errors(at)
     files = {k: (v() if callable(v) else v) for k, v in captured.items()}
-
-    from explorer import cli
-
-    out = tmp_path / "cli"
-    assert cli.main(["export", str(toy_spec), "--weights", "low=1.0,mid=3.0,high=1.0", "--out", str(out)]) == 0
-    doc = json.loads(files["coefficients.json"])
+    doc = json.loads(files["coefficients.json"])  # ... so the app's export, which measures nothing, carries the same
+    assert doc["measured"] and all(np.isfinite(v) for v in doc["test_split"]["metrics"].values())
     assert doc == json.loads((out / "coefficients.json").read_text())
     assert files["coefficients.json"] == (out / "coefficients.json").read_bytes()
     assert yaml.safe_load(files["mergekit.yaml"]) == yaml.safe_load((out / "mergekit.yaml").read_text())
@@ -151,6 +151,30 @@ def test_verify_stores_measured_result(app, toy_spec):
     table = at.dataframe[0].value
     assert "measured" in table.columns and np.isfinite(table["measured"].to_numpy(dtype=float)).all()
     assert any("Verified" in s.value for s in at.success)
+
+
+def test_polish_stores_results_and_chooses_the_best_measured_merge(app, toy_spec):
+    from explorer.runner import Experiment
+
+    at = app.run()
+    slider(at, "w", "high").set_value(6.5).run()
+    pick = chosen(at)
+    at.number_input(key="polish_budget").set_value(4).run()
+    button = at.button(key="polish")
+    assert button.label == "Polish (4 evaluations)"
+    button.click().run()
+    no_errors(at)
+    C, M, _ = Experiment.from_file(toy_spec).measured(["polish"])
+    assert 1 <= len(C) <= 4 and any(np.allclose(c, pick, atol=1e-4) for c in C)  # starts at the pick, all stored
+    now = chosen(at)
+    k = int(np.argmin(np.abs(C - now).max(axis=1)))
+    assert np.allclose(C[k], now, atol=1e-4)  # the chosen merge is the best measured point
+    table = at.dataframe[0].value
+    assert np.allclose(table["measured"].to_numpy(dtype=float), M[k], atol=1e-4)  # measured vs predicted
+    polish = next(d.value for d in at.dataframe if "measured (polished)" in d.value.columns)
+    assert np.allclose(polish["measured (polished)"].to_numpy(dtype=float), M[k], atol=1e-4)
+    assert {"predicted (pick)", "measured (pick)", "predicted (polished)"} <= set(polish.columns)
+    assert any("real evaluations" in c.value for c in at.caption)
 
 
 def test_no_evaluations_yet_shows_message(toy_spec, tmp_path, monkeypatch):
@@ -273,6 +297,7 @@ def test_present_mode_is_read_only(app, monkeypatch):
     labels = {b.label for b in at.button}
     assert not labels & {"Start evaluation", "Continue evaluation", "Evaluate the real merged model here",
                          "Load spec", "Build the demo now"}
+    assert not [label for label in labels if label.startswith("Polish")] and not at.number_input  # polishing measures
     assert {b.label for b in at.get("download_button")} == {"coefficients.json", "mergekit.yaml", "report.html"}
     before = chosen(at)
     slider(at, "w", "high").set_value(10.0).run()  # exploring still works

@@ -61,6 +61,11 @@ def test_run_prints_references_r2_and_front(toy):
     low = next(line for line in out.splitlines() if line.startswith("low "))
     base, expert = float(low.split()[2]), float(low.split()[3])
     assert expert > base + 0.2  # the expert really is better on its task than the base
+    assert low.split()[-1] in ("quadratic", "kriging") and "surrogate: quadratic = MAP's" in out  # family per task
+    balanced = next(line for line in out.splitlines() if line.startswith("balanced "))
+    assert balanced.count("±") == 3 and balanced.split()[-1] in ("yes", "NO")  # every prediction carries its std
+    stds = [float(w) for a, w in zip(balanced.split(), balanced.split()[1:]) if a == "±"]
+    assert all(0 < s < 0.2 for s in stds)
     again = cli("run", toy, env={"TOY_CALL_LOG": str(toy.parent / "calls.log")}, check=0)
     assert not (toy.parent / "calls.log").exists() or (toy.parent / "calls.log").read_text().count("\n") <= 3
     assert again.stdout.splitlines()[2:5] == out.splitlines()[2:5]
@@ -236,3 +241,90 @@ def test_pickled_module_checkpoint_needs_the_trust_flag(toy):
     line = expect_error(toy, r"mid\.pt: it holds a pickled module.*--trust-pickle")
     assert "convert" in line
     cli("run", toy, "--no-progress", "--trust-pickle", check=0)
+
+
+# --- uncertainty, polish, measured exports -----------------------------------------------------------
+def main_out(capsys, *args) -> tuple[int, str, str]:
+    from explorer import cli as cli_module
+
+    capsys.readouterr()
+    code = cli_module.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def table_rows(text: str, tasks=("low", "mid", "high"), after: str = "") -> dict[str, list[str]]:
+    lines = text.split(after, 1)[1].splitlines() if after else text.splitlines()
+    out = {}
+    for line in lines:
+        words = line.split()
+        if words and words[0] in tasks and words[0] not in out:
+            out[words[0]] = words
+    return out
+
+
+def test_pick_polish_measures_and_export_uses_the_polished_point(toy, tmp_path, capsys, monkeypatch):
+    from explorer.runner import Experiment
+
+    assert main_out(capsys, "run", toy, "--no-progress")[0] == 0
+    fitted = len(Experiment.from_file(toy).result().samples)
+    code, out, err = main_out(capsys, "pick", toy, "--weights", "low=3,mid=1,high=1", "--polish", 5)
+    assert code == 0, err
+    assert "polish:" in err and "/5 [" in err  # the progress bar: count and time elapsed<left
+    rows = table_rows(out, after="polishing the pick")
+    assert "measured (pick)" in out and "measured (polished)" in out and "predicted (polished)" in out
+    # task, c (pick), pred ± std, measured (pick), c (polished), pred ± std, measured (polished), gain
+    polished_c = np.array([float(rows[t][6]) for t in ("low", "mid", "high")])
+    polished_m = np.array([float(rows[t][10]) for t in ("low", "mid", "high")])
+    exp = Experiment.from_file(toy)
+    C, M, kinds = exp.measured(["polish"])
+    assert 1 <= len(C) <= 5  # at most the budget, each stored
+    k = int(np.argmin(np.abs(C - polished_c).max(axis=1)))
+    assert np.allclose(C[k], polished_c, atol=1e-4) and np.allclose(M[k], polished_m, atol=1e-4)
+    assert len(exp.result().samples) == fitted  # polish points inform no fit
+
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("TOY_CALL_LOG", str(log))
+    code, again, _ = main_out(capsys, "pick", toy, "--weights", "low=3,mid=1,high=1", "--polish", 5, "--no-progress")
+    assert code == 0 and "(0 new)" in again and not log.exists()  # resumed from the store: nothing measured again
+
+    out_dir = tmp_path / "export"
+    code, out, err = main_out(capsys, "export", toy, "--weights", "low=3,mid=1,high=1", "--polish", 5,
+                              "--no-progress", "--no-checkpoint", "--out", out_dir)
+    assert code == 0, err
+    doc = json.loads((out_dir / "coefficients.json").read_text())
+    c = np.array([doc["coefficients"][t] for t in ("low", "mid", "high")])
+    assert np.allclose(c, polished_c, atol=1e-4)
+    assert np.allclose([doc["measured"][t] for t in ("low", "mid", "high")], polished_m, atol=1e-4)
+    assert doc["polish"]["evaluations"] <= 5 and doc["polish"]["achievement_polished"] <= doc["polish"]["achievement_start"]
+    assert "validation" in doc["note"] and set(doc["surrogate_family"].values()) <= {"quadratic", "kriging"}
+    assert all(s is None or s > 0 for s in doc["predicted_std"].values())
+    # the toy evaluator takes `split`: the exported point is measured on split="test" too, and stored
+    test = doc["test_split"]["metrics"]
+    assert all(0 <= test[t] <= 1 for t in ("low", "mid", "high")) and doc["test_split"]["notes"] == {}
+    assert "test split (held out)" in out and "note: The choice was made on validation data" in out
+    assert log.read_text().count("\n") == 3  # the test split: one evaluation per task, nothing else
+
+
+def accuracy_without_split(model, classes):
+    """A real evaluator that has no `split` parameter (so no held-out test split)."""
+    return toy_zoo.accuracy(model, classes)
+
+
+def test_held_out_metrics_say_which_tasks_have_no_test_split(toy):
+    from explorer import holdout
+    from explorer.runner import Experiment
+
+    write_spec(toy, lambda s: s["tasks"]["high"].update(evaluator="tests.test_cli:accuracy_without_split"))
+    exp = Experiment.from_file(toy)
+    c = np.array([0.3, 0.5, 0.2])
+    assert holdout.held_out_metrics(exp, c) == ({"low": None, "mid": None, "high": None},
+                                               {"high": holdout.NO_SPLIT,
+                                                "low": "not measured yet (`merge-explorer export` measures it)",
+                                                "mid": "not measured yet (`merge-explorer export` measures it)"})
+    values, notes = holdout.held_out_metrics(exp, c, measure=True)
+    assert values["high"] is None and notes == {"high": holdout.NO_SPLIT}
+    assert values["mid"] == pytest.approx(toy_zoo.accuracy(exp.engine.model, toy_zoo.GROUPS["mid"], split="test"))
+    fresh = Experiment.from_file(toy)  # stored: read back without a model
+    assert holdout.held_out_metrics(fresh, c) == (values, notes) and "engine" not in fresh.__dict__
+    assert len(fresh.measured()[0]) == 0  # test-split results are not validation points

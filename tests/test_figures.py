@@ -1,6 +1,8 @@
 """Figures, the HTML report and the app-state helpers, on an analytic 3-task exploration."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import plotly.graph_objects as go
 import pytest
@@ -36,7 +38,8 @@ def markers():
 
 def _chosen(result):
     d = result.decide()
-    return F.Chosen(d.coefficients, d.predicted, np.array([_evaluate(d.coefficients)[t] for t in TASKS]))
+    return F.Chosen(d.coefficients, d.predicted, np.array([_evaluate(d.coefficients)[t] for t in TASKS]), std=d.std,
+                    trusted=d.trusted)
 
 
 def _colours(fig: go.Figure) -> set[str]:
@@ -185,3 +188,66 @@ def test_every_view_is_a_valid_plotly_figure(result, markers):
     for name, fig in figs.items():
         go.Figure(fig.to_dict())  # raises ValueError on any invalid property
         assert fig.to_json()
+
+
+# --- uncertainty and trust -------------------------------------------------------------------------
+def test_front_2d_draws_uncertainty_and_marks_points_not_vouched_for(result):
+    m = len(result.front_predicted)
+    mixed = dataclasses.replace(result, front_trusted=np.arange(m) % 3 != 0)  # a real fit, some points untrusted
+    chosen = _chosen(mixed)
+    fig = F.front_2d(mixed, (0, 1), chosen)
+    by_name = {tr.name: tr for tr in fig.data}
+    front, untrusted = by_name["surrogate front, projected (predicted)"], by_name["front, not vouched for (predicted)"]
+    assert np.allclose(front.x, mixed.front_predicted[mixed.front_trusted, 0])
+    assert np.allclose(untrusted.x, mixed.front_predicted[~mixed.front_trusted, 0])
+    assert untrusted.marker.symbol == "circle-open" and untrusted.marker.color == F.GREY != front.marker.color
+    bars = by_name[F.UNCERTAINTY_NAME]
+    trusted_rows = np.flatnonzero(mixed.front_trusted)
+    rows = [int(trusted_rows[np.argmin(np.abs(mixed.front_coefficients[trusted_rows] - c).max(axis=1))])
+            for c in bars.customdata]
+    assert rows and np.allclose(mixed.front_coefficients[rows], bars.customdata)  # the edge runs through vouched-for points
+    assert np.allclose(bars.error_x.array, 2 * mixed.front_std[rows, 0])
+    assert np.allclose(bars.error_y.array, 2 * mixed.front_std[rows, 1])
+    picked = next(tr for tr in fig.data if tr.name.startswith("chosen merge (predicted)"))
+    assert np.allclose([picked.error_x.array[0], picked.error_y.array[0]], 2 * chosen.std[:2])
+    assert np.all(chosen.std > 0)
+    go.Figure(fig.to_dict())  # valid plotly
+    fig3 = F.front_3d(mixed, (0, 1, 2), chosen)
+    assert any(tr.name == "front, not vouched for (predicted)" and tr.marker.symbol == "circle-open" for tr in fig3.data)
+
+
+def test_parallel_and_radar_draw_the_chosen_band(result, markers):
+    chosen = _chosen(result)
+    fig = F.parallel(result, None, chosen)
+    values = np.array([d.values for d in fig.data[0].dimensions]).T
+    colours = np.asarray(fig.data[0].line.color)
+    band = values[colours == F.PARALLEL_LEVELS["band"]]
+    assert len(band) == F.PARALLEL_BAND_LINES
+    assert np.allclose(band.min(axis=0), chosen.predicted - 2 * chosen.std)
+    assert np.allclose(band.max(axis=0), chosen.predicted + 2 * chosen.std)
+    experts = F.expert_diagonal(markers, 3)
+    radar = F.radar(TASKS, experts, result.senses, chosen, markers)
+    ring = next(tr for tr in radar.data if F.UNCERTAINTY_NAME in tr.name)
+    assert ring.fill == "toself"
+    r = np.asarray(ring.r)
+    assert np.allclose(r[:3], F.scale_to_expert(chosen.predicted + 2 * chosen.std, experts, result.senses))
+    assert np.allclose(r[-3:][::-1], F.scale_to_expert(chosen.predicted - 2 * chosen.std, experts, result.senses))
+
+
+def _rough(c):
+    """Not a quadratic in any link: left-out predictions differ from the in-sample fit."""
+    base = _evaluate(c)
+    return {t: float(np.clip(v + 0.08 * np.sin(7 * c[0] + 4 * c[i]), 0, 1)) for i, (t, v) in enumerate(base.items())}
+
+
+def test_surrogate_quality_plots_left_out_predictions():
+    result = explore(_rough, TASKS, seed=0, front_points=50)
+    fig = F.surrogate_quality(result)
+    evaluated = [tr for tr in fig.data if tr.name and tr.name.startswith("evaluated points")]
+    assert len(evaluated) == 3
+    for tr, task in zip(evaluated, TASKS):
+        s = result.surrogates[task]
+        assert np.allclose(tr.x, result.observed[:, TASKS.index(task)])
+        assert np.allclose(tr.y, s.loo_predictions_)  # what R² (LOO) is computed from ...
+        assert not np.allclose(tr.y, s.predict(result.samples))  # ... not the in-sample fit
+        assert np.allclose(tr.error_y.array, 2 * s.loo_std_)
