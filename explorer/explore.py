@@ -36,7 +36,7 @@ TRUST_RANGE_SHARE = 0.05
 
 #: Version of the surrogate and front code: part of the key of every cached front (front_cache.py).
 #: Bump it whenever a change to the fit or the front search changes the front for the same points.
-FIT_VERSION = "3"
+FIT_VERSION = "4"
 
 
 def task_senses(tasks: Sequence[str], higher_is_better) -> np.ndarray:
@@ -193,7 +193,7 @@ def trusted_front(surrogates, samples, observed, box, search_box, senses, front_
     """The front the user is shown: where the surrogates are trusted, plus the rest marked as a guess.
 
     1. the trust radius: how far from measured points left-out errors say the surrogates stay
-       accurate (`model_selection.trust_radius`, median error within half the trust std per task);
+       accurate (`model_selection.trust_radius`, median error within 0.35 × the trust std per task);
     2. the front within the trust radius of a sample (`pareto.compute_trusted_front`):
        `front_trusted` True;
     3. the unconstrained front of the box, for context: `front_trusted` False unless it also

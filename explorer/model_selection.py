@@ -59,7 +59,7 @@ def fit_surrogate(coefficients: np.ndarray, metric: np.ndarray, higher_is_better
 
 
 #: the median left-out error the trusted region may reach, as a share of the trust std per task
-TRUST_ERROR_SHARE = 0.5
+TRUST_ERROR_SHARE = 0.35
 
 
 def nearest_distances(samples: np.ndarray, bounds: np.ndarray) -> np.ndarray:

@@ -1,12 +1,15 @@
 """Polish a pick with a few real evaluations: a trust region around the surrogate's choice.
 
-The front is a prediction; the merge a user ships is measured. Starting from the surrogate pick,
-each step proposes the point inside a trust region that the surrogates, corrected by what the
-polish has measured so far, predict best by the same achievement function the pick used; it is
-measured, and the region grows after a real improvement and shrinks otherwise. The returned
-point is the best *measured* one, so it is never worse than the start. Candidates come from a
-seeded generator and depend only on what was measured, so a rerun through the store replays
-stored evaluations for free (resumable).
+The front is a prediction; the merge a user ships is measured. Starting from the surrogate pick
+(measured first), each step proposes the point inside a trust region that the surrogates,
+corrected by what the polish has measured so far, predict to improve *every* task most over the
+incumbent (the same augmented weighted-Chebyshev achievement function as the pick, with the
+incumbent's measured metrics as reference point). It is measured; it becomes the incumbent only
+if it really improves every task (then it is also better by the pick's achievement function),
+and the region grows after a success and shrinks otherwise. So the returned point is measured,
+never worse than the start, and each success shrinks how much every task could still gain at
+once. Candidates come from a seeded generator and depend only on what was measured, so a rerun
+through the store replays stored evaluations for free (resumable).
 """
 from __future__ import annotations
 
@@ -97,25 +100,32 @@ def polish(result, evaluate: Callable[[np.ndarray], Mapping[str, float]], weight
 
     measure(start)
     best = 0
+    span = np.maximum(np.ptp(result.front_predicted, axis=0), 1e-12)
+    w = np.maximum(as_vector(weights, tasks, 1.0, "weights"), 1e-6)
+    w = w / w.sum()
     while len(C) < budget and radius > 1e-3:
         Cm, Ym = np.array(C), np.array(Y)
         correction = _correction(Cm - lo, Ym - result.predict(Cm), width, radius)
-        centre = Cm[best]
+        centre, incumbent = Cm[best], Ym[best]
         direction = rng.standard_normal((n_candidates, len(tasks)))
         direction /= np.linalg.norm(direction, axis=1, keepdims=True)
         r = radius * rng.random((n_candidates, 1)) ** (1.0 / len(tasks))
         cand = np.clip(centre + direction * r * width, lo, hi)
         predicted = result.predict(cand) + correction(cand - lo)
-        nxt = cand[int(np.argmin(score(predicted)))]
+        predicted_ok = score(predicted) <= score(incumbent[None])[0] + 1e-12  # minimums still met
+        gain = ((predicted - incumbent) * result.senses) / span
+        ranking = np.min(w * gain, axis=1) + 1e-3 * np.sum(w * gain, axis=1)
+        ranking = np.where(predicted_ok, ranking, ranking - 1e6)
+        nxt = cand[int(np.argmax(ranking))]
         measure(nxt)
-        scores = score(np.array(Y))
-        improved = scores[-1] < scores[best] - 1e-12
-        history.append({"evaluation": len(C), "radius": radius, "improved": bool(improved)})
+        real_gain = (Y[-1] - incumbent) * result.senses
+        improved = bool(np.all(real_gain >= 0) and np.any(real_gain > 0)
+                        and score(np.array(Y[-1])[None])[0] <= score(incumbent[None])[0])
+        history.append({"evaluation": len(C), "radius": radius, "improved": improved})
         if improved:
             best = len(C) - 1
             radius = min(radius * 1.5, 0.5)
         else:
             radius *= 0.5
     scores = score(np.array(Y))
-    best = int(np.argmin(scores))
     return Polished(np.array(C), np.array(Y), scores, best, history)
