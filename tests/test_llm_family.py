@@ -72,12 +72,12 @@ def test_run_pick_export_reload_round_trip(experiment, capsys):
     # the folder reloads with transformers, and measures what the explorer measured there
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), local_files_only=True, dtype="auto")
     assert model.dtype == torch.bfloat16
-    capsys.readouterr()
     assert main(["verify", str(experiment), "--weights", "upper=3,reverse=1"]) == 0
-    verified = capsys.readouterr().out
-    measured = evaluate(model, data=str(root / "upper.jsonl"), batch_size=4)
-    row = next(line for line in verified.splitlines() if line.startswith("upper"))
-    assert abs(float(row.split()[3]) - measured) < 1e-9
+    from explorer.runner import Experiment
+
+    verified = Experiment.from_file(experiment).stored(c)  # what verify measured in memory, from the store
+    assert verified["upper"] == pytest.approx(evaluate(model, data=str(root / "upper.jsonl"), batch_size=4), abs=1e-12)
+    assert verified["reverse"] == pytest.approx(evaluate(model, data=str(root / "reverse.jsonl"), batch_size=4), abs=1e-12)
 
 
 def test_expert_at_unit_coefficient_is_the_expert_bit_for_bit(experiment):
