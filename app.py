@@ -15,7 +15,7 @@ All computation and every figure come from the engine (`explorer.app_state`, `ex
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,6 @@ import streamlit as st
 from explorer import app_state as S
 from explorer import figures as F
 from explorer.errors import ExplorerError
-from explorer.runner import CHECK_KINDS
-from explorer.vouch import decision_reason
 
 LOG = logging.getLogger("merge-explorer.app")
 PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
@@ -254,20 +252,14 @@ def slider_scale(units: F.Units, task: str) -> float:
 def chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey, refs, present) -> None:
     metrics = units.metrics
     st.subheader("Chosen merge")
-    polished = polished_shown(ekey)
     if ss_picked() is not None:
-        st.caption("The polished merge: the best point the polish measured." if polished else
-                   "Selected by clicking a point in a view.")
+        st.caption("Selected by clicking a point in a view.")
         if st.button("Back to the choice from the sliders"):
             st.session_state["_picked"] = None
             st.rerun()
     if not decision.feasible:
         short = ", ".join(f"{t} by {s:.4f}" for t, s in zip(result.tasks, decision.shortfall) if s > 0)
         st.warning(f"No front point meets every minimum; showing the closest one (short: {short}).")
-    reason = decision_reason(result, decision)
-    if reason and measured is None:
-        st.warning(f"The surrogates do not vouch for this point ({reason}): its prediction may be off; "
-                   "a measurement settles it.")
     lines = glance(result, decision, measured, units, refs)
     st.markdown("\n".join(f"- {line}" for line in lines))
     rows = S.choice_rows(result.tasks, metrics, decision, measured, minimums)
@@ -284,7 +276,6 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
                        "so far are the orange stars in the views.")
     else:
         verify_button(handle, decision)
-        polish_panel(handle, result, weights, minimums, ekey, polished)
     export_buttons(handle, result, decision, weights, minimums, figs, rows, lines, present)
 
 
@@ -306,36 +297,6 @@ def verify_button(handle, decision) -> None:
         st.caption("Verification waits until the running evaluation has finished.")
 
 
-def polished_shown(ekey: str) -> dict | None:
-    """The last polish of this experiment, while the chosen merge is its result."""
-    shown, picked = st.session_state.get("_polished"), ss_picked()
-    if shown and shown["for"] == ekey and picked is not None and np.allclose(picked, shown["coefficients"]):
-        return shown
-    return None
-
-
-def polish_panel(handle, result, weights, minimums, ekey, shown) -> None:
-    """Polish: a few real evaluations around the pick; the best measured point becomes the chosen merge."""
-    budget = int(st.number_input("Polish budget (real evaluations)", min_value=1, max_value=50, value=12, step=1,
-                                 key="polish_budget", disabled=handle.busy))
-    if st.button(f"Polish ({budget} evaluations)", key="polish", disabled=handle.busy,
-                 help="Starts from the choice of the sliders: measures it, then merges near it where the surrogates "
-                      "(corrected by what was measured) expect better, and keeps the best measured one. "
-                      "Every result is stored; a repeated polish reuses them."):
-        bar = st.progress(0.0, text=f"polishing: 0 / {budget} evaluations")
-        started = time.time()
-        polished = handle.polish(result, {t: float(w) for t, w in weights.items()}, minimums, budget,
-                                 lambda done, total: bar.progress(done / total, text=S.polish_progress_text(done, total, started)))
-        c = polished.best[0]
-        st.session_state["_polished"] = {"for": ekey, "coefficients": c, "summary": S.polish_summary(polished),
-                                         "rows": S.polish_rows(result.tasks, result, polished)}
-        st.session_state["_picked"] = c
-        st.rerun()
-    if shown:
-        st.caption(shown["summary"])
-        st.dataframe(pd.DataFrame(shown["rows"]), hide_index=True, width="stretch", key="polish_table")
-
-
 def export_buttons(handle, result, decision, weights, minimums, figs, rows, summary, present) -> None:
     exp = handle.experiment
     st.subheader("Export")
@@ -349,7 +310,7 @@ def export_buttons(handle, result, decision, weights, minimums, figs, rows, summ
                             key="dl_yaml", on_click="ignore")
     title = f"merge-explorer report: {exp.spec.name}"
     notes = report_notes(result, decision)
-    cols[1].download_button("report.html", lambda: S.report_bytes(title, figs, rows, notes, summary=summary),
+    cols[1].download_button("report.html", lambda: S.report_bytes(title, figs(), rows, notes, summary=summary),
                             "report.html", "text/html", key="dl_report", on_click="ignore",
                             help="The plots and the chosen point in one file that opens in any browser.")
     if present:
@@ -392,58 +353,126 @@ def handle_selection(event, key: str) -> None:
             st.rerun()
 
 
-def views(result, chosen, minimums, refs, verified, units, evaluated, ekey, fingerprint):
-    tasks = result.tasks
-    tabs = st.tabs(["Front", "All tasks", "Radar", "Landscape", "Surrogate quality"])
-    figs = {}
-    with tabs[0]:
-        default = tasks[:2]
-        chosen_tasks = st.multiselect("Tasks to plot (two for 2-D, three for 3-D)", tasks, default=default,
-                                      max_selections=3, key=f"front_tasks:{ekey}")
-        if len(chosen_tasks) < 2:
-            st.info("Choose two or three tasks.")
-        idx = [tasks.index(t) for t in chosen_tasks]
-        if len(idx) >= 2:
-            figs["front_2d"] = F.front_2d(result, (idx[0], idx[1]), chosen, refs, verified, units, evaluated)
-            if len(idx) == 3:
-                figs["front_3d"] = F.front_3d(result, tuple(idx), chosen, refs, verified, units, evaluated)
-                st.plotly_chart(figs["front_3d"], key=f"front3d:{ekey}", config=PLOT_CONFIG)
-                st.caption("Click a point in the 2-D view below to select it.")
-            event = st.plotly_chart(figs["front_2d"], key=f"front2d:{ekey}", on_select="rerun",
-                                    selection_mode="points", config=PLOT_CONFIG)
-            handle_selection(event, "front2d")
-    with tabs[1]:
-        figs["parallel"] = F.parallel(result, [minimums.get(t, np.nan) for t in tasks], chosen, verified, units)
-        st.plotly_chart(figs["parallel"], key=f"parallel:{ekey}", config=PLOT_CONFIG)
-        st.caption("Greyed lines miss a minimum (the bars on the axes show the ranges the sliders allow).")
-    with tabs[2]:
-        experts = F.expert_diagonal(refs, len(tasks))
-        if experts is None:
-            st.info("The radar needs every expert's own metric (the reference points of the run).")
-        else:
-            figs["radar"] = F.radar(tasks, experts, result.senses, chosen, refs)
-            st.plotly_chart(figs["radar"], key=f"radar:{ekey}", config=PLOT_CONFIG)
-    with tabs[3]:
-        c1, c2, c3 = st.columns(3)
-        task = c1.selectbox("Surrogate of task", tasks, key=f"ls_task:{ekey}")
-        ax = c2.selectbox("x: coefficient of", tasks, index=0, key=f"ls_x:{ekey}")
-        ay = c3.selectbox("y: coefficient of", tasks, index=1, key=f"ls_y:{ekey}")
-        if ax == ay:
-            st.info("Choose two different coefficients.")
-        else:
-            figs["landscape"] = F.landscape(result, tasks.index(task), (tasks.index(ax), tasks.index(ay)),
-                                            chosen.coefficients, chosen, refs, verified, units)
-            event = st.plotly_chart(figs["landscape"], key=f"landscape:{ekey}", on_select="rerun",
-                                    selection_mode="points", config=PLOT_CONFIG)
-            handle_selection(event, "landscape")
-    with tabs[4]:
-        figs["quality"] = quality_figure(fingerprint, tuple(tuple(m.coefficients) for m in verified), result,
-                                         verified, units)
-        st.plotly_chart(figs["quality"], key=f"quality:{ekey}", config=PLOT_CONFIG)
-        st.caption("Each evaluated point is drawn at the prediction of the fit made without it (bars: ±2 std), "
-                   "the same left-out predictions R² is computed from. Verified merges (stars) were measured "
-                   "after the fit: the honest check of the predictions.")
-    return figs
+@dataclass
+class ViewState:
+    """Everything the views draw for one state of the page."""
+
+    result: object
+    chosen: F.Chosen
+    minimums: dict
+    refs: list
+    verified: list
+    units: F.Units
+    evaluated: tuple
+    ekey: str
+    fingerprint: str
+
+    @property
+    def floors(self) -> list[float]:
+        return [self.minimums.get(t, np.nan) for t in self.result.tasks]
+
+
+TABS = ["Front", "All tasks", "Radar", "Landscape", "Surrogate quality"]
+
+
+def views(v: ViewState) -> None:
+    """The tabs; only the open one is built and drawn (on_change="rerun"), so a page opens with one plot."""
+    tabs = st.tabs(TABS, key=f"views:{v.ekey}", on_change="rerun")
+    for tab, draw in zip(tabs, (front_view, parallel_view, radar_view, landscape_view, quality_view)):
+        if tab.open is not False:  # None: tabs without state tracking draw everything
+            with tab:
+                draw(v)
+
+
+def remembered(key: str, default):
+    """A widget key whose value survives runs that do not draw the widget (a closed tab)."""
+    ss = st.session_state
+    if key not in ss:
+        ss[key] = ss.get("_keep:" + key, default)
+    ss["_keep:" + key] = ss[key]
+    return key
+
+
+def front_tasks(v: ViewState) -> list[int]:
+    tasks = v.result.tasks
+    chosen = st.session_state.get("_keep:" + f"front_tasks:{v.ekey}", tasks[:2])
+    return [tasks.index(t) for t in chosen if t in tasks]
+
+
+def front_view(v: ViewState) -> None:
+    tasks = v.result.tasks
+    st.multiselect("Tasks to plot (two for 2-D, three for 3-D)", tasks, max_selections=3,
+                   key=remembered(f"front_tasks:{v.ekey}", tasks[:2]))
+    idx = front_tasks(v)
+    if len(idx) < 2:
+        st.info("Choose two or three tasks.")
+        return
+    if len(idx) == 3:
+        fig = F.front_3d(v.result, tuple(idx), v.chosen, v.refs, v.verified, v.units, v.evaluated)
+        st.plotly_chart(fig, key=f"front3d:{v.ekey}", config=PLOT_CONFIG)
+        st.caption("Click a point in the 2-D view below to select it.")
+    fig = F.front_2d(v.result, (idx[0], idx[1]), v.chosen, v.refs, v.verified, v.units, v.evaluated)
+    event = st.plotly_chart(fig, key=f"front2d:{v.ekey}", on_select="rerun", selection_mode="points",
+                            config=PLOT_CONFIG)
+    handle_selection(event, "front2d")
+
+
+def parallel_view(v: ViewState) -> None:
+    fig = F.parallel(v.result, v.floors, v.chosen, v.verified, v.units)
+    st.plotly_chart(fig, key=f"parallel:{v.ekey}", config=PLOT_CONFIG)
+    st.caption("The thick vermillion line is the chosen merge. Greyed lines miss a minimum (the bars on the "
+               "axes show the ranges the sliders allow).")
+
+
+def radar_view(v: ViewState) -> None:
+    experts = F.expert_diagonal(v.refs, len(v.result.tasks))
+    if experts is None:
+        st.info("The radar needs every expert's own metric (the reference points of the run).")
+        return
+    fig = F.radar(v.result.tasks, experts, v.result.senses, v.chosen, v.refs)
+    st.plotly_chart(fig, key=f"radar:{v.ekey}", config=PLOT_CONFIG)
+
+
+def landscape_axes(v: ViewState) -> tuple[int, int, int]:
+    """(task, x, y) indices of the landscape view's current choice."""
+    tasks, ss = v.result.tasks, st.session_state
+    names = [ss.get(f"_keep:ls_{k}:{v.ekey}", d) for k, d in (("task", tasks[0]), ("x", tasks[0]), ("y", tasks[1]))]
+    return tuple(tasks.index(n) if n in tasks else 0 for n in names)
+
+
+def landscape_view(v: ViewState) -> None:
+    tasks = v.result.tasks
+    c1, c2, c3 = st.columns(3)
+    c1.selectbox("Surrogate of task", tasks, key=remembered(f"ls_task:{v.ekey}", tasks[0]))
+    c2.selectbox("x: coefficient of", tasks, key=remembered(f"ls_x:{v.ekey}", tasks[0]))
+    c3.selectbox("y: coefficient of", tasks, key=remembered(f"ls_y:{v.ekey}", tasks[1]))
+    task, ax, ay = landscape_axes(v)
+    if ax == ay:
+        st.info("Choose two different coefficients.")
+        return
+    fig = F.landscape(v.result, task, (ax, ay), v.chosen.coefficients, v.chosen, v.refs, v.verified, v.units)
+    event = st.plotly_chart(fig, key=f"landscape:{v.ekey}", on_select="rerun", selection_mode="points",
+                            config=PLOT_CONFIG)
+    handle_selection(event, "landscape")
+
+
+def quality_view(v: ViewState) -> None:
+    fig = quality_figure(v.fingerprint, tuple(tuple(m.coefficients) for m in v.verified), v.result, v.verified,
+                         v.units)
+    st.plotly_chart(fig, key=f"quality:{v.ekey}", config=PLOT_CONFIG)
+    st.caption("Each evaluated point is drawn at the prediction of the fit made without it (bars: ±2 std), "
+               "the same left-out predictions R² is computed from. Verified merges (stars) were measured "
+               "after the fit: the honest check of the predictions.")
+
+
+def report_figures(v: ViewState):
+    """A function building every view for the report with the page's current choices (run on click)."""
+    idx, (task, ax, ay) = front_tasks(v), landscape_axes(v)
+    pair = (idx[0], idx[1]) if len(idx) >= 2 else (0, 1)
+    triple = tuple(idx) if len(idx) == 3 else None
+    axes = (ax, ay) if ax != ay else (0, 1)
+    return lambda: F.all_views(v.result, v.chosen, v.floors, v.refs, v.verified, v.units, pair, triple, task, axes,
+                               v.evaluated)
 
 
 def sync_url(result, weights, minimums, ekey) -> None:
@@ -527,14 +556,16 @@ def main() -> None:
     measured = handle.stored(decision.coefficients)
     chosen = S.chosen_view(decision, measured)
     refs, verified = handle.markers(C, M, kinds)
-    keep = [k not in CHECK_KINDS for k in kinds]
+    keep = [k != "verify" for k in kinds]
     evaluated = (C[keep], M[keep])
     sync_url(result, weights, minimums, ekey)
+    v = ViewState(result, chosen, minimums, refs, verified, units, evaluated, ekey, fingerprint)
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        figs = views(result, chosen, minimums, refs, verified, units, evaluated, ekey, fingerprint)
+        views(v)
     with right:
-        chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey, refs, args.present)
+        chosen_panel(handle, result, decision, measured, minimums, units, weights, report_figures(v), ekey, refs,
+                     args.present)
 
 
 try:

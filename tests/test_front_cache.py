@@ -29,14 +29,17 @@ def rows(exp) -> list[tuple[str, str]]:
 
 
 def digest_of(exp) -> str:
-    C, M, _ = exp.measured(("design", "adaptive"))
-    return front_cache.front_digest(C, M, exp.bounds, exp.senses, exp.spec.seed, 1000)
+    """The digest of the experiment's current fit: the newest front it cached (`result()` first)."""
+    with sqlite3.connect(exp.store.path) as conn:
+        return conn.execute("SELECT digest FROM fronts WHERE experiment=? ORDER BY created DESC LIMIT 1",
+                            (exp.key,)).fetchone()[0]
 
 
 def test_result_is_restored_not_refit(toy_spec):
     first = Experiment.from_file(toy_spec).result()
     exp = Experiment.from_file(toy_spec)
     names = {n for d, n in rows(exp) if d == digest_of(exp)}
+    assert front_cache.required_names() <= names
     assert {"front_coefficients", "front_predicted", front_cache.SURROGATES} <= names
     start = time.perf_counter()
     again = exp.result()
@@ -53,8 +56,8 @@ def test_result_is_restored_not_refit(toy_spec):
 def test_the_stored_front_is_what_is_served(toy_spec):
     """A front written under the digest is served as it is: proof that reading back searches nothing."""
     exp = Experiment.from_file(toy_spec)
-    digest = digest_of(exp)
     result = exp.result()
+    digest = digest_of(exp)
     planted = {k: v[::2].copy() for k, v in front_cache.front_arrays(result).items()}
     assert front_cache.save_front(exp.store, digest, planted, exp.key, front_cache.surrogates_document(result))
     try:
@@ -127,8 +130,11 @@ def test_what_needs_pickle_is_not_cached(tmp_path):
     store = Store(tmp_path / "store.sqlite")
     with pytest.raises(ValueError):
         front_cache._encode(object())
-    arrays = {"front_coefficients": np.zeros((2, 2)), "front_predicted": np.array([object(), 1], dtype=object)}
-    assert front_cache.save_front(store, "d" * 64, arrays) is False
+    good = {name: np.eye(2) for name in front_cache.required_names()}
+    assert front_cache.save_front(store, "d" * 64, {**good, "front_predicted": np.array([object(), 1], dtype=object)}) is False
     assert front_cache.load_front(store, "d" * 64) is None
-    assert front_cache.save_front(store, "e" * 64, {"front_coefficients": np.eye(2), "front_predicted": np.ones((2, 2))})
+    assert front_cache.save_front(store, "e" * 64, good)
     assert np.array_equal(front_cache.load_front(store, "e" * 64)["front_coefficients"], np.eye(2))
+    incomplete = {k: v for k, v in good.items() if k != "front_predicted"}
+    assert front_cache.save_front(store, "f" * 64, incomplete)
+    assert front_cache.load_front(store, "f" * 64) is None  # a front missing one of its arrays is a miss
