@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
     parser.add_argument("--generate-only", action="store_true")
+    parser.add_argument("--only", choices=["streaming"], help="measure only the cold read and streaming (no results file)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -194,6 +195,13 @@ def main() -> None:
     if args.generate_only:
         return
     runs = {}
+    if args.only == "streaming":
+        for kind in ("read-cold", "streaming"):
+            runs[kind] = run_child(kind, args.out, args.points)
+        ratio = float(np.median(runs["streaming"]["point_seconds"])) / runs["read-cold"]["seconds"]
+        print(f"streaming: {runs['streaming']['point_seconds']} s per point, cold read {runs['read-cold']['seconds']:.1f} s, "
+              f"ratio {ratio:.2f}; peak RSS {runs['streaming']['peak_rss'] / GB:.2f} GB")
+        return
     for kind in ("read-warm", "read-cold", "resident", "streaming", "read-warm"):
         runs[kind] = run_child(kind, args.out, args.points)
         print(kind, json.dumps(runs[kind]), flush=True)

@@ -273,6 +273,7 @@ class StreamingMerger:
         self.target = target
         self._buffers: dict[tuple, torch.Tensor] = {}
         self._acc: dict[tuple, torch.Tensor] = {}
+        self._readers = ThreadPoolExecutor(max_workers=len(experts) + 1, thread_name_prefix="merge-read")
         for ex in experts:
             check_same_tensors(base, ex, self.keys)
         named = dict(target.state_dict(keep_vars=True))
@@ -335,11 +336,14 @@ class StreamingMerger:
         """Host buffers for one job: θ₀'s chunk, and the experts' chunks unless they are resident."""
         key, s, e = job
         n = e - s
-        out = {"base": self.base.read_into(key, self._buffer(slot, -1, self.base.entries[key].dtype, n), s)}
-        if self.resident is None:
-            out["experts"] = {i: self.experts[i].read_into(key, self._buffer(slot, i, self.experts[i].entries[key].dtype, n), s)
-                              for i in active}
-        return out
+        if self.resident is not None:
+            return {"base": self.base.read_into(key, self._buffer(slot, -1, self.base.entries[key].dtype, n), s)}
+        # streaming: the T + 1 sources are read concurrently (several requests in flight keep a disk busy)
+        sources = [(-1, self.base)] + [(i, self.experts[i]) for i in active]
+        reads = [self._readers.submit(ck.read_into, key, self._buffer(slot, i, ck.entries[key].dtype, n), s)
+                 for i, ck in sources]
+        got = [r.result() for r in reads]
+        return {"base": got[0], "experts": {i: t for (i, _), t in zip(sources[1:], got[1:])}}
 
     def _expert_chunk(self, i: int, job, bufs) -> torch.Tensor:
         key, s, e = job
@@ -497,6 +501,7 @@ class StreamingMerger:
                             raise CheckpointError(f"{ck.name}: tensor {key!r} contains NaN or inf")
 
     def close(self) -> None:
+        self._readers.shutdown(wait=True)
         self.resident = None
         for ck in [self.base, *self.experts]:
             ck.close()
