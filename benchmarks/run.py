@@ -9,8 +9,10 @@ Writes benchmarks/results/benchmark[-quick].md and .json and prints the tables. 
 problem is kept under cache/benchmark/, so an interrupted run resumes (`--fresh` starts over).
 
 What is compared, on each problem, for the same 10 preferences (fixed seeded weight vectors):
-- ours: the product's default, `explore_adaptive(tol=0)` (at most 2P evaluations), its surrogate
-  picks among the trusted front (`result.decide`), then `result.polish` (≤ 12 evaluations each);
+- ours: the product's default (`explorer.explore.default_design`): `explore_adaptive(tol=0)` from
+  5 tasks on, `explore` (space-filling design, surrogate family chosen per task) below, 2P
+  evaluations either way; its surrogate picks among the trusted front (`result.decide`), then
+  `result.polish` (≤ 12 evaluations each);
 - plain MAP: `explore`'s design with quadratic surrogates (`family="quadratic"`) and their front over
   the whole box, its picks among all of that front;
 - random search, a brute-force grid, optuna's NSGA-II and TPE (benchmarks/rivals.py), whose pick
@@ -45,11 +47,11 @@ from benchmarks.rivals import RIVALS, pick_measured  # noqa: E402
 from explorer.adaptive import explore_adaptive  # noqa: E402
 from explorer.decision import achievement, decide  # noqa: E402
 from explorer.design import default_budget, n_quadratic_terms, sample_design  # noqa: E402
-from explorer.explore import fit_surrogates  # noqa: E402
+from explorer.explore import default_design, explore, fit_surrogates  # noqa: E402
 from explorer.pareto import compute_front, non_dominated, thin  # noqa: E402
 
 #: Bump when what a problem's cached result means changes (methods, counting, metrics).
-VERSION = "2"
+VERSION = "3"
 #: The engine code a result depends on: a cached problem is reused only while these are unchanged.
 ENGINE_FILES = ("adaptive.py", "explore.py", "polish.py", "decision.py", "model_selection.py", "kriging.py",
                 "surrogate.py", "pareto.py", "design.py", "landscapes.py", "testbeds.py")
@@ -96,7 +98,10 @@ def pick_error(pred: np.ndarray, meas: np.ndarray, std: np.ndarray | None = None
 def run_ours(problem: P.Problem, prefs: np.ndarray, seed: int) -> dict:
     counter = P.Counter(problem)
     start = time.perf_counter()
-    result = explore_adaptive(counter.one, problem.tasks, seed=seed, tol=0.0, front_points=1000)
+    if default_design(problem.n_tasks) == "adaptive":
+        result = explore_adaptive(counter.one, problem.tasks, seed=seed, tol=0.0, front_points=1000)
+    else:
+        result = explore(counter.one, problem.tasks, seed=seed, front_points=1000)
     fit_s = time.perf_counter() - start
     n_fit = counter.n
     decisions = [result.decide(w) for w in prefs]
@@ -115,7 +120,7 @@ def run_ours(problem: P.Problem, prefs: np.ndarray, seed: int) -> dict:
             "pick_error": pick_error(pred, V1, std), "picks_trusted": int(sum(d.trusted for d in decisions)),
             "fidelity": fidelity(problem, result, trusted, seed),
             "fidelity_all": fidelity(problem, result, np.arange(len(result.front_coefficients)), seed),
-            "rounds": len(result.extra.get("adaptive", []))}
+            "rounds": len(result.extra.get("adaptive", [])), "design": default_design(problem.n_tasks)}
 
 
 def run_map(problem: P.Problem, prefs: np.ndarray, seed: int, total: int, with_fidelity: bool) -> dict:
@@ -153,7 +158,7 @@ def run_problem(problem: P.Problem, seed: int, log) -> dict:
     t = problem.n_tasks
     prefs = preferences(t, seed=seed)
     started = time.perf_counter()
-    log(f"  ours (explore_adaptive, 2P = {default_budget(t)})")
+    log(f"  ours ({default_design(t)} design, 2P = {default_budget(t)})")
     ours = run_ours(problem, prefs, seed)
     n1, n2 = ours["budgets"]["N1"][0], ours["budgets"]["N2"][0]
     log(f"    {ours['n_fit']} design + picks = N1 {n1}; + polish = N2 {n2}; fit {ours['fit_s']:.0f} s, "
@@ -206,7 +211,7 @@ def run_problem(problem: P.Problem, seed: int, log) -> dict:
     return {"problem": problem.name, "family": problem.family, "n_tasks": t, "P": n_quadratic_terms(t), "seed": seed,
             "truth": problem.note, "preferences": prefs.tolist(), "rows": rows, "seconds": seconds,
             "ours": {k: ours[k] for k in ("n_fit", "fit_s", "polish_s", "pick_error", "picks_trusted", "fidelity", "fidelity_all",
-                                          "rounds")}
+                                          "rounds", "design")}
                     | {"front_rows": int(len(ours["result"].front_trusted)), "trusted_rows": int(ours["result"].front_trusted.sum())},
             "plain MAP": {"design": maps["N1"]["design"], "pick_error": maps["N1"]["pick_error"],
                           "fidelity": maps["N1"]["fidelity"]},
@@ -376,7 +381,7 @@ def markdown(res: dict) -> str:
     for r in res["results"]:
         o = r["ours"]
         lines += [f"### {r['problem']} ({r['truth']})", "",
-                  f"Ours: {o['n_fit']} design evaluations ({o['rounds']} adaptive rounds), {o['trusted_rows']} of "
+                  f"Ours: {o['n_fit']} evaluations ({o['design']} design, {o['rounds']} adaptive rounds), {o['trusted_rows']} of "
                   f"{o['front_rows']} front rows trusted, {o['picks_trusted']}/10 picks trusted; fit {o['fit_s']:.0f} s, "
                   f"polish {o['polish_s']:.0f} s. Plain MAP design at N₁: {r['plain MAP']['design']}.", "",
                   "| method | N₁ evals | mean margin | max margin | mean achievement | N₂ evals | mean margin | max margin | "

@@ -2,9 +2,9 @@
 
     python -m benchmarks.run --scaling-only [--quick]     # writes benchmarks/results/scaling.{md,json}
 
-On the analytic "smooth" landscape of each T, for the benchmark's 10 preferences: ours
-(`explore_adaptive`, the product default; T ≤ 8, its fit gets slow beyond), plain MAP (full
-quadratic, 2P design), the diagonal-plus-low-rank quadratic (explorer.lowrank) and Nested MAP
+On the analytic "smooth" landscape of each T, for the benchmark's 10 preferences: ours with
+either design (`explore_adaptive` and `explore`, surrogate family chosen per task, 2P evaluations;
+T ≤ 8, the fit gets slow beyond), plain MAP (full quadratic, 2P design), the diagonal-plus-low-rank quadratic (explorer.lowrank) and Nested MAP
 (explorer.nested, which spends evaluations per preference). Evaluations count every distinct
 point, the picks included. Quality: the exact real margin of each pick (problems.exact_margin).
 `explorer.lowrank.choose_method` follows this table.
@@ -22,6 +22,7 @@ from benchmarks import problems as P
 from explorer.adaptive import explore_adaptive
 from explorer.decision import decide
 from explorer.design import sample_design
+from explorer.explore import default_design, explore
 from explorer.lowrank import LowRankQuadraticSurrogate, choose_method, lowrank_design, n_lowrank_terms
 from explorer.nested import nested_picks
 from explorer.pareto import compute_front
@@ -54,9 +55,14 @@ def run(quick: bool, log=print) -> list[dict]:
                          "rule": choose_method(t)})
 
         if t <= OURS_MAX_T:
-            counter, start = P.Counter(problem), time.perf_counter()
-            r = explore_adaptive(counter.one, problem.tasks, tol=0.0)
-            record("ours (adaptive)", counter, np.array([r.decide(w).coefficients for w in prefs]), time.perf_counter() - start)
+            for design in ("adaptive", "space_filling"):
+                counter, start = P.Counter(problem), time.perf_counter()
+                if design == "adaptive":
+                    r = explore_adaptive(counter.one, problem.tasks, tol=0.0)
+                else:
+                    r = explore(counter.one, problem.tasks)
+                label = f"ours, {design.replace('_', '-')} design" + (" (default)" if default_design(t) == design else "")
+                record(label, counter, np.array([r.decide(w).coefficients for w in prefs]), time.perf_counter() - start)
         if t <= (12 if quick else 16):
             counter, start = P.Counter(problem), time.perf_counter()
             C = sample_design((0.0, 1.0), t, None, 0)
