@@ -53,7 +53,17 @@ def test_result_is_restored_not_refit(toy_spec):
     assert again.decide({"low": 2.0}).coefficients.tolist() == first.decide({"low": 2.0}).coefficients.tolist()
 
 
-def test_the_stored_front_is_what_is_served(toy_spec):
+def cli_pick(spec: Path, capsys) -> np.ndarray:
+    from explorer import cli
+
+    capsys.readouterr()
+    assert cli.main(["pick", str(spec), "--weights", "low=3,mid=1,high=1"]) in (0, 1)
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.split() and line.split()[0] in ("low", "mid", "high")]
+    return np.array([float(r[1]) for r in rows[-3:]])
+
+
+def test_the_stored_front_is_what_is_served(toy_spec, capsys):
     """A front written under the digest is served as it is: proof that reading back searches nothing."""
     exp = Experiment.from_file(toy_spec)
     result = exp.result()
@@ -64,6 +74,8 @@ def test_the_stored_front_is_what_is_served(toy_spec):
         served = Experiment.from_file(toy_spec).result()
         assert np.array_equal(served.front_coefficients, planted["front_coefficients"])
         assert len(served.front_predicted) == len(planted["front_predicted"]) < len(result.front_predicted)
+        picked = cli_pick(toy_spec, capsys)  # `merge-explorer pick` reads the same cached front
+        assert np.min(np.abs(planted["front_coefficients"] - picked).max(axis=1)) < 5e-5
     finally:
         front_cache.save_fit(exp.store, digest, result, exp.key)
 
