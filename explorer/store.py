@@ -175,7 +175,8 @@ class Store:
                                      "try again") from None
                 raise StoreError(f"{self.path}: unusable store ({exc}); move it away to start a new one") from None
             except sqlite3.DatabaseError as exc:
-                raise StoreError(f"{self.path}: corrupt store ({exc}); move it away to start a new one") from None
+                kind = "not a merge-explorer store" if "not a database" in str(exc) else "corrupt store"
+                raise StoreError(f"{self.path}: {kind} ({exc}); move it away or choose another store path") from None
             except (UnicodeDecodeError, OverflowError) as exc:  # damaged text or numbers in a page SQLite accepted
                 raise StoreError(f"{self.path}: corrupt store ({type(exc).__name__}: {exc}); move it away to start a "
                                  "new one") from None
