@@ -161,6 +161,7 @@ class Store:
         """
         deadline = time.monotonic() + LOCK_WAIT_S
         delay = 0.005
+        second_looks = 2  # "malformed" is re-checked on a fresh connection before the file is called damaged
         while True:
             try:
                 with self._lock:
@@ -175,6 +176,13 @@ class Store:
                                      "try again") from None
                 raise StoreError(f"{self.path}: unusable store ({exc}); move it away to start a new one") from None
             except sqlite3.DatabaseError as exc:
+                if "malformed" in str(exc) and second_looks and not self.memory and self._conn is not None:
+                    second_looks -= 1
+                    with self._lock:
+                        self._conn.close()
+                        self._conn, self._ready = None, False
+                    time.sleep(0.05)
+                    continue
                 kind = "not a merge-explorer store" if "not a database" in str(exc) else "corrupt store"
                 raise StoreError(f"{self.path}: {kind} ({exc}); move it away or choose another store path") from None
             except (UnicodeDecodeError, OverflowError) as exc:  # damaged text or numbers in a page SQLite accepted
