@@ -15,6 +15,7 @@ All computation and every figure come from the engine (`explorer.app_state`, `ex
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ import streamlit as st
 from explorer import app_state as S
 from explorer import figures as F
 from explorer.errors import ExplorerError
+from explorer.runner import CHECK_KINDS
+from explorer.vouch import decision_reason
 
 LOG = logging.getLogger("merge-explorer.app")
 PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
@@ -252,14 +255,20 @@ def slider_scale(units: F.Units, task: str) -> float:
 def chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey, refs, present) -> None:
     metrics = units.metrics
     st.subheader("Chosen merge")
+    polished = polished_shown(ekey)
     if ss_picked() is not None:
-        st.caption("Selected by clicking a point in a view.")
+        st.caption("The polished merge: the best point the polish measured." if polished else
+                   "Selected by clicking a point in a view.")
         if st.button("Back to the choice from the sliders"):
             st.session_state["_picked"] = None
             st.rerun()
     if not decision.feasible:
         short = ", ".join(f"{t} by {s:.4f}" for t, s in zip(result.tasks, decision.shortfall) if s > 0)
         st.warning(f"No front point meets every minimum; showing the closest one (short: {short}).")
+    reason = decision_reason(result, decision)
+    if reason and measured is None:
+        st.warning(f"The surrogates do not vouch for this point ({reason}): its prediction may be off; "
+                   "a measurement settles it.")
     lines = glance(result, decision, measured, units, refs)
     st.markdown("\n".join(f"- {line}" for line in lines))
     rows = S.choice_rows(result.tasks, metrics, decision, measured, minimums)
@@ -276,6 +285,7 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
                        "so far are the orange stars in the views.")
     else:
         verify_button(handle, decision)
+        polish_panel(handle, result, weights, minimums, ekey, polished)
     export_buttons(handle, result, decision, weights, minimums, figs, rows, lines, present)
 
 
@@ -295,6 +305,36 @@ def verify_button(handle, decision) -> None:
         st.rerun()
     if disabled:
         st.caption("Verification waits until the running evaluation has finished.")
+
+
+def polished_shown(ekey: str) -> dict | None:
+    """The last polish of this experiment, while the chosen merge is its result."""
+    shown, picked = st.session_state.get("_polished"), ss_picked()
+    if shown and shown["for"] == ekey and picked is not None and np.allclose(picked, shown["coefficients"]):
+        return shown
+    return None
+
+
+def polish_panel(handle, result, weights, minimums, ekey, shown) -> None:
+    """Polish: a few real evaluations around the pick; the best measured point becomes the chosen merge."""
+    budget = int(st.number_input("Polish budget (real evaluations)", min_value=1, max_value=50, value=12, step=1,
+                                 key="polish_budget", disabled=handle.busy))
+    if st.button(f"Polish ({budget} evaluations)", key="polish", disabled=handle.busy,
+                 help="Starts from the choice of the sliders: measures it, then merges near it where the surrogates "
+                      "(corrected by what was measured) expect better, and keeps the best measured one. "
+                      "Every result is stored; a repeated polish reuses them."):
+        bar = st.progress(0.0, text=f"polishing: 0 / {budget} evaluations")
+        started = time.time()
+        polished = handle.polish(result, {t: float(w) for t, w in weights.items()}, minimums, budget,
+                                 lambda done, total: bar.progress(done / total, text=S.polish_progress_text(done, total, started)))
+        c = polished.best[0]
+        st.session_state["_polished"] = {"for": ekey, "coefficients": c, "summary": S.polish_summary(polished),
+                                         "rows": S.polish_rows(result.tasks, result, polished)}
+        st.session_state["_picked"] = c
+        st.rerun()
+    if shown:
+        st.caption(shown["summary"])
+        st.dataframe(pd.DataFrame(shown["rows"]), hide_index=True, width="stretch", key="polish_table")
 
 
 def export_buttons(handle, result, decision, weights, minimums, figs, rows, summary, present) -> None:
@@ -556,7 +596,7 @@ def main() -> None:
     measured = handle.stored(decision.coefficients)
     chosen = S.chosen_view(decision, measured)
     refs, verified = handle.markers(C, M, kinds)
-    keep = [k != "verify" for k in kinds]
+    keep = [k not in CHECK_KINDS for k in kinds]
     evaluated = (C[keep], M[keep])
     sync_url(result, weights, minimums, ekey)
     v = ViewState(result, chosen, minimums, refs, verified, units, evaluated, ekey, fingerprint)

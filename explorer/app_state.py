@@ -327,15 +327,17 @@ class ExperimentHandle:
     # --- store snapshots ---------------------------------------------------------------------
     def snapshot(self):
         """(C, M, kinds, fingerprint) of every complete stored point; the fingerprint keys the fit cache."""
+        from .runner import CHECK_KINDS
+
         C, M, kinds = self.experiment.measured()
-        fitted = np.array([k != "verify" for k in kinds], dtype=bool)  # verifications do not change the fit
+        fitted = np.array([k not in CHECK_KINDS for k in kinds], dtype=bool)  # verify/polish do not change the fit
         Cf, Mf = C[fitted] if len(C) else C, M[fitted] if len(M) else M
         digest = hashlib.sha256()
         digest.update(self.experiment.key.encode())
         order = np.lexsort(Cf.T[::-1]) if len(Cf) else np.zeros(0, dtype=int)
         digest.update(np.ascontiguousarray(np.round(Cf[order], 10)).tobytes())
         digest.update(np.ascontiguousarray(Mf[order]).tobytes())
-        kinds_f = [k for k in kinds if k != "verify"]
+        kinds_f = [k for k in kinds if k not in CHECK_KINDS]
         digest.update(json.dumps([kinds_f[i] for i in order]).encode())
         return C, M, kinds, digest.hexdigest()
 
@@ -365,8 +367,8 @@ class ExperimentHandle:
             best = max(equal, key=lambda k: float(np.mean(M[k] * senses)))
             refs.append(Marker(f"task arithmetic (λ={C[best, 0]:.2f})", "task_arithmetic", C[best], M[best]))
         for k, kind in enumerate(kinds):
-            if kind == "verify":
-                verified.append(Marker("verified", "verified", C[k], M[k]))
+            if kind in ("verify", "polish"):  # runner.CHECK_KINDS: measured to check a choice
+                verified.append(Marker("verified" if kind == "verify" else "polish step", "verified", C[k], M[k]))
         return refs, verified
 
     # --- background runs -----------------------------------------------------------------------
@@ -404,6 +406,18 @@ class ExperimentHandle:
             raise SpecError("an evaluation run is in progress; verify when it has finished")
         with self.lock:
             return self.experiment.evaluate(np.asarray(coefficients, dtype=float), kind="verify")
+
+    def polish(self, result, weights=None, minimums=None, budget: int = 12, progress=None):
+        """Polish the pick for these preferences with at most `budget` real evaluations, each stored
+        (kind 'polish': resumable, never fitted); returns explorer.polish.Polished."""
+        from .polish import polish
+
+        if self.busy:
+            raise SpecError("an evaluation run is in progress; polish when it has finished")
+        exp = self.experiment
+        with self.lock:
+            return polish(result, lambda c: dict(zip(exp.tasks, exp.evaluate(c, "polish"))), weights,
+                          minimums or None, budget, progress)
 
     def stored(self, coefficients: np.ndarray) -> np.ndarray | None:
         have = self.experiment.stored(np.asarray(coefficients, dtype=float))
@@ -519,15 +533,39 @@ def choose(result, weights: Mapping[str, float], minimums: Mapping[str, float], 
     """The decision for the current preferences, or a clicked point (`picked`) judged against them."""
     if picked is None:
         return result.decide(weights, minimums or None)
-    c = np.asarray(picked, dtype=float)
-    predicted = result.predict(c)[0]
-    floors = np.array([minimums.get(t, np.nan) for t in result.tasks], dtype=float)
-    miss = np.where(np.isfinite(floors), np.maximum(floors * result.senses - predicted * result.senses, 0.0), 0.0)
-    return Decision(-1, c, predicted, bool(np.all(miss <= 1e-12)), miss)
+    from .vouch import decision_at
+
+    return decision_at(result, picked, minimums)
 
 
 def chosen_view(decision: Decision, measured: np.ndarray | None) -> Chosen:
-    return Chosen(decision.coefficients, decision.predicted, measured)
+    return Chosen(decision.coefficients, decision.predicted, measured, std=decision.std, trusted=decision.trusted)
+
+
+def polish_rows(tasks: Sequence[str], result, polished) -> list[dict]:
+    """Measured vs predicted at the surrogate pick (the polish's first point) and at the polished point."""
+    start, best = polished.coefficients[0], polished.coefficients[polished.best_index]
+    (p0, p1), (s0, s1) = result.predict(np.vstack([start, best]), return_std=True)
+    m0, m1 = polished.measured[0], polished.measured[polished.best_index]
+    return [{"task": t, "predicted (pick)": round(float(p0[i]), 4), "± std (pick)": round(float(s0[i]), 4),
+             "measured (pick)": round(float(m0[i]), 4), "predicted (polished)": round(float(p1[i]), 4),
+             "± std (polished)": round(float(s1[i]), 4), "measured (polished)": round(float(m1[i]), 4),
+             "gain": round(float(m1[i] - m0[i]), 4)} for i, t in enumerate(tasks)]
+
+
+def polish_progress_text(done: int, total: int, started: float) -> str:
+    """'polishing: 3 / 12 evaluations, about 40 s left'."""
+    left = (time.time() - started) / max(done, 1) * max(total - done, 0)
+    return f"polishing: {done} / {total} evaluations" + (f", about {format_seconds(left)} left" if done < total else "")
+
+
+def polish_summary(polished) -> str:
+    """One line: how many evaluations, and whether the polish beat the pick, as measured."""
+    n = len(polished.coefficients)
+    if polished.best_index == 0:
+        return f"{n} real evaluations: none beat the surrogate pick as measured, so the pick is kept."
+    return (f"{n} real evaluations: achievement (measured, lower is better) {polished.scores[0]:.4f} → "
+            f"{polished.scores[polished.best_index]:.4f}; the chosen merge is now the polished point.")
 
 
 def slider_range(result, task_index: int) -> tuple[float, float]:
@@ -554,9 +592,11 @@ def choice_rows(tasks: Sequence[str], metrics: Mapping[str, str], decision: Deci
                 measured: np.ndarray | None, minimums: Mapping[str, float]) -> list[dict]:
     """The chosen-point table: one row per task."""
     rows = []
+    std = decision.std if decision.std is not None else np.full(len(tasks), np.nan)
     for i, t in enumerate(tasks):
         row = {"task": f"{t} ({metrics.get(t, 'metric')})", "coefficient": round(float(decision.coefficients[i]), 4),
-               "predicted": round(float(decision.predicted[i]), 4)}
+               "predicted": round(float(decision.predicted[i]), 4),
+               "± std": round(float(std[i]), 4) if np.isfinite(std[i]) else None}
         if measured is not None:
             row["measured"] = round(float(measured[i]), 4)
             row["measured − predicted"] = round(float(measured[i] - decision.predicted[i]), 4)
