@@ -9,10 +9,11 @@ mergekit's own `ties` and `dare_linear` are not merge-explorer's (weighted sign 
 `task_arithmetic` with `normalize: false` and weight = MAP coefficient, which computes
 θ₀ + Σ cᵢ (θᵢ − θ₀). Where merge-explorer's τᵢ′ is not θᵢ − θ₀ of a file mergekit can read
 (TIES, DARE, a merge prefix, a checkpoint mergekit cannot open), the export writes the
-preprocessed experts θ₀ + τᵢ′ in float32 beside the config, named by content hash, and points
-the config at them. Hugging Face model folders go to `mergekit-yaml`, raw state dicts (open_clip
-and the like) to `mergekit-pytorch`. Arithmetic is float32 (`dtype`), the output takes the base's
-dtype (`out_dtype`).
+preprocessed experts θ₀ + τᵢ′ beside the config, named by content hash, and points the config at
+them: in the base's dtype where that is exact (task arithmetic, TIES: each entry is θᵢ's or θ₀'s),
+in float32 where it is not (DARE's rescaled survivors), streamed tensor by tensor. Hugging Face
+model folders go to `mergekit-yaml`, raw state dicts (open_clip and the like) to `mergekit-pytorch`.
+Arithmetic is float32 (`dtype`), the output takes the base's dtype (`out_dtype`).
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ from .spec import resolve
 #: mergekit's nearest native methods, used only when the exact inputs were not written.
 MERGEKIT_METHOD = {"task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare_linear"}
 INPUTS_DIR = "mergekit-inputs"
+#: Largest relative L2 error ‖cast(θ₀ + τᵢ′) − (θ₀ + τᵢ′)‖ / ‖τᵢ′‖ at which preprocessed experts are written
+#: in the base's dtype rather than float32 (the exports' exactness bar).
+MAX_CAST_GAP = 1e-5
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
@@ -179,18 +183,19 @@ def _buffers_agree(base: Path, experts: list[Path]) -> bool:
 # --------------------------------------------------------------------------- writing mergekit's inputs
 
 
-def iter_preprocessed(engine) -> Iterator[tuple[str, list[torch.Tensor]]]:
-    """(key, [tensor of expert i]) for every base tensor, one key at a time: θ₀ + τᵢ′ in float32 where
-    merge-explorer merges, θ₀ as it is elsewhere. Works for state-dict engines (τ′ held in memory)
-    and streaming ones (τ′ recomputed per tensor from the files, with the same TIES/DARE functions)."""
+def iter_preprocessed(engine) -> Iterator[tuple[str, torch.Tensor | None, list[torch.Tensor]]]:
+    """(key, θ₀ in float32 or None, [tensor of expert i]) for every base tensor, one key at a time:
+    θ₀ + τᵢ′ in float32 where merge-explorer merges (with θ₀ beside it), θ₀ as it is elsewhere (None).
+    Works for state-dict engines (τ′ held in memory) and streaming ones (τ′ recomputed per tensor
+    from the files, with the same TIES/DARE functions): never the whole model in float32 at once."""
     if engine.task_vectors is not None:
         vectors = engine.task_vectors.vectors
         for key, t in engine.base.items():
             if key in vectors:
                 b = t.to(torch.float32)
-                yield key, [b + vectors[key][i] for i in range(vectors[key].shape[0])]
+                yield key, b, [b + vectors[key][i] for i in range(vectors[key].shape[0])]
             else:
-                yield key, [t] * engine.task_vectors.n_tasks
+                yield key, None, [t] * engine.task_vectors.n_tasks
         return
     from .task_vectors import dare_drop, ties_trim_and_elect
 
@@ -199,7 +204,7 @@ def iter_preprocessed(engine) -> Iterator[tuple[str, list[torch.Tensor]]]:
     for key in engine.base:
         if key not in merged:
             t = merger.base.read(key)
-            yield key, [t] * len(merger.experts)
+            yield key, None, [t] * len(merger.experts)
             continue
         b = merger.base.read(key).to(torch.float32)
         stack = torch.stack([ex.read(key).to(torch.float32) - b for ex in merger.experts])
@@ -207,22 +212,29 @@ def iter_preprocessed(engine) -> Iterator[tuple[str, list[torch.Tensor]]]:
             stack = ties_trim_and_elect(stack, merger.density)
         elif merger.method == "dare":
             stack = dare_drop(stack, merger.density, merger.seed, key)
-        yield key, [b + stack[i] for i in range(stack.shape[0])]
+        yield key, b, [b + stack[i] for i in range(stack.shape[0])]
 
 
 def _merged_keys(engine) -> set[str]:
     return set(engine.task_vectors.keys) if engine.task_vectors is not None else set(engine.merger.keys)
 
 
-def write_preprocessed_experts(engine, names: list[str], inputs_dir: Path, hf_base: Path | None) -> dict[str, dict]:
-    """Write θ₀ + τᵢ′ for every expert, streamed tensor by tensor, each named by its content hash:
-    `<name>-<sha12>.safetensors`, or for Hugging Face models `<name>-<sha12>/` with the base's
-    config and tokenizer files. An input already there with the same hash is reused."""
+def _base_dtype_may_be_exact(merge) -> bool:
+    """θ₀ + τᵢ′ is θᵢ or θ₀ entry by entry for task arithmetic and TIES (trimmed entries are 0), both
+    already in the base's dtype; DARE's survivors θ₀ + τᵢ/density are not, unless density is 1."""
+    return merge.method != "dare" or merge.density >= 1.0
+
+
+def _write_experts(engine, names: list[str], inputs_dir: Path, hf_base: Path | None,
+                   narrow: bool) -> tuple[list[Path], list[float]]:
+    """θ₀ + τᵢ′ into `.<name>.partial` files or folders, merged tensors in the base's dtype (`narrow`) or
+    float32. Returns the partial paths and, per expert, the relative L2 error that casting θ₀ + τᵢ′ to
+    the base's dtype makes (‖cast(θ₀ + τᵢ′) − (θ₀ + τᵢ′)‖ / ‖τᵢ′‖), measured on the way either way."""
     from .export_hf import SafetensorsStreamWriter, copy_side_files
 
-    inputs_dir.mkdir(parents=True, exist_ok=True)
     merged = _merged_keys(engine)
-    specs = [(k, torch.float32 if k in merged else t.dtype, tuple(t.shape)) for k, t in engine.base.items()]
+    specs = [(k, (t.dtype if narrow else torch.float32) if k in merged else t.dtype, tuple(t.shape))
+             for k, t in engine.base.items()]
     meta = {"format": "pt", "merge-explorer": __version__}
     partial = []
     for name in names:
@@ -236,22 +248,56 @@ def write_preprocessed_experts(engine, names: list[str], inputs_dir: Path, hf_ba
             copy_side_files(hf_base, tmp)
         partial.append(tmp)
     writers = [SafetensorsStreamWriter(t / "model.safetensors" if hf_base else t, specs, meta) for t in partial]
+    err = [0.0] * len(names)
+    size = [0.0] * len(names)
+    dtypes = {k: t.dtype for k, t in engine.base.items()}
     try:
-        for key, tensors in iter_preprocessed(engine):
-            for w, t in zip(writers, tensors):
+        for key, b, tensors in iter_preprocessed(engine):
+            for i, (w, t) in enumerate(zip(writers, tensors)):
+                if b is not None:
+                    cast = t.to(dtypes[key])
+                    err[i] += float((cast.to(torch.float32) - t).double().pow(2).sum())
+                    size[i] += float((t - b).double().pow(2).sum())
+                    t = cast if narrow else t
                 w.append(key, t)
+        for w in writers:
+            w.close()
     finally:
         for w in writers:
             w.fh.close()
+    return partial, [(e / s) ** 0.5 if s > 0 else (0.0 if e == 0 else float("inf")) for e, s in zip(err, size)]
+
+
+def write_preprocessed_experts(engine, names: list[str], inputs_dir: Path, hf_base: Path | None,
+                               try_base_dtype: bool = True) -> dict[str, dict]:
+    """Write θ₀ + τᵢ′ for every expert, streamed tensor by tensor, each named by its content hash:
+    `<name>-<sha12>.safetensors`, or for Hugging Face models `<name>-<sha12>/` with the base's
+    config and tokenizer files. An input already there with the same hash is reused.
+
+    Merged tensors are written in the base's dtype when that is exact (every expert's cast error
+    within MAX_CAST_GAP relative L2: half the size of float32, mergekit reads the same numbers);
+    otherwise (DARE, or a measured cast error over the bound) in float32. Each record says which
+    dtype was written and the cast error measured (`cast_gap`, the error the base's dtype makes)."""
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    dtypes = {t.dtype for k, t in engine.base.items() if k in _merged_keys(engine)}
+    narrow = try_base_dtype and dtypes != {torch.float32}
+    partial, gaps = _write_experts(engine, names, inputs_dir, hf_base, narrow)
+    if narrow and max(gaps) > MAX_CAST_GAP:  # not exact in the base's dtype after all: write float32
+        for tmp in partial:
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        narrow = False
+        partial, gaps = _write_experts(engine, names, inputs_dir, hf_base, narrow)
+    written = (next(iter(dtypes)) if narrow else torch.float32)
     out = {}
-    for name, tmp in zip(names, partial):
+    for name, tmp, gap in zip(names, partial, gaps):
         digest = content_hash(tmp)
         final = inputs_dir / (f"{name}-{digest[:12]}" + ("" if hf_base else ".safetensors"))
         if final.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
         else:
             tmp.rename(final)
-        out[name] = {"path": str(final), "sha256": digest}
+        out[name] = {"path": str(final), "sha256": digest, "dtype": str(written).removeprefix("torch."),
+                     "cast_gap": gap}
     return out
 
 
@@ -283,6 +329,19 @@ def _describe_preprocessing(merge) -> str:
         return (f"DARE (seeded masks, seed {merge.seed}: entries dropped with probability {1 - merge.density:g}, "
                 f"survivors scaled by 1/{merge.density:g})")
     return "no preprocessing (τᵢ′ = θᵢ − θ₀)"
+
+
+def _describe_input_dtype(records: dict[str, dict], base_dtype: str) -> str:
+    """Which dtype the preprocessed experts were written in, and why (the measured cast error)."""
+    written = {r["dtype"] for r in records.values()}.pop()
+    gap = max(r["cast_gap"] for r in records.values())
+    if written == base_dtype:
+        return (f"written in {written}, the base's dtype (exact: casting θ₀ + τᵢ′ to it moves them by "
+                f"{gap:.1e} of ‖τᵢ′‖, bound {MAX_CAST_GAP:g})")
+    if base_dtype == "float32":
+        return "written in float32, the base's dtype"
+    return (f"written in float32 because {base_dtype} would not be exact (casting θ₀ + τᵢ′ to it moves them by "
+            f"{gap:.1e} of ‖τᵢ′‖, bound {MAX_CAST_GAP:g})")
 
 
 def plan_mergekit(experiment, coefficients: np.ndarray, out_dir: Path | None = None) -> MergekitPlan:
@@ -337,12 +396,15 @@ def plan_mergekit(experiment, coefficients: np.ndarray, out_dir: Path | None = N
     inputs = {}
     if not (hf or base_ok):  # e.g. an open_clip .pt with a `state_dict` entry or a `module.` prefix
         inputs["base"] = write_base_copy(engine, inputs_dir)
-    inputs.update(write_preprocessed_experts(engine, experiment.tasks, inputs_dir, base if hf else None))
+    experts_in = write_preprocessed_experts(engine, experiment.tasks, inputs_dir, base if hf else None,
+                                            _base_dtype_may_be_exact(merge))
+    inputs.update(experts_in)
     base_ref = inputs["base"]["path"] if "base" in inputs else base
     where = f" under {prefix!r} (the base's tensors elsewhere)" if prefix else ""
     how = (f"exact: the models are merge-explorer's preprocessed experts θ₀ + τᵢ′ after {_describe_preprocessing(merge)}"
-           f"{where}, float32, content-hashed in {INPUTS_DIR}/; task_arithmetic with normalize: false and "
-           f"weight = MAP coefficient computes θ₀ + Σ cᵢ τᵢ′, merge-explorer's merge")
+           f"{where}, {_describe_input_dtype(experts_in, out_dtype)}, content-hashed in {INPUTS_DIR}/; "
+           f"task_arithmetic with normalize: false and weight = MAP coefficient computes θ₀ + Σ cᵢ τᵢ′, "
+           f"merge-explorer's merge")
     return MergekitPlan(entry, config(base_ref, [inputs[t]["path"] for t in experiment.tasks], "task_arithmetic", False),
                         True, how, inputs)
 

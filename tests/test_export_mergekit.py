@@ -227,6 +227,7 @@ def test_mergekit_pytorch_rebuilds_open_clip_merge(tmp_path):
         inputs = json.loads((out / "coefficients.json").read_text())["mergekit"]["inputs"]
         if layout == "pt":  # mergekit cannot read the nested, prefixed .pt: base and experts are written
             assert set(inputs) == {"base", *TASKS} and mk["base_model"] == inputs["base"]["path"]
+            assert all(inputs[t]["dtype"] == "bfloat16" for t in TASKS)  # TIES's θ₀ + τᵢ′ cast exactly
         else:
             assert inputs == {} and Path(mk["base_model"]) == d / "base.safetensors"
         runs[f"{layout}-{dtype}-{method}"] = (out, decision, start_mergekit("mergekit-pytorch", out))
@@ -235,9 +236,18 @@ def test_mergekit_pytorch_rebuilds_open_clip_merge(tmp_path):
     assert all(g <= MAX_GAP for g in gaps.values()), gaps
 
 
+def input_dtypes(folder: Path) -> set[str]:
+    """The safetensors dtype codes of a written input folder's tensors (from the headers)."""
+    from explorer.export import _safetensors_dtypes
+
+    return {c for f in folder.glob("*.safetensors") for c in _safetensors_dtypes(f).values()}
+
+
 @pytest.mark.slow
-def test_mergekit_yaml_rebuilds_streamed_bf16_hf_causal_lm_merge(tmp_path):
-    """family hf_causal_lm (bf16, sharded, streaming merger): DARE's inputs are recomputed tensor by tensor."""
+def test_mergekit_yaml_rebuilds_streamed_bf16_hf_causal_lm_ties_and_dare(tmp_path):
+    """family hf_causal_lm (bf16, sharded, streaming merger): TIES's and DARE's preprocessed experts are
+    recomputed tensor by tensor and written as HF folders; TIES's in bf16 (θ₀ + τᵢ′ is θᵢ or θ₀ entry by
+    entry, so the cast is exact), DARE's in float32 (rescaled survivors are not bf16 numbers)."""
     from explorer.llm_zoo import char_tokenizer, save_folder, tiny_llama
 
     tok = char_tokenizer()
@@ -249,17 +259,44 @@ def test_mergekit_yaml_rebuilds_streamed_bf16_hf_causal_lm_merge(tmp_path):
         expert.load_state_dict(perturbed(state, seed=i + 1))
         save_folder(expert.to(torch.bfloat16), tok, tmp_path / f"expert-{t}", max_shard_size="40KB")
     assert len(list((tmp_path / "base").glob("*.safetensors"))) > 1  # sharded, as large models are
-    spec = write_spec(tmp_path, {"family": "hf_causal_lm", "base": "base"}, [f"expert-{t}" for t in TASKS],
-                      "tests.test_export_mergekit:llama_loss", "loss", {"method": "dare", "density": 0.3, "seed": 1})
-    out = tmp_path / "export"
-    _, _, decision = run_and_export(spec, out)
-    cfg = yaml.safe_load((out / "mergekit.yaml").read_text())
-    assert cfg["out_dtype"] == "bfloat16" and cfg["merge_method"] == "task_arithmetic"
-    proc = start_mergekit("mergekit-yaml", out)
-    ours = {}
-    for f in (out / "merged").glob("*.safetensors"):  # this family exports a model folder
-        ours.update(load_file(str(f)))
-    save_file(ours, str(out / "merged.safetensors"))  # one file, for the common check
-    gap = check_export(out, decision, "mergekit-yaml", proc)
-    print(f"hf_causal_lm bf16 dare: relative L2 gap of the delta {gap:.2e}")
-    assert gap <= MAX_GAP
+    runs = {}
+    for method, density, written in (("ties", 0.2, "BF16"), ("dare", 0.3, "F32")):
+        spec = write_spec(tmp_path, {"family": "hf_causal_lm", "base": "base"}, [f"expert-{t}" for t in TASKS],
+                          "tests.test_export_mergekit:llama_loss", "loss",
+                          {"method": method, "density": density, "seed": 1})
+        out = tmp_path / f"export-{method}"
+        exp, result, decision = run_and_export(spec, out)
+        cfg = yaml.safe_load((out / "mergekit.yaml").read_text())
+        doc = json.loads((out / "coefficients.json").read_text())
+        assert cfg["out_dtype"] == "bfloat16" and cfg["merge_method"] == "task_arithmetic"
+        inputs = doc["mergekit"]["inputs"]
+        assert set(inputs) == set(TASKS) and [m["model"] for m in cfg["models"]] == [inputs[t]["path"] for t in TASKS]
+        for t in TASKS:  # HF folders with the base's config and tokenizer, under mergekit-inputs/<task>-<sha12>
+            folder = Path(inputs[t]["path"])
+            assert folder.parent == (out / "mergekit-inputs").resolve() and folder.name.startswith(f"{t}-")
+            assert (folder / "config.json").read_bytes() == (tmp_path / "base" / "config.json").read_bytes()
+            assert (folder / "tokenizer.json").is_file()
+            assert input_dtypes(folder) == {written}, (method, input_dtypes(folder))
+        assert inputs["a"]["dtype"] == {"BF16": "bfloat16", "F32": "float32"}[written]
+        gap_note = "written in bfloat16" if written == "BF16" else "written in float32 because bfloat16 would not be"
+        assert gap_note in doc["mergekit"]["how"], doc["mergekit"]["how"]
+        if method == "dare":  # the measured reason for float32: bf16 would miss the bar by orders of magnitude
+            assert min(r["cast_gap"] for r in inputs.values()) > 1e-3
+        else:
+            assert max(r["cast_gap"] for r in inputs.values()) <= 1e-5
+        # without the weights (the app's text export) the config cannot be exact, and says so in one line
+        light = export(exp, result, decision, tmp_path / f"{method}-light", checkpoint=False)
+        lines = [ln for ln in light["mergekit"].read_text().splitlines() if ln.startswith("# not exact: ")]
+        assert len(lines) == 1 and not (tmp_path / f"{method}-light" / "mergekit-inputs").exists()
+        runs[method] = (out, decision, start_mergekit("mergekit-yaml", out))
+    gaps = {}
+    for method, (out, decision, proc) in runs.items():
+        ours = {}
+        for f in (out / "merged").glob("*.safetensors"):  # this family exports a model folder
+            ours.update(load_file(str(f)))
+        save_file(ours, str(out / "merged.safetensors"))  # one file, for the common check
+        gaps[method] = check_export(out, decision, "mergekit-yaml", proc)
+    print("hf_causal_lm bf16 relative L2 gap of the delta:", {m: f"{g:.2e}" for m, g in gaps.items()},
+          "cast gaps:", {m: max(r["cast_gap"] for r in json.loads((o / "coefficients.json").read_text())
+                                 ["mergekit"]["inputs"].values()) for m, (o, _, _) in runs.items()})
+    assert all(g <= MAX_GAP for g in gaps.values()), gaps
