@@ -7,7 +7,9 @@
 A spec is code (its evaluator is imported, `trust_pickle` unpickles): the app opens the spec it was
 started with and, in normal mode, specs under the workspace (--workspace DIR, default the current
 directory); `trust_pickle` specs only with --trust-pickle. Present mode types no paths, starts no
-runs, measures nothing and builds no checkpoints: it shows what the store holds.
+runs, measures nothing and builds no checkpoints: it shows what the store holds. A merged checkpoint
+over the download limit (--download-limit SIZE or $MERGE_EXPLORER_DOWNLOAD_LIMIT, default 2 GiB) is
+not offered as a download but written on the server under WORKSPACE/merged-checkpoints/.
 
 All computation and every figure come from the engine (`explorer.app_state`, `explorer.figures`,
 `explorer.report`); this file only lays out widgets, caches and calls.
@@ -252,7 +254,9 @@ def slider_scale(units: F.Units, task: str) -> float:
 
 
 # --- main area ----------------------------------------------------------------------------------
-def chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey, refs, present) -> None:
+def chosen_panel(handle, result, decision, measured, minimums, units, weights, figs, ekey, refs,
+                 args: S.AppArgs) -> None:
+    present = args.present
     metrics = units.metrics
     st.subheader("Chosen merge")
     polished = polished_shown(ekey)
@@ -286,7 +290,7 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
     else:
         verify_button(handle, decision)
         polish_panel(handle, result, weights, minimums, ekey, polished)
-    export_buttons(handle, result, decision, weights, minimums, figs, rows, lines, present)
+    export_buttons(handle, result, decision, weights, minimums, figs, rows, lines, args)
 
 
 def glance(result, decision, measured, units, refs) -> list[str]:
@@ -337,7 +341,7 @@ def polish_panel(handle, result, weights, minimums, ekey, shown) -> None:
         st.dataframe(pd.DataFrame(shown["rows"]), hide_index=True, width="stretch", key="polish_table")
 
 
-def export_buttons(handle, result, decision, weights, minimums, figs, rows, summary, present) -> None:
+def export_buttons(handle, result, decision, weights, minimums, figs, rows, summary, args: S.AppArgs) -> None:
     exp = handle.experiment
     st.subheader("Export")
     w = {t: float(weights[t]) for t in result.tasks}
@@ -353,14 +357,34 @@ def export_buttons(handle, result, decision, weights, minimums, figs, rows, summ
     cols[1].download_button("report.html", lambda: S.report_bytes(title, figs(), rows, notes, summary=summary),
                             "report.html", "text/html", key="dl_report", on_click="ignore",
                             help="The plots and the chosen point in one file that opens in any browser.")
-    if present:
+    if args.present:
         st.caption("The merged checkpoint is built where the server runs: "
                    "`merge-explorer export SPEC --weights ... --out DIR` with these preferences.")
         return
     c = decision.coefficients.copy()
-    cols[0].download_button("merged.safetensors", lambda: handle.merged_checkpoint(c), "merged.safetensors",
-                            "application/octet-stream", key="dl_ckpt", on_click="ignore", disabled=handle.busy,
-                            help="Built on click (loads the checkpoints once per server).")
+    size = handle.merged_checkpoint_size()
+    if size <= args.download_limit:
+        cols[0].download_button("merged.safetensors", lambda: handle.merged_checkpoint(c), "merged.safetensors",
+                                "application/octet-stream", key="dl_ckpt", on_click="ignore", disabled=handle.busy,
+                                help="Built on click (loads the checkpoints once per server).")
+        return
+    server_checkpoint(handle, c, size, args, files)
+
+
+def server_checkpoint(handle, c, size: int, args: S.AppArgs, files: dict) -> None:
+    """Over the download limit: write the merged checkpoint on the server and show where."""
+    st.caption(f"The merged checkpoint ({S.format_bytes(size)}) is over this server's download limit "
+               f"({S.format_bytes(args.download_limit)}, `--download-limit`): it is written on the server, "
+               f"under `{args.workspace / S.SERVER_EXPORTS_DIR}`.")
+    folder = handle.server_export_dir(c, args.workspace)
+    written = handle.server_checkpoint(folder) if folder.is_dir() else None
+    if written is None and st.button("Write the merged checkpoint on the server", key="write_ckpt",
+                                     disabled=handle.busy, help="Writes the merge to disk on the server; the path appears here."):
+        with st.spinner("Writing the merged checkpoint…"):
+            written = handle.write_merged_on_server(c, args.workspace, files)
+    if written is not None:
+        st.success(f"Merged checkpoint written on the server: `{written}` (with coefficients.json and mergekit.yaml "
+                   f"beside it).")
 
 
 def report_notes(result, decision) -> list[str]:
@@ -605,7 +629,7 @@ def main() -> None:
         views(v)
     with right:
         chosen_panel(handle, result, decision, measured, minimums, units, weights, report_figures(v), ekey, refs,
-                     args.present)
+                     args)
 
 
 try:

@@ -7,6 +7,9 @@
 #   ./run.sh --spec S [--store DB] [--workspace DIR] [--trust-pickle]
 #                              another experiment; specs typed in the app must lie under DIR (default:
 #                              this directory); specs with trust_pickle only with --trust-pickle
+#   ./run.sh --download-limit SIZE
+#                              largest merged checkpoint offered as a download (default 2GiB); a larger
+#                              one is written on the server under WORKSPACE/merged-checkpoints/
 #
 # Other arguments go to streamlit. The server listens on 127.0.0.1 only: to show it to others, put an
 # authenticating reverse proxy in front of it (README, "Serving the app safely").
@@ -16,6 +19,10 @@ streamlit_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --present|--trust-pickle) app+=("$1"); shift ;;
+    --download-limit)
+      [ $# -ge 2 ] || { echo "run.sh: $1 needs a value" >&2; exit 2; }
+      app+=("$1" "$2"); shift 2 ;;
+    --download-limit=*) app+=("$1"); shift ;;
     --spec|--store|--workspace)
       [ $# -ge 2 ] || { echo "run.sh: $1 needs a value" >&2; exit 2; }
       app+=("$1" "$(realpath -m -- "$2")"); shift 2 ;;

@@ -40,6 +40,14 @@ DEMO_COMMAND = "merge-explorer demo"
 PRESENT_ENV = "MERGE_EXPLORER_PRESENT"
 WORKSPACE_ENV = "MERGE_EXPLORER_WORKSPACE"
 TRUST_PICKLE_ENV = "MERGE_EXPLORER_TRUST_PICKLE"
+DOWNLOAD_LIMIT_ENV = "MERGE_EXPLORER_DOWNLOAD_LIMIT"
+#: Largest merged checkpoint offered as a download: a download is built in the server's memory and
+#: held by the browser session, so larger ones (language models) are written on the server instead.
+DOWNLOAD_LIMIT_BYTES = 2 << 30
+#: Where, under the workspace, checkpoints over the download limit are written.
+SERVER_EXPORTS_DIR = "merged-checkpoints"
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 # --- arguments and what the server allows ---------------------------------------------------------
@@ -55,6 +63,25 @@ class AppArgs:
     present: bool = False  # read-only stakeholder mode
     workspace: Path = field(default_factory=Path.cwd)
     trust_pickle: bool = False
+    download_limit: int = DOWNLOAD_LIMIT_BYTES  # bytes; a larger merged checkpoint is written on the server
+
+
+def parse_size(text: str, what: str = "--download-limit") -> int:
+    """Bytes from '2GiB', '500MB', '1.5 GB' or a plain number of bytes; one-line error otherwise."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _SIZE_UNITS:
+        raise SpecError(f"{what} {text!r}: not a size (write e.g. 2GiB, 500MB or a number of bytes)")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def format_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _flag(value: str | None) -> bool:
@@ -62,11 +89,12 @@ def _flag(value: str | None) -> bool:
 
 
 def app_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppArgs:
-    """`streamlit run app.py -- [--spec S] [--store DB] [--present] [--workspace DIR] [--trust-pickle]`.
+    """`streamlit run app.py -- [--spec S] [--store DB] [--present] [--workspace DIR] [--trust-pickle]
+    [--download-limit SIZE]`.
 
     Each option may also come from the environment ($MERGE_EXPLORER_SPEC, ..._STORE, ..._PRESENT,
-    ..._WORKSPACE, ..._TRUST_PICKLE); without a spec the demo spec is shown. The workspace defaults
-    to the directory the server was started in.
+    ..._WORKSPACE, ..._TRUST_PICKLE, ..._DOWNLOAD_LIMIT); without a spec the demo spec is shown. The
+    workspace defaults to the directory the server was started in; the download limit to 2 GiB.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
@@ -76,7 +104,9 @@ def app_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | Non
     parser.add_argument("--present", action="store_true")
     parser.add_argument("--workspace")
     parser.add_argument("--trust-pickle", action="store_true")
+    parser.add_argument("--download-limit")
     known, _ = parser.parse_known_args(argv)
+    limit = known.download_limit or environ.get(DOWNLOAD_LIMIT_ENV)
     spec = known.spec or environ.get(SPEC_ENV)
     store = known.store or environ.get(STORE_ENV)
     workspace = known.workspace or environ.get(WORKSPACE_ENV)
@@ -84,7 +114,9 @@ def app_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | Non
                    Path(store).expanduser().resolve() if store else None, spec is None,
                    present=known.present or _flag(environ.get(PRESENT_ENV)),
                    workspace=Path(workspace).expanduser().resolve() if workspace else Path.cwd().resolve(),
-                   trust_pickle=known.trust_pickle or _flag(environ.get(TRUST_PICKLE_ENV)))
+                   trust_pickle=known.trust_pickle or _flag(environ.get(TRUST_PICKLE_ENV)),
+                   download_limit=DOWNLOAD_LIMIT_BYTES if not limit else
+                   parse_size(limit, "--download-limit" if known.download_limit else f"${DOWNLOAD_LIMIT_ENV}"))
 
 
 @functools.lru_cache(maxsize=64)
@@ -432,6 +464,80 @@ class ExperimentHandle:
         with tempfile.TemporaryDirectory(prefix="merge-explorer-export-") as tmp:
             paths = export(self.experiment, result, decision, tmp, weights, minimums, checkpoint=False)
             return {p.name: p.read_bytes() for p in paths.values()}
+
+    def merged_checkpoint_size(self) -> int:
+        """Bytes of tensor data in the merged checkpoint (the base's tensors in its dtypes), read from
+        the loaded engine, else from the base's safetensors headers, else its file sizes: no weights load."""
+        from .checkpoints import checkpoint_files
+        from .spec import resolve
+        from .streaming import read_header
+
+        exp = self.experiment
+        if "engine" in exp.__dict__:
+            return sum(t.numel() * t.element_size() for t in exp.engine.base.values())
+        files = checkpoint_files(resolve(exp.spec_dir, exp.spec.model.base))
+        if all(f.suffix == ".safetensors" for f in files):
+            return sum(e.nbytes for f in files for e in read_header(f).values())
+        return sum(f.stat().st_size for f in files)
+
+    def server_export_dir(self, coefficients: np.ndarray, root: Path) -> Path:
+        """The folder under `root` that holds the merged checkpoint at `coefficients`, named by the
+        experiment and a hash of its key and the coefficients (the same choice, the same folder)."""
+        import re
+
+        exp = self.experiment
+        c = [float(v) for v in np.asarray(coefficients, dtype=float)]
+        digest = hashlib.sha256(json.dumps([exp.key, c]).encode()).hexdigest()[:12]
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", exp.spec.name).strip(".-") or "merge"
+        return Path(root).resolve() / SERVER_EXPORTS_DIR / f"{name}-{digest}"
+
+    @staticmethod
+    def server_checkpoint(folder: Path) -> Path | None:
+        """The merged checkpoint inside a written server export folder (merged/ or merged.safetensors)."""
+        for name in ("merged", "merged.safetensors"):
+            if (folder / name).exists():
+                return folder / name
+        return None
+
+    def write_merged_on_server(self, coefficients: np.ndarray, root: Path, text_files: Mapping[str, bytes]) -> Path:
+        """Write the merged checkpoint at `coefficients` under `root` (for checkpoints over the download
+        limit): a Hugging Face folder `merged/` for registered families such as hf_causal_lm (streamed
+        to disk tensor by tensor), `merged.safetensors` otherwise, beside `text_files` (coefficients.json,
+        mergekit.yaml). Written into a hidden partial folder and renamed, so a crash leaves no half
+        checkpoint under the final name; an existing folder for the same choice is reused. Returns the
+        checkpoint's path."""
+        import shutil
+
+        from .export import write_merged_checkpoint
+        from .families import lookup
+
+        c = np.asarray(coefficients, dtype=float)
+        final = self.server_export_dir(c, root)
+        done = self.server_checkpoint(final) if final.is_dir() else None
+        if done is not None:
+            return done
+        if self.busy:
+            raise SpecError("an evaluation run is in progress; write the checkpoint when it has finished")
+        tmp = final.parent / f".{final.name}.partial"
+        try:
+            with self.lock:
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                tmp.mkdir(parents=True)
+                for name, data in text_files.items():
+                    (tmp / name).write_bytes(data)
+                family = lookup(self.experiment.spec.model.family)
+                if family is not None:
+                    family.export(self.experiment, c, tmp)
+                else:
+                    write_merged_checkpoint(tmp / "merged.safetensors", self.experiment, c)
+                if final.exists():
+                    shutil.rmtree(final)
+                tmp.rename(final)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SpecError(f"{final}: could not write the merged checkpoint ({exc.strerror or exc})") from None
+        return self.server_checkpoint(final)
 
     def merged_checkpoint(self, coefficients: np.ndarray) -> bytes:
         """merged.safetensors bytes, as `merge-explorer export` writes them (builds the model once)."""
