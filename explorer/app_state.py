@@ -501,14 +501,13 @@ class ExperimentHandle:
 
     def write_merged_on_server(self, coefficients: np.ndarray, root: Path, text_files: Mapping[str, bytes]) -> Path:
         """Write the merged checkpoint at `coefficients` under `root` (for checkpoints over the download
-        limit): a Hugging Face folder `merged/` for registered families such as hf_causal_lm (streamed
-        to disk tensor by tensor), `merged.safetensors` otherwise, beside `text_files` (coefficients.json,
+        limit), as the family exports it: a Hugging Face folder `merged/` for hf_causal_lm (streamed to
+        disk tensor by tensor), `merged.safetensors` otherwise, beside `text_files` (coefficients.json,
         mergekit.yaml). Written into a hidden partial folder and renamed, so a crash leaves no half
         checkpoint under the final name; an existing folder for the same choice is reused. Returns the
         checkpoint's path."""
         import shutil
 
-        from .export import write_merged_checkpoint
         from .families import lookup
 
         c = np.asarray(coefficients, dtype=float)
@@ -526,11 +525,7 @@ class ExperimentHandle:
                 tmp.mkdir(parents=True)
                 for name, data in text_files.items():
                     (tmp / name).write_bytes(data)
-                family = lookup(self.experiment.spec.model.family)
-                if family is not None:
-                    family.export(self.experiment, c, tmp)
-                else:
-                    write_merged_checkpoint(tmp / "merged.safetensors", self.experiment, c)
+                lookup(self.experiment.spec.model.family).export(self.experiment, c, tmp)
                 if final.exists():
                     shutil.rmtree(final)
                 tmp.rename(final)

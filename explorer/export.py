@@ -370,7 +370,7 @@ def plan_mergekit(experiment, coefficients: np.ndarray, out_dir: Path | None = N
 
     from .families import lookup as lookup_family
 
-    artifact = "merged/" if lookup_family(spec.model.family) is not None else "merged.safetensors"
+    artifact = lookup_family(spec.model.family).artifact  # "merged/" for model folders, else "merged.safetensors"
 
     def native(reason: str) -> MergekitPlan:
         method = MERGEKIT_METHOD[merge.method]
@@ -476,16 +476,12 @@ def export(experiment, result, decision: Decision, out_dir: str | Path, weights=
     paths = {"coefficients": out / "coefficients.json", "mergekit": out / "mergekit.yaml"}
     from .families import lookup as lookup_family
 
-    family = lookup_family(experiment.spec.model.family)  # e.g. hf_causal_lm exports a model folder
     plan = plan_mergekit(experiment, decision.coefficients, out if checkpoint else None)
     doc = coefficients_document(experiment, result, decision, weights, minimums, plan, measured, test_split, polish)
     paths["coefficients"].write_text(json.dumps(doc, indent=2) + "\n")
     write_mergekit_yaml(paths["mergekit"], plan)
-    if checkpoint and family is not None:
-        paths.update(family.export(experiment, decision.coefficients, out))
-    elif checkpoint:
-        paths["merged"] = out / "merged.safetensors"
-        write_merged_checkpoint(paths["merged"], experiment, decision.coefficients, plan.reads_inputs)
+    if checkpoint:  # the family writes the merged model: merged.safetensors, or a model folder (hf_causal_lm)
+        paths.update(lookup_family(experiment.spec.model.family).export(experiment, decision.coefficients, out))
     return paths
 
 

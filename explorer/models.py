@@ -1,17 +1,16 @@
-"""Building the module a merge is written into, from the spec's `model` section.
+"""Building the module a merge is written into, from the spec's `model` section, and picking its device.
 
 Like open_clip's factory, one call serves a tiny demo model and ViT-B/32: the family names how
-to build the module, the base state dict fills it.
+to build the module (explorer/families/), the base state dict fills it.
 """
 from __future__ import annotations
 
 import importlib
-import logging
 from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, ExplorerError, SpecError
+from .errors import SpecError
 
 
 def resolve_callable(path: str, what: str = "callable"):
@@ -33,74 +32,18 @@ def resolve_callable(path: str, what: str = "callable"):
     return obj
 
 
-def register_open_clip_configs(config_dir: str | Path | None) -> None:
-    """Make the model configs (*.json) in `config_dir` known to open_clip's factory."""
-    if config_dir is None:
-        return
-    import open_clip
-
-    d = Path(config_dir)
-    if not d.is_dir():
-        raise SpecError(f"model.config_dir {d} is not a directory")
-    open_clip.add_model_config(d)
-
-
-def check_architecture(module: torch.nn.Module, state: dict[str, torch.Tensor], checkpoint: str, architecture: str) -> None:
-    """Name the first tensor whose key or shape does not fit the named architecture."""
-    expected = module.state_dict()
-    for key, t in expected.items():
-        if key not in state:
-            raise CheckpointError(f"{checkpoint}: has no tensor {key!r}, which architecture {architecture!r} needs; is it a checkpoint of another architecture?")
-        if tuple(state[key].shape) != tuple(t.shape):
-            raise CheckpointError(
-                f"{checkpoint}: tensor {key!r} has shape {tuple(state[key].shape)}; architecture {architecture!r} expects {tuple(t.shape)}"
-            )
-    extra = [k for k in state if k not in expected]
-    if extra:
-        raise CheckpointError(f"{checkpoint}: tensor {extra[0]!r} is unknown to architecture {architecture!r}")
-
-
 def build_model(family: str, base: dict[str, torch.Tensor], base_name: str, architecture: str | None = None,
                 config_dir: str | Path | None = None):
-    """The module (or, for family 'state_dict', a dict of tensors) holding the base weights."""
-    if family == "state_dict":
-        return {k: v.clone() for k, v in base.items()}
-    if family == "open_clip":
-        import open_clip
+    """The module (or, for family 'state_dict', a dict of tensors) holding the base weights, built by
+    the family's module in explorer/families/ (open_clip, state_dict, or a 'package.module:factory')."""
+    from .families import lookup
 
-        if not architecture:
-            raise SpecError("model.architecture is required for family 'open_clip' (e.g. 'ViT-B-32')")
-        register_open_clip_configs(config_dir)
-        if architecture not in open_clip.list_models():
-            raise SpecError(f"model.architecture {architecture!r} is not an open_clip model (see open_clip.list_models())")
-        quiet = logging.getLogger()
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # open_clip warns that no pretrained weights were loaded: we load them next
-        try:
-            module = open_clip.create_model(architecture)
-        finally:
-            quiet.setLevel(level)
-        check_architecture(module, base, base_name, architecture)
-        try:
-            module.load_state_dict(base)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{base_name}: does not load into {architecture!r} ({str(exc).strip().splitlines()[-1][:300]})") from None
-        return module.eval()
-    factory = resolve_callable(family, "model.family")
-    try:
-        module = factory(base)
-    except ExplorerError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the user's factory: name it and the checkpoint it was given
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"{base_name}: model.family {family!r} could not build a model from it "
-                              f"({type(exc).__name__}: {text[:300]})") from None
-    if isinstance(module, torch.nn.Module):
-        module.eval()
-    elif not isinstance(module, dict):
-        raise SpecError(f"model.family {family!r} returned {type(module).__name__}; expected a torch.nn.Module "
-                        "or a dict of tensors")
-    return module
+    family_impl = lookup(family)
+    if family_impl is None:
+        raise SpecError(f"unknown model.family {family!r}")
+    if not hasattr(family_impl, "build_module"):
+        raise SpecError(f"model.family {family!r} does not build a module from a state dict")
+    return family_impl.build_module(base, base_name, architecture, config_dir)
 
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")

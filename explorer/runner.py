@@ -17,12 +17,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .checkpoints import check_compatible, check_finite, content_hash, file_digest, load_state_dict
+from .checkpoints import content_hash, file_digest
 from .design import normalize_bounds, sample_design
 from .errors import EvaluationError, ExplorerError, SpecError
 from .explore import ExploreResult, fit_result
 from .families import lookup as lookup_family
-from .models import build_model, device_kind, pick_device, resolve_callable
+from .models import device_kind, resolve_callable
 from .spec import Spec, load_spec, resolve
 from .store import Store, coefficient_key
 
@@ -96,34 +96,9 @@ class Engine:
     """The loaded model side of an experiment: base, task vectors, model, merger, evaluators."""
 
     def __init__(self, experiment: "Experiment"):
-        from .merge import Merger
-        from .task_vectors import compute_task_vectors
-
         spec, spec_dir = experiment.spec, experiment.spec_dir
-        family = lookup_family(spec.model.family)
-        if family is not None:  # a registered family (explorer/families/) loads its own model and merger
-            family.load_engine(self, experiment)
-            self.evaluators = {t: self._evaluator(spec, spec_dir, t) for t in experiment.tasks}
-            return
-        base_path = resolve(spec_dir, spec.model.base)
-        self.base = load_state_dict(base_path, spec.model.trust_pickle)
-        check_finite(self.base, str(base_path))
-        finetuned = []
-        for task in experiment.tasks:
-            path = resolve(spec_dir, spec.tasks[task].checkpoint)
-            state = load_state_dict(path, spec.model.trust_pickle)
-            check_compatible(self.base, state, str(path), str(base_path))
-            check_finite(state, str(path))
-            finetuned.append(state)
-        self.task_vectors = compute_task_vectors(
-            self.base, finetuned, spec.merge.method, spec.merge.density, spec.merge.seed, spec.model.merge_prefix
-        )
-        del finetuned
-        self.device = pick_device(experiment.device or spec.device)
-        self.model = build_model(
-            spec.model.family, self.base, str(base_path), spec.model.architecture, resolve(spec_dir, spec.model.config_dir)
-        )
-        self.merger = Merger(self.model, self.base, self.task_vectors, self.device)
+        # the family's module (explorer/families/) loads the model, the task vectors and the merger
+        lookup_family(spec.model.family).load_engine(self, experiment)
         self.evaluators = {t: self._evaluator(spec, spec_dir, t) for t in experiment.tasks}
 
     @staticmethod

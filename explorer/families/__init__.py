@@ -2,25 +2,26 @@
 
 A family is one module here that registers itself by name (the way mergekit's merge methods and
 open_clip's model configs do). Adding a family is adding one module and one line in `BUILTIN`,
-which maps names to modules so that a family's heavy imports (transformers, ...) happen only
-when a spec uses it. A registered family provides:
+which maps names to modules so that a family's heavy imports (transformers, open_clip, ...)
+happen only when a spec uses it. A family provides:
 
 - `load_engine(engine, experiment)`: fill the runner's `Engine` (`model`, `merger`, `device`,
   `base`, `task_vectors`) from the spec;
-- `validate(experiment)`: cheap checks when the experiment is opened (no weights read);
-- `export(experiment, coefficients, out_dir) -> dict[str, Path]`: write the merged model.
+- `export(experiment, coefficients, out_dir) -> dict[str, Path]`: write the merged model
+  (`artifact` names it: "merged.safetensors" or "merged/");
+- optionally `identity(experiment) -> str`: files besides the weights that the content key covers.
 
-`open_clip`, `state_dict` and user factories ("package.module:factory") are built by
-`explorer.models.build_model`, with state dicts merged by `explorer.merge.Merger`.
+`state_dict` (state_dict.py) holds the in-memory path: state dicts, float32 task vectors,
+`explorer.merge.Merger`; `open_clip` (open_clip.py) and user factories ("package.module:factory",
+factory.py) build their module on it. `hf_causal_lm` (hf_causal_lm.py) streams from safetensors.
 """
 from __future__ import annotations
 
 import importlib
 
-#: Families built by explorer.models (held in float32 state dicts; the classic path).
-CLASSIC = ("open_clip", "state_dict")
 #: Registered families: name -> module that registers it on import.
-BUILTIN = {"hf_causal_lm": "explorer.families.hf_causal_lm"}
+BUILTIN = {"open_clip": "explorer.families.open_clip", "state_dict": "explorer.families.state_dict",
+           "hf_causal_lm": "explorer.families.hf_causal_lm"}
 
 _REGISTRY: dict[str, object] = {}
 
@@ -36,11 +37,16 @@ def register(name: str):
 
 
 def lookup(name: str):
-    """The registered family called `name`, or None for the classic families and user factories."""
+    """The family called `name`: a registered one, a user factory for 'package.module:factory', or
+    None for an unknown name (the spec refuses those first)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     module = BUILTIN.get(name)
     if module is None:
+        if ":" in name:
+            from .factory import UserFactory
+
+            return UserFactory(name)
         return None
     importlib.import_module(module)
     return _REGISTRY[name]
@@ -48,4 +54,4 @@ def lookup(name: str):
 
 def names() -> list[str]:
     """Every family name a spec may use (besides a 'package.module:factory' path)."""
-    return list(CLASSIC) + sorted(set(BUILTIN) | set(_REGISTRY))
+    return list(BUILTIN) + sorted(set(_REGISTRY) - set(BUILTIN))

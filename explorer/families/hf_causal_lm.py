@@ -100,6 +100,9 @@ def load_model(folder: Path, device):
 class HFCausalLM:
     """Hugging Face causal LMs (LlamaForCausalLM, MistralForCausalLM, ...) from local folders."""
 
+    #: What `export` writes, as named in exports' notes.
+    artifact = "merged/"
+
     def folders(self, experiment) -> tuple[Path, list[Path]]:
         from ..spec import resolve
 
