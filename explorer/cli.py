@@ -325,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     prefs(p)
     polish_options(p)
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--no-checkpoint", action="store_true", help="skip merged.safetensors")
+    p.add_argument("--no-checkpoint", action="store_true",
+                   help="skip the merged checkpoint (merged.safetensors or merged/) and mergekit-inputs/ (the "
+                        "preprocessed experts an exact TIES/DARE mergekit.yaml needs: without them it is not exact)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("verify", help="evaluate the real merged model at the chosen point and store it")
