@@ -2,8 +2,9 @@
 
 MAP spends its whole budget on a space-filling design, but only the region around the Pareto front
 matters to the user, and a surrogate fitted to the whole box is least reliable exactly there (the
-front is where predictions are optimistic). Here a smaller space-filling design comes first; then,
-in rounds,
+front is where predictions are optimistic). Here a smaller space-filling design comes first, spread
+over merge strengths (`design.strength_stratified_design`: in 8 dimensions a uniform design has
+almost no weak merges, where many-task fronts often lie); then, in rounds,
 
 1. one surrogate per task is fitted to everything measured so far (family chosen per task by
    leave-one-out error, see explorer.model_selection) and their front is computed;
@@ -27,7 +28,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .design import default_budget, n_quadratic_terms, normalize_bounds, sample_design
+from .design import default_budget, n_quadratic_terms, normalize_bounds, strength_stratified_design
 from .errors import SpecError
 from .explore import ExploreResult, check_metrics, fit_result, fit_surrogates, task_senses, trust_thresholds
 from .pareto import compute_front
@@ -83,7 +84,7 @@ class AdaptiveSampler:
         return len(self.senses)
 
     def initial_design(self) -> np.ndarray:
-        return sample_design(self.bounds, self.n_tasks, self.initial, self.seed)
+        return strength_stratified_design(self.bounds, self.n_tasks, self.initial, self.seed)
 
     def fit(self, C: np.ndarray, Y: np.ndarray) -> list:
         names = [f"t{i}" for i in range(self.n_tasks)]

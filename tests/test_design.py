@@ -38,3 +38,18 @@ def test_budget_below_quadratic_terms_is_refused():
 def test_bounds_with_lo_not_below_hi_are_refused():
     with pytest.raises(SpecError, match="lo >= hi"):
         sample_design((1.0, 1.0), 2)
+
+
+def test_strength_stratified_design_reaches_weak_merges_that_a_uniform_design_misses():
+    from explorer.design import strength_stratified_design
+
+    t, n = 8, 54
+    box = np.array([[0.0, 1.0]] * t)
+    uniform = sample_design(box, t, n, seed=0)
+    spread = strength_stratified_design(box, t, n, seed=0)
+    assert np.linalg.matrix_rank(quadratic_features(spread)) == n_quadratic_terms(t)
+    assert np.all((spread >= 0) & (spread <= 1))
+    np.testing.assert_array_equal(spread[:10], uniform[:10])  # base, experts, equal weights kept
+    weak = lambda d: int(np.sum(d[10:].sum(axis=1) < 2.0))  # Σc < 2: task arithmetic's λ ≈ 0.25 for 8 tasks
+    assert weak(uniform) <= 1 and weak(spread) >= 8, (weak(uniform), weak(spread))
+    np.testing.assert_array_equal(spread, strength_stratified_design(box, t, n, seed=0))
