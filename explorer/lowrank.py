@@ -12,7 +12,10 @@ of a heavily regularised full-quadratic fit. It is a `QuadraticSurrogate` (its `
 quadratic in the same feature basis), so fronts, decisions, figures and exports take it unchanged.
 
 Which method runs (`choose_method`), by the evaluation budget B (default `DEFAULT_MAX_EVALUATIONS`):
-- "full":    B ≥ 2·(T+1)(T+2)/2 (MAP's budget for a full quadratic): T ≤ 8 at the default B = 100;
+- "full":    B ≥ 2·(T+1)(T+2)/2 (MAP's budget for a full quadratic): T ≤ 8 at the default B = 100.
+             It runs the default exploration (`explore(design="auto")`: space-filling below 4 tasks,
+             adaptive from 4 on, surrogate family per task), which benchmarks/results/benchmark.md
+             measures against plain MAP, grid, random, NSGA-II and TPE at T = 2, 4, 8;
 - "lowrank": otherwise, B ≥ 2·(1 + 2T + rT) with r = 2: T = 9..12 at the default;
 - "nested":  otherwise (Nested MAP, `explorer.nested`): O(T) evaluations per preference, T ≥ 13 at the default.
 """
