@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def run_options(p):
         p.add_argument("--adaptive", action="store_true",
-                       help="smaller design, then rounds of points on the predicted front (the default from 5 tasks on; budget = most evaluations)")
+                       help="smaller design, then rounds of points on the predicted front (the default from 4 tasks on; budget = most evaluations)")
         p.add_argument("--tol", type=float, help="--adaptive: stop when a round's held-out RMS error is below this (default 0.005)")
         p.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
                        help="where evaluations run: this process (default) or a Ray cluster (pip install 'merge-explorer[ray]')")
