@@ -9,7 +9,9 @@ written straight into the loaded model's parameter. Two memory modes:
 - *resident*: each expert's mergeable tensors stay in memory in their own dtype (memory-mapped
   through safetensors' `safe_open` on the CPU, copied once to the GPU otherwise);
 - *streaming*: each merge reads the experts' chunks from disk again (`pread`, double-buffered so
-  the next chunk is read while this one is merged), so memory stays at the model plus a few chunks.
+  the next chunk is read while this one is merged), so memory stays at the model plus a few chunks;
+  merged chunks are dropped from the page cache at once, so that 3 × 13.5 GB of experts going
+  through it at every point (a 7B model) do not push θ₀ out of it.
 
 θ₀ is read from the base checkpoint in both modes (its pages are normally in the OS page cache,
 since the model was just loaded from it); holding it would cost one more model's worth of memory.
@@ -18,6 +20,7 @@ so those methods merge tensor by tensor with the same functions as the classic p
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -40,6 +43,11 @@ from .task_vectors import METHODS, dare_drop, ties_trim_and_elect
 CHUNK = 1 << 22
 #: Elements per arithmetic step on the CPU: two float32 temporaries of 1 MB fit a core's L2 cache.
 CACHE_CHUNK = 1 << 18
+#: Most CPU threads doing the arithmetic by default (passes over memory: beyond a few cores the
+#: memory bus sets the pace, and evaluation wants cores too).
+MAX_WORKERS = 4
+#: Page size used to touch every page of a parameter once (4 KiB on the platforms torch supports).
+PAGE = 4096
 MODES = ("auto", "resident", "streaming")
 #: Kept free besides the resident task vectors (evaluation activations, the allocator, Python).
 RESERVE_BYTES = 2 << 30
@@ -155,14 +163,15 @@ class SafetensorsCheckpoint:
             done += got
         return out
 
-    def advise(self, key: str, start: int, n: int) -> None:
-        """Hint that elements [start, start + n) of `key` will be read soon (no-op where unsupported)."""
+    def advise(self, key: str, start: int, n: int, forget: bool = False) -> None:
+        """Hint that elements [start, start + n) of `key` will be read soon, or with `forget`, that they
+        will not be read again soon (their page-cache pages can go first). No-op where unsupported."""
         if not hasattr(os, "posix_fadvise"):
             return
         e = self.entries[key]
         try:
             os.posix_fadvise(self._fd(e.file), e.offset + start * e.dtype.itemsize, n * e.dtype.itemsize,
-                             os.POSIX_FADV_WILLNEED)
+                             os.POSIX_FADV_DONTNEED if forget else os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
 
@@ -263,7 +272,7 @@ class StreamingMerger:
     def __init__(self, target: torch.nn.Module, base: SafetensorsCheckpoint, experts: list[SafetensorsCheckpoint],
                  keys: list[str], method: str = "task_arithmetic", density: float = 0.2, seed: int = 0,
                  device: str | torch.device = "cpu", mode: str = "auto", chunk: int = CHUNK,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, workers: int | None = None):
         if method not in METHODS:
             raise SpecError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
         self.base, self.experts, self.keys = base, experts, list(keys)
@@ -285,6 +294,15 @@ class StreamingMerger:
             if tuple(slot.shape) != base.entries[k].shape:
                 raise CheckpointError(f"{base.name}: tensor {k!r} has shape {base.entries[k].shape}; "
                                       f"the loaded model has {tuple(slot.shape)}")
+        self.workers = 1  # threads doing the arithmetic: one on a GPU (one kernel per chunk) and for TIES/DARE
+        if self.device.type == "cpu" and method == "task_arithmetic":
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            self.workers = max(1, int(workers) if workers is not None else min(MAX_WORKERS, cores))
+        # helpers beside the calling thread; each runs torch single-threaded (an OpenMP team per
+        # 256 K-element step would cost more than the step)
+        self._compute = (ThreadPoolExecutor(max_workers=self.workers - 1, thread_name_prefix="merge-math",
+                                            initializer=torch.set_num_threads, initargs=(1,))
+                         if self.workers > 1 else None)
         self.task_vector_bytes = sum(ex.nbytes(self.keys) for ex in experts)
         self.available = available_memory(self.device)
         self.mode = choose_mode(self.task_vector_bytes, self.available, mode)
@@ -298,7 +316,23 @@ class StreamingMerger:
                     held = {k: v.to(self.device) for k, v in held.items()}
                 self.resident.append(held)
         self.check_finite()
+        self._own_target_pages()
         self.coefficients: np.ndarray | None = None
+
+    @torch.no_grad()
+    def _own_target_pages(self) -> None:
+        """Write to every page of the CPU parameters once, keeping their values.
+
+        transformers leaves a safetensors model's parameters as private memory maps of the file; the
+        first write to each page then copies it (a page fault, and a disk read if the page left the
+        cache). Paying that here, once, gives every merge point the same cost.
+        """
+        for slot in self.slots.values():
+            if slot.device.type != "cpu" or not slot.is_contiguous() or slot.numel() == 0:
+                continue
+            raw = slot.view(-1).view(torch.uint8)
+            touch = raw[::PAGE]
+            touch.copy_(touch.clone())
 
     def describe(self) -> str:
         where = "RAM" if self.device.type == "cpu" else str(self.device)
@@ -364,6 +398,8 @@ class StreamingMerger:
                     if j + 2 < len(jobs):
                         pool.submit(self._advise, jobs[j + 2], active)
                 yield job, bufs
+                if self.resident is None:  # job j is merged: its expert bytes are not needed before the next point
+                    pool.submit(self._forget, job, active)
 
     def _advise(self, job, active: list[int]) -> None:
         """Ask the OS to start reading a later job's bytes now (asynchronous readahead)."""
@@ -373,30 +409,66 @@ class StreamingMerger:
             for i in active:
                 self.experts[i].advise(key, s, e - s)
 
+    def _forget(self, job, active: list[int]) -> None:
+        """Streaming: let the OS drop the experts' pages just merged. They come back only at the next
+        point, after all the others: caching them would push out pages that are reused sooner, θ₀'s
+        first (read at every point, and in the cache since the model was loaded from it)."""
+        key, s, e = job
+        for i in active:
+            self.experts[i].advise(key, s, e - s, forget=True)
+
     # --- merging -----------------------------------------------------------------------------
-    def _merge_job(self, job, bufs, c: np.ndarray, active: list[int]) -> torch.Tensor:
-        """The merged chunk in float32 (float64 if a source is float64), on the device."""
+    def _merge_into(self, job, bufs, c: np.ndarray, active: list[int], out: torch.Tensor) -> None:
+        """Write the merged chunk into `out` (the parameter's slice, in its dtype), computed in float32
+        (float64 if θ₀ is float64)."""
         key = job[0]
         b = bufs["base"].to(self.device)
         acc_dtype = torch.float64 if b.dtype == torch.float64 else torch.float32
-        if self.method == "task_arithmetic":
-            acc = self._accumulator(acc_dtype, b.numel(), 0)
-            xs = [(self._expert_chunk(i, job, bufs), float(c[i])) for i in active]
-            keep = float(1.0 - sum(ci for _, ci in xs))
-            step = CACHE_CHUNK if self.device.type == "cpu" else b.numel()
-            tmp = self._accumulator(acc_dtype, min(step, b.numel()), 1)
-            for s in range(0, b.numel(), step):  # cache-sized pieces: the float32 temporaries stay in L2
-                e = min(b.numel(), s + step)
-                a, t = acc[s:e], tmp[: e - s]
-                a.copy_(b[s:e])
-                if xs:
+        if self.method != "task_arithmetic":
+            out.copy_(self._merge_whole(key, b, bufs, c, acc_dtype).reshape(-1))
+            return
+        xs = [(self._expert_chunk(i, job, bufs), float(c[i])) for i in active]
+        keep = float(1.0 - sum(ci for _, ci in xs))
+        n = b.numel()
+        step = CACHE_CHUNK if self.device.type == "cpu" else max(1, n)
+        # the pieces' views made once per job (one call each), not sliced per piece in Python
+        b_parts, out_parts = b.split(step), out.split(step)
+        x_parts = [(x.split(step), ci, x.dtype.itemsize <= acc_dtype.itemsize) for x, ci in xs]
+        pieces = len(b_parts)
+        claim = itertools.count()  # next() is atomic under the GIL: idle workers take the next piece
+
+        def work(worker: int) -> None:
+            a_full = self._accumulator(acc_dtype, min(step, n), 2 * worker)
+            t_full = None
+            while (p := next(claim)) < pieces:
+                bp = b_parts[p]
+                a = a_full[: bp.numel()]
+                a.copy_(bp)
+                if x_parts:
                     # (1 − Σcᵢ) θ₀ + Σ cᵢ θᵢ  ==  θ₀ + Σ cᵢ (θᵢ − θ₀); at c = eᵢ it is θᵢ bit for bit
                     a.mul_(keep)
-                    for x, ci in xs:
-                        t.copy_(x[s:e])  # widen into a reused buffer: no allocation
-                        a.add_(t, alpha=ci)
-            return acc
+                    for parts, ci, widen_in_kernel in x_parts:
+                        if widen_in_kernel:
+                            a.add_(parts[p], alpha=ci)  # widened exactly inside the kernel: no temporary
+                        else:  # a float64 expert into a float32 sum: round it first, as θᵢ in float32
+                            if t_full is None:
+                                t_full = self._accumulator(acc_dtype, min(step, n), 2 * worker + 1)
+                            t = t_full[: bp.numel()]
+                            t.copy_(parts[p])
+                            a.add_(t, alpha=ci)
+                out_parts[p].copy_(a)  # rounded once to the parameter's dtype while the piece is in cache
+
+        helpers = [self._compute.submit(work, w) for w in range(1, min(self.workers, pieces))] if self._compute else []
+        try:
+            work(0)
+        finally:
+            for h in helpers:
+                h.result()
+
+    def _merge_whole(self, key: str, b: torch.Tensor, bufs, c: np.ndarray, acc_dtype) -> torch.Tensor:
+        """TIES / DARE on a whole tensor, with the classic path's preprocessing."""
         base32 = b.to(acc_dtype)
+        job = (key, 0, b.numel())
         stack = torch.stack([self._expert_chunk(i, job, bufs).to(acc_dtype) - base32 for i in range(len(self.experts))])
         shape = (len(self.experts), *self.base.entries[key].shape)
         stack = stack.reshape(shape)
@@ -416,9 +488,10 @@ class StreamingMerger:
 
     @contextmanager
     def _cpu_threads(self):
-        """One intra-op thread for CPU merges: each step is a short memory-bound pass over one chunk,
-        where thread hand-offs cost more than they bring (measured 4-8x slower with 2 threads on a
-        busy 2-core machine); the reader thread overlaps disk reads with it."""
+        """One intra-op thread for CPU merges: each step is a short pass over one cache-sized piece,
+        where OpenMP hand-offs cost more than they bring (measured 4-8x slower with 2 threads on a
+        busy 2-core machine). Cores are used instead by `workers` threads taking whole pieces, and
+        the reader thread overlaps disk reads with them."""
         if self.device.type != "cpu" or self.method != "task_arithmetic":
             yield
             return
@@ -448,7 +521,7 @@ class StreamingMerger:
         with self._cpu_threads():
             for job, bufs in self._pipeline(self._jobs(self.keys, active), active):
                 key, s, e = job
-                self.slots[key].view(-1)[s:e].copy_(self._merge_job(job, bufs, c, active))
+                self._merge_into(job, bufs, c, active, self.slots[key].view(-1)[s:e])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.coefficients = c.copy()
@@ -469,7 +542,7 @@ class StreamingMerger:
             out = torch.empty(entry.numel, dtype=entry.dtype)
             with self._cpu_threads():
                 for job, bufs in self._pipeline(self._jobs([key], active), active):
-                    out[job[1]:job[2]].copy_(self._merge_job(job, bufs, c, active).to("cpu"))
+                    self._merge_into(job, bufs, c, active, out[job[1]:job[2]])
             yield key, out.view(entry.shape)
 
     def merged_state_dict(self, coefficients, base=None) -> dict[str, torch.Tensor]:
@@ -502,6 +575,8 @@ class StreamingMerger:
 
     def close(self) -> None:
         self._readers.shutdown(wait=True)
+        if self._compute is not None:
+            self._compute.shutdown(wait=True)
         self.resident = None
         for ck in [self.base, *self.experts]:
             ck.close()

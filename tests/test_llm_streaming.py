@@ -66,6 +66,28 @@ def test_merge_matches_a_float64_reference(fp32, mode):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in base.items())
 
 
+@pytest.mark.parametrize("mode", ["resident", "streaming"])
+def test_pieces_shared_by_threads_give_the_same_bits_as_one_thread(bf16, mode, monkeypatch):
+    """CPU merges split each chunk into cache-sized pieces that several threads take in turn: the
+    merged model must not depend on how many threads there are or who took which piece."""
+    import explorer.streaming as streaming
+
+    monkeypatch.setattr(streaming, "CACHE_CHUNK", 96)  # many pieces per chunk, a short last one
+    c = COEFFICIENTS[1]
+    states = {}
+    for workers in (1, 3):
+        model, merger, _ = _merger(bf16, mode, chunk=1000, workers=workers)
+        assert merger.workers == workers
+        merger.apply(c)
+        states[workers] = {k: v.clone() for k, v in model.state_dict().items()}
+        merger.close()
+    base, up, rev = (_state(bf16[n]) for n in ("base", "upper", "reverse"))
+    for k, b in base.items():
+        assert torch.equal(states[1][k], states[3][k]), k
+        ref = b.double() + c[0] * (up[k].double() - b.double()) + c[1] * (rev[k].double() - b.double())
+        assert torch.all((states[3][k].double() - ref).abs() <= ref.abs() * 2.0 ** -8 + 1e-30), k
+
+
 def test_bf16_merge_is_the_float64_merge_rounded_once(bf16):
     model, merger, _ = _merger(bf16, "streaming")
     base, up, rev = (_state(bf16[n]) for n in ("base", "upper", "reverse"))
