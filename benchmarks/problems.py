@@ -155,6 +155,9 @@ def zoo(name: str) -> Problem:
     """A demo zoo through a benchmark store (kind "benchmark": never used by the app's fits)."""
     from explorer.runner import Experiment
 
+    import torch
+
+    torch.set_num_threads(1)  # a tiny CLIP on a shared 2-core machine: two threads wait on each other (~8x slower)
     exp = Experiment.from_file(ZOOS[name], store_path=BENCH_STORE)
     problem = Problem(f"{name} T={len(exp.tasks)}", "zoo", list(exp.tasks), None, None, None,
                       "no truth: margin against every point any method measured")

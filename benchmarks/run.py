@@ -269,11 +269,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def matches(word: str, name: str) -> bool:
+    """`--only` words match inside a problem's name; a word ending in "$" must be the whole name."""
+    return name == word[:-1] if word.endswith("$") else word in name
+
+
 def run_all(quick: bool, only: list[str], fresh: bool, log) -> tuple[list[dict], list[str]]:
     results, notes = [], []
     engine_hash()  # fixed now: edits to the engine during a long run must not relabel its results
     CACHE.mkdir(parents=True, exist_ok=True)
-    todo = [p for p in problem_list(quick) if not only or any(w in p[0] for w in only)]
+    todo = [p for p in problem_list(quick) if not only or any(matches(w, p[0]) for w in only)]
     for i, (name, seed, factory) in enumerate(todo, 1):
         path = CACHE / slug(name, seed)
         if path.exists() and not fresh:
@@ -410,7 +415,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="analytic T = 2, 4, 8 (one seed) and the hidden-layer testbed")
     ap.add_argument("--scaling-only", action="store_true", help="only picks vs T = 2..20 per method (scaling.md/json)")
-    ap.add_argument("--only", nargs="*", default=[], help="run only problems whose name contains one of these words")
+    ap.add_argument("--only", nargs="*", default=[], help="run only problems whose name contains one of these words (end a word with $ for the exact name)")
     ap.add_argument("--fresh", action="store_true", help="recompute problems finished before")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
