@@ -82,3 +82,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, or of all shards in a folder."""
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    return {k: v for f in files for k, v in load_file(str(f)).items()}
+
+
+def assert_merge_of(merged: dict[str, torch.Tensor], root: Path, c, experts=("upper", "reverse")) -> None:
+    """`merged` is θ₀ + Σ cᵢ τᵢ computed in float64 and rounded once to the base's dtype."""
+    base = weights(root / "base")
+    taus = [weights(root / e) for e in experts]
+    assert set(merged) == set(base)
+    for k, b in base.items():
+        ref = b.double() + sum(ci * (t[k].double() - b.double()) for ci, t in zip(c, taus))
+        assert merged[k].dtype == b.dtype
+        assert torch.allclose(merged[k].double(), ref, rtol=2 ** -7, atol=1e-6), k

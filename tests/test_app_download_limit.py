@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from explorer import app_state  # noqa: E402
 from tests import llm_models  # noqa: E402
-from tests.llm_models import one_thread  # noqa: E402,F401 (autouse fixture)
+from tests.llm_models import assert_merge_of, one_thread, weights  # noqa: E402,F401 (one_thread: autouse fixture)
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 180
@@ -82,11 +81,6 @@ def written_path(at) -> Path:
     return Path(lines[0].split("`")[1])
 
 
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
-    return {k: v for f in files for k, v in load_file(str(f)).items()}
-
-
 def test_sizes_parse_and_a_bad_limit_is_named_in_one_line(toy_spec, tmp_path, monkeypatch):
     assert app_state.parse_size("2GiB") == 2 << 30 and app_state.parse_size("500 MB") == 500_000_000
     assert app_state.parse_size("1000") == 1000 and app_state.app_args([], {}).download_limit == 2 << 30
@@ -122,10 +116,10 @@ def test_over_the_limit_the_state_dict_merge_is_written_under_the_workspace(toy_
     assert not list(path.parent.parent.glob(".*.partial"))  # renamed into place, nothing half-written left
     # the same tensors `merge-explorer export` writes for this choice
     out = tmp_path / "cli"
-    weights = ",".join(f"{t}={w}" for t, w in doc["preferences"]["weights"].items())
-    assert cli.main(["export", str(toy_spec), "--weights", weights, "--out", str(out)]) == 0
+    prefs = ",".join(f"{t}={w}" for t, w in doc["preferences"]["weights"].items())
+    assert cli.main(["export", str(toy_spec), "--weights", prefs, "--out", str(out)]) == 0
     assert np.allclose(json.loads((out / "coefficients.json").read_text())["coefficients"]["low"], c[0])
-    ours, theirs = tensors(path), tensors(out / "merged.safetensors")
+    ours, theirs = weights(path), weights(out / "merged.safetensors")
     assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
     # a later visit with the same choice finds it written: the path, no button
     again = app_for(toy_spec, tmp_path, monkeypatch).run()
@@ -148,14 +142,9 @@ def test_over_the_limit_an_hf_causal_lm_merge_is_written_as_a_model_folder(llm_s
     doc = json.loads((path.parent / "coefficients.json").read_text())
     c = [doc["coefficients"][t] for t in doc["tasks"]]
     assert doc["tasks"] == ["upper", "reverse"] and np.allclose(c, chosen(at), atol=1e-4)
-    root = llm_spec.parent
-    base, up, rev = (tensors(root / n) for n in ("base", "upper", "reverse"))
-    merged = tensors(path)
-    assert set(merged) == set(base)
-    for k, b in base.items():  # θ₀ + Σ cᵢ τᵢ in float64, rounded once to the base's bf16
-        ref = b.double() + c[0] * (up[k].double() - b.double()) + c[1] * (rev[k].double() - b.double())
-        assert merged[k].dtype == torch.bfloat16
-        assert torch.allclose(merged[k].double(), ref, rtol=2 ** -7, atol=1e-6), k
+    merged = weights(path)
+    assert all(v.dtype == torch.bfloat16 for v in merged.values())
+    assert_merge_of(merged, llm_spec.parent, c)
     model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype="auto")
     assert model.dtype == torch.bfloat16
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from explorer.cli import main
 from tests import llm_models
-from tests.llm_models import one_thread  # noqa: F401 (autouse fixture)
+from tests.llm_models import assert_merge_of, one_thread, weights  # noqa: F401 (one_thread: autouse fixture)
 
 PROMPTS = {
     "upper": [{"prompt": f"up {w}=", "answer": w.upper()} for w in ("ab", "cd", "ef", "gh")],
@@ -37,13 +37,6 @@ def experiment(folders, tmp_path):
     return spec
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
-
-
 def test_run_pick_export_reload_round_trip(experiment, capsys):
     from transformers import AutoModelForCausalLM
 
@@ -62,13 +55,7 @@ def test_run_pick_export_reload_round_trip(experiment, capsys):
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors.index.json"):
         assert (merged_dir / name).is_file(), name
     assert len(list(merged_dir.glob("model-*.safetensors"))) == len(list((root / "base").glob("model-*.safetensors")))
-    base, up, rev = (_weights(root / n) for n in ("base", "upper", "reverse"))
-    merged = _weights(merged_dir)
-    assert set(merged) == set(base)
-    for k, b in base.items():  # θ₀ + Σ cᵢ τᵢ in float64, rounded once to the base's dtype
-        ref = b.double() + c[0] * (up[k].double() - b.double()) + c[1] * (rev[k].double() - b.double())
-        assert merged[k].dtype == b.dtype
-        assert torch.allclose(merged[k].double(), ref, rtol=2 ** -7, atol=1e-6), k
+    assert_merge_of(weights(merged_dir), root, c)
     # the folder reloads with transformers, and measures what the explorer measured there
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), local_files_only=True, dtype="auto")
     assert model.dtype == torch.bfloat16
@@ -85,7 +72,7 @@ def test_expert_at_unit_coefficient_is_the_expert_bit_for_bit(experiment):
 
     exp = Experiment.from_file(experiment)
     model = exp.engine.model
-    expert = _weights(experiment.parent / "reverse")
+    expert = weights(experiment.parent / "reverse")
     exp.engine.merger.apply([0.0, 1.0])
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in expert.items())
