@@ -188,9 +188,8 @@ def run_progress(handle: S.ExperimentHandle) -> None:
 @st.fragment(run_every=3.0)
 def poll_store(handle: S.ExperimentHandle, done_when_drawn: int) -> None:
     """Another process (the demo build, a terminal run) writes the store: refresh when points arrive."""
-    C, _, _ = handle.experiment.measured()
-    done = S.count_done(handle.experiment, C, None)
-    st.progress(min(done / max(handle.design_size(), 1), 1.0), text=f"{done} / {handle.design_size()} points evaluated")
+    done, total = handle.progress()
+    st.progress(min(done / max(total, 1), 1.0), text=f"{done} / {total} points evaluated")
     if done != done_when_drawn or not workspace().demo_job.running:
         st.rerun()
 
@@ -592,8 +591,7 @@ def main() -> None:
     exp = handle.experiment
     ekey = exp.key[:12]
     C, M, kinds, fingerprint = handle.snapshot()
-    total = handle.design_size()
-    done = S.count_done(exp, C, None)
+    done, total = handle.progress()
     follow_link(handle, args)
     run_panel(handle, done, total, args.present)
     units = F.units_for(exp.tasks, {t: exp.spec.tasks[t].metric for t in exp.tasks}, exp.senses)

@@ -377,8 +377,9 @@ class ExperimentHandle:
         """Surrogates and front from the store (raises SpecError when too few points)."""
         return self.experiment.result()
 
-    def design_size(self, budget: int | None = None) -> int:
-        return len(self.experiment.design(budget)) + len(self.experiment.reference_points())
+    def progress(self, budget: int | None = None) -> tuple[int, int]:
+        """(points measured, points in all) of the run `start_run(budget)` does (runner.progress)."""
+        return self.experiment.progress(budget)
 
     def markers(self, C: np.ndarray, M: np.ndarray, kinds: Sequence[str]) -> tuple[list[Marker], list[Marker]]:
         """(reference markers: base, experts, task arithmetic; verified markers) from a snapshot."""
@@ -409,9 +410,9 @@ class ExperimentHandle:
         with self._job_lock:
             if self.busy:
                 return self.job
-            job = Job("run", total=self.design_size(budget))
-            C, _, _ = self.experiment.measured()
-            job.done = job.done_at_start = count_done(self.experiment, C, budget)
+            done, total = self.progress(budget)
+            job = Job("run", total=total)
+            job.done = job.done_at_start = done
 
             def work():
                 try:
@@ -542,14 +543,6 @@ class ExperimentHandle:
             path = Path(tmp) / "merged.safetensors"
             write_merged_checkpoint(path, self.experiment, np.asarray(coefficients, dtype=float))
             return path.read_bytes()
-
-
-def count_done(experiment, C: np.ndarray, budget: int | None) -> int:
-    from .store import coefficient_key
-
-    have = {coefficient_key(c) for c in C}
-    points = list(experiment.design(budget)) + list(experiment.reference_points())
-    return sum(coefficient_key(c) in have for c in points)
 
 
 class Workspace:

@@ -260,6 +260,31 @@ class Experiment:
     def design(self, budget: int | None = None) -> np.ndarray:
         return sample_design(self.bounds, len(self.tasks), budget if budget is not None else self.spec.budget, self.spec.seed)
 
+    def progress(self, budget: int | None = None) -> tuple[int, int]:
+        """(points measured, points in all) of the run `run(budget)` does, so that a progress bar and
+        a "continue" button follow the same design as the run (adaptive from 4 tasks on)."""
+        from .explore import default_design
+
+        C, _, kinds = self.measured()
+        have = {coefficient_key(c) for c in C}
+        references = self.reference_points()
+        if default_design(len(self.tasks)) != "adaptive":
+            points = list(self.design(budget)) + references
+            return sum(coefficient_key(c) in have for c in points), len(points)
+        from .adaptive import default_budget, default_initial
+
+        t = len(self.tasks)
+        budget = budget if budget is not None else (self.spec.budget or default_budget(t))
+        loop = budget - 1 if budget > min(default_initial(t), budget) + 1 else budget  # as run_adaptive
+        total = loop + len(references) + 1  # + the closing task-arithmetic reference (finish)
+        # a run that reached its closing point is complete, also when it stopped early (converged)
+        if any(k == "reference" and np.ptp(c) < 1e-12 and c[0] > 0 for c, k in zip(C, kinds)):
+            return total, total
+        b = self.bounds
+        fitted = sum(k in FIT_KINDS and bool(np.all((c >= b[:, 0] - 1e-12) & (c <= b[:, 1] + 1e-12)))
+                     for c, k in zip(C, kinds))
+        return min(fitted, loop) + sum(coefficient_key(c) in have for c in references), total
+
     def run(self, budget: int | None = None, progress: bool = True, executor=None, adaptive: bool | None = None,
             **adaptive_options) -> ExploreResult:
         """Evaluate the design (resuming from the store), the reference points, then fit.

@@ -83,3 +83,25 @@ def test_runner_and_cli_adaptive(tmp_path):
     n_before = exp.store.count(exp.key)
     assert main(["run", str(spec), "--adaptive", "--budget", "16", "--no-progress"]) == 0  # resumes: budget spent
     assert exp.store.count(exp.key) == n_before
+
+
+def test_progress_follows_the_adaptive_run(tmp_path):
+    """From 4 tasks on the run is adaptive: the app's "n / total points" bar and its "Continue
+    evaluation" button must count that run's points, not MAP's space-filling design."""
+    import yaml
+
+    from explorer.runner import Experiment
+    from tests.toy_zoo import build
+
+    spec = build(tmp_path)
+    data = yaml.safe_load(spec.read_text())
+    first = next(iter(data["tasks"].values()))
+    data["tasks"]["all_digits"] = {**first, "params": {"classes": list(range(10))}}  # a 4th task, its own metric
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    exp = Experiment.from_file(spec)
+    assert len(exp.tasks) == 4
+    done, total = exp.progress(budget=20)
+    assert (done, total) == (0, 20 + 5)  # the budget (its last point is the closing reference) + base and 4 experts
+    exp.run(budget=20, progress=False, tol=0.0)
+    assert exp.progress(budget=20) == (total, total)
+    assert exp.store.count(exp.key) // 4 <= total  # no more points measured than the bar promised
