@@ -15,17 +15,22 @@ written straight into the loaded model's parameter. Two memory modes:
 
 θ₀ is read from the base checkpoint in both modes (its pages are normally in the OS page cache,
 since the model was just loaded from it); holding it would cost one more model's worth of memory.
+Large CPU merges (`FUSED_FROM`) run one compiled kernel per chunk that reads θ₀ and the experts
+once; resident, θ₀'s chunk is then mapped from the page cache rather than copied.
 For TIES and DARE the preprocessing needs a whole tensor (top-k per task, one drop mask per key),
 so those methods merge tensor by tensor with the same functions as the classic path.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import mmap
 import os
 import struct
 import sys
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +51,11 @@ CACHE_CHUNK = 1 << 18
 #: Most CPU threads doing the arithmetic by default (passes over memory: beyond a few cores the
 #: memory bus sets the pace, and evaluation wants cores too).
 MAX_WORKERS = 4
+#: From this many merged elements on, CPU task-arithmetic merges run one fused kernel per chunk
+#: (torch.compile: θ₀ and the experts read once, the float32 sum kept in registers, instead of six
+#: passes over a cached piece); measured 2x faster on a 1B model. Smaller models skip the one-off
+#: compile (seconds) it costs per process.
+FUSED_FROM = 1 << 27
 #: Page size used to touch every page of a parameter once (4 KiB on the platforms torch supports).
 PAGE = 4096
 MODES = ("auto", "resident", "streaming")
@@ -175,6 +185,25 @@ class SafetensorsCheckpoint:
         except OSError:
             pass
 
+    def window(self, key: str, start: int, n: int) -> tuple[torch.Tensor, "mmap.mmap"]:
+        """Elements [start, start + n) of `key` mapped read-only from the page cache, with no copy:
+        (tensor, mapping). Closing the mapping once the tensor is dropped unmaps it, so resident
+        memory never holds more of the file than the windows in use."""
+        e = self.entries[key]
+        item = e.dtype.itemsize
+        begin = e.offset + start * item
+        aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # map every page in one call
+        try:
+            mapping = mmap.mmap(self._fd(e.file), begin - aligned + n * item, flags=flags, prot=mmap.PROT_READ,
+                                offset=aligned)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{e.file}: cannot map tensor {key!r} ({exc})") from None
+        with warnings.catch_warnings():  # read-only on purpose: nothing writes through it
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.frombuffer(mapping, dtype=e.dtype, count=n, offset=begin - aligned)
+        return tensor, mapping
+
     def read(self, key: str) -> torch.Tensor:
         """One whole tensor, read into fresh memory (not memory-mapped)."""
         e = self.entries[key]
@@ -257,6 +286,28 @@ def choose_mode(need: int, available: int, requested: str = "auto") -> str:
     return "resident" if need + RESERVE_BYTES + need // 10 <= available else "streaming"
 
 
+def fused_merge(out: torch.Tensor, base: torch.Tensor, experts: list[torch.Tensor], coefficients: torch.Tensor) -> None:
+    """out = keep·θ₀ + Σ cᵢ θᵢ in float32, rounded once to out's dtype; `coefficients` = (c₁ … cₙ, keep).
+    The same sum, in the same order, as the piece-by-piece path; compiled, it is one pass over memory."""
+    acc = base.float() * coefficients[-1]
+    for i, x in enumerate(experts):
+        acc = acc + x.float() * coefficients[i]
+    out.copy_(acc.to(out.dtype))
+
+
+_COMPILED: dict[int, Callable] = {}
+
+
+def compiled_merge(threads: int) -> Callable:
+    """`fused_merge` compiled for `threads` CPU threads (the generated kernel fixes its thread count)."""
+    fn = _COMPILED.get(threads)
+    if fn is None:
+        # dynamic sizes (every tensor ends in a shorter chunk); dynamic_threads keeps the OpenMP loop,
+        # which inductor would drop for sizes it cannot see at compile time
+        fn = _COMPILED[threads] = torch.compile(fused_merge, dynamic=True, options={"cpp.dynamic_threads": True})
+    return fn
+
+
 def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
@@ -272,7 +323,7 @@ class StreamingMerger:
     def __init__(self, target: torch.nn.Module, base: SafetensorsCheckpoint, experts: list[SafetensorsCheckpoint],
                  keys: list[str], method: str = "task_arithmetic", density: float = 0.2, seed: int = 0,
                  device: str | torch.device = "cpu", mode: str = "auto", chunk: int = CHUNK,
-                 log: Callable[[str], None] | None = None, workers: int | None = None):
+                 log: Callable[[str], None] | None = None, workers: int | None = None, fused: bool | None = None):
         if method not in METHODS:
             raise SpecError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
         self.base, self.experts, self.keys = base, experts, list(keys)
@@ -303,6 +354,11 @@ class StreamingMerger:
         self._compute = (ThreadPoolExecutor(max_workers=self.workers - 1, thread_name_prefix="merge-math",
                                             initializer=torch.set_num_threads, initargs=(1,))
                          if self.workers > 1 else None)
+        self._log = log or _stderr
+        widths_fit = all(ck.entries[k].dtype.itemsize <= 4 for ck in [base, *experts] for k in self.keys)  # float32 sums
+        size = sum(base.entries[k].numel for k in self.keys)
+        self.fused = bool(self.device.type == "cpu" and method == "task_arithmetic" and widths_fit
+                          and (size >= FUSED_FROM if fused is None else fused))
         self.task_vector_bytes = sum(ex.nbytes(self.keys) for ex in experts)
         self.available = available_memory(self.device)
         self.mode = choose_mode(self.task_vector_bytes, self.available, mode)
@@ -317,6 +373,8 @@ class StreamingMerger:
                 self.resident.append(held)
         self.check_finite()
         self._own_target_pages()
+        if self.fused:
+            self._compile()
         self.coefficients: np.ndarray | None = None
 
     @torch.no_grad()
@@ -333,6 +391,22 @@ class StreamingMerger:
             raw = slot.view(-1).view(torch.uint8)
             touch = raw[::PAGE]
             touch.copy_(touch.clone())
+
+    @torch.no_grad()
+    def _compile(self) -> None:
+        """Compile the fused kernel now (setup, not the first point) for every expert taking part; on
+        a machine where it cannot be compiled (no C++ compiler), merge piece by piece instead."""
+        key = self.keys[0]
+        dtype = lambda ck: ck.entries[key].dtype  # noqa: E731
+        probe = [torch.zeros(64, dtype=dtype(ck)) for ck in [self.base, *self.experts]]
+        out = torch.empty(64, dtype=self.slots[key].dtype)
+        try:
+            with self._cpu_threads():
+                compiled_merge(self.workers)(out, probe[0], probe[1:], torch.zeros(len(self.experts) + 1))
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager path is exact too
+            self.fused = False
+            self._log(f"merge kernel: not compiled ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                      "merging piece by piece")
 
     def describe(self) -> str:
         where = "RAM" if self.device.type == "cpu" else str(self.device)
@@ -370,14 +444,21 @@ class StreamingMerger:
         """Host buffers for one job: θ₀'s chunk, and the experts' chunks unless they are resident."""
         key, s, e = job
         n = e - s
+        out = {}
+        if self.fused:  # θ₀ straight from the page cache: the fused kernel reads it once, nothing is copied
+            out["base"], out["mapping"] = self.base.window(key, s, n)
         if self.resident is not None:
-            return {"base": self.base.read_into(key, self._buffer(slot, -1, self.base.entries[key].dtype, n), s)}
-        # streaming: the T + 1 sources are read concurrently (several requests in flight keep a disk busy)
-        sources = [(-1, self.base)] + [(i, self.experts[i]) for i in active]
+            if not self.fused:
+                out["base"] = self.base.read_into(key, self._buffer(slot, -1, self.base.entries[key].dtype, n), s)
+            return out
+        # streaming: the sources are read concurrently (several requests in flight keep a disk busy)
+        sources = ([] if self.fused else [(-1, self.base)]) + [(i, self.experts[i]) for i in active]
         reads = [self._readers.submit(ck.read_into, key, self._buffer(slot, i, ck.entries[key].dtype, n), s)
                  for i, ck in sources]
-        got = [r.result() for r in reads]
-        return {"base": got[0], "experts": {i: t for (i, _), t in zip(sources[1:], got[1:])}}
+        got = {i: r.result() for (i, _), r in zip(sources, reads)}
+        if not self.fused:
+            out["base"] = got.pop(-1)
+        return out | {"experts": got}
 
     def _expert_chunk(self, i: int, job, bufs) -> torch.Tensor:
         key, s, e = job
@@ -398,6 +479,11 @@ class StreamingMerger:
                     if j + 2 < len(jobs):
                         pool.submit(self._advise, jobs[j + 2], active)
                 yield job, bufs
+                mapping = bufs.pop("mapping", None)
+                if mapping is not None:
+                    bufs.clear()  # the tensor over the window goes first, then the window
+                    with contextlib.suppress(BufferError):
+                        mapping.close()
                 if self.resident is None:  # job j is merged: its expert bytes are not needed before the next point
                     pool.submit(self._forget, job, active)
 
@@ -429,6 +515,10 @@ class StreamingMerger:
             return
         xs = [(self._expert_chunk(i, job, bufs), float(c[i])) for i in active]
         keep = float(1.0 - sum(ci for _, ci in xs))
+        if self.fused:
+            coefficients = torch.tensor([ci for _, ci in xs] + [keep], dtype=torch.float32)
+            compiled_merge(self.workers)(out, b, [x for x, _ in xs], coefficients)
+            return
         n = b.numel()
         step = CACHE_CHUNK if self.device.type == "cpu" else max(1, n)
         # the pieces' views made once per job (one call each), not sliced per piece in Python
@@ -491,12 +581,13 @@ class StreamingMerger:
         """One intra-op thread for CPU merges: each step is a short pass over one cache-sized piece,
         where OpenMP hand-offs cost more than they bring (measured 4-8x slower with 2 threads on a
         busy 2-core machine). Cores are used instead by `workers` threads taking whole pieces, and
-        the reader thread overlaps disk reads with them."""
+        the reader thread overlaps disk reads with them. The fused kernel (large models) is one pass
+        per chunk and splits it over `workers` threads itself."""
         if self.device.type != "cpu" or self.method != "task_arithmetic":
             yield
             return
         before = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(self.workers if self.fused else 1)  # the fused kernel splits each chunk itself
         try:
             yield
         finally:

@@ -160,3 +160,32 @@ def test_resident_holds_the_experts_and_streaming_does_not(tmp_path):
         del target, merger
     assert grown["resident"] >= 0.8 * expert_bytes, grown
     assert grown["streaming"] <= 0.25 * expert_bytes, grown
+
+
+@pytest.mark.parametrize("mode", ["resident", "streaming"])
+def test_fused_kernel_merges_like_the_piece_by_piece_path(bf16, mode):
+    """Large models merge with one compiled kernel per chunk (explorer.streaming.FUSED_FROM): the same
+    float64 bound as the default path (one bf16 rounding of the exact merge), at most one bf16 step
+    from it, and each expert alone bit for bit. Forced on here for a tiny model."""
+    base, up, rev = (_state(bf16[n]) for n in ("base", "upper", "reverse"))
+    plain, merger_plain, _ = _merger(bf16, mode, fused=False)
+    fused, merger, messages = _merger(bf16, mode, fused=True)
+    assert merger.fused and not merger_plain.fused, messages
+    for c in (*COEFFICIENTS, np.array([0.0, 0.8])):  # also a zero coefficient: that expert is not read
+        merger.apply(c)
+        merger_plain.apply(c)
+        got, want = fused.state_dict(), plain.state_dict()
+        for k, b in base.items():
+            ref = b.double() + c[0] * (up[k].double() - b.double()) + c[1] * (rev[k].double() - b.double())
+            # float32 rounding of the terms: matters only where they cancel (an exact 0 for some entries here)
+            terms = ((1 - c.sum()) * b.double()).abs() + sum(ci * x[k].double().abs() for ci, x in zip(np.abs(c), (up, rev)))
+            slack = 2.0 ** -22 * terms
+            assert torch.all((got[k].double() - ref).abs() <= ref.abs() * 2.0 ** -8 + slack), (k, c)
+            # where the two float32 sums differ in their last bit, bf16 may round them to neighbours
+            assert torch.all((got[k].double() - want[k].double()).abs() <= ref.abs() * 2.0 ** -7 + 2 * slack), (k, c)
+    for i, expert in enumerate((up, rev)):
+        merger.apply(np.eye(2)[i])
+        assert all(torch.equal(fused.state_dict()[k], v) for k, v in expert.items())
+    exported = dict(merger.iter_merged(COEFFICIENTS[0]))  # exports run the same kernel as the model
+    merger.apply(COEFFICIENTS[0])
+    assert all(torch.equal(fused.state_dict()[k], v) for k, v in exported.items() if k in merger.keys)
