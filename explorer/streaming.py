@@ -30,6 +30,7 @@ import os
 import struct
 import sys
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -400,9 +401,11 @@ class StreamingMerger:
         dtype = lambda ck: ck.entries[key].dtype  # noqa: E731
         probe = [torch.zeros(64, dtype=dtype(ck)) for ck in [self.base, *self.experts]]
         out = torch.empty(64, dtype=self.slots[key].dtype)
+        started = time.perf_counter()
         try:
             with self._cpu_threads():
                 compiled_merge(self.workers)(out, probe[0], probe[1:], torch.zeros(len(self.experts) + 1))
+            self._log(f"merge kernel: fused, {self.workers} threads (compiled in {time.perf_counter() - started:.1f} s)")
         except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager path is exact too
             self.fused = False
             self._log(f"merge kernel: not compiled ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "

@@ -170,7 +170,10 @@ def test_fused_kernel_merges_like_the_piece_by_piece_path(bf16, mode):
     base, up, rev = (_state(bf16[n]) for n in ("base", "upper", "reverse"))
     plain, merger_plain, _ = _merger(bf16, mode, fused=False)
     fused, merger, messages = _merger(bf16, mode, fused=True)
-    assert merger.fused and not merger_plain.fused, messages
+    if not merger.fused:  # a machine without a C++ compiler merges piece by piece, and says so
+        assert "not compiled" in messages[-1]
+        pytest.skip(messages[-1])
+    assert not merger_plain.fused and messages[-1].startswith("merge kernel: fused")
     for c in (*COEFFICIENTS, np.array([0.0, 0.8])):  # also a zero coefficient: that expert is not read
         merger.apply(c)
         merger_plain.apply(c)
