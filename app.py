@@ -275,7 +275,8 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
     lines = glance(result, decision, measured, units, refs)
     st.markdown("\n".join(f"- {line}" for line in lines))
     rows = S.choice_rows(result.tasks, metrics, decision, measured, minimums)
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="chosen_table")
+    # a static table: the page's first view draws no data grid (its scripts cost ~0.1 s of a 3 s page load)
+    st.table(pd.DataFrame(rows), hide_index=True)
     st.markdown("<span id='chosen-coefficients'>c = [" + ", ".join(f"{c:.3f}" for c in decision.coefficients) + "]</span>",
                 unsafe_allow_html=True)
 

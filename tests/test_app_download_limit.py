@@ -72,7 +72,7 @@ def no_errors(at) -> None:
 
 
 def chosen(at) -> np.ndarray:
-    return at.dataframe[0].value["coefficient"].to_numpy(dtype=float)
+    return at.table[0].value["coefficient"].to_numpy(dtype=float)
 
 
 def written_path(at) -> Path:
