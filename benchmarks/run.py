@@ -336,7 +336,8 @@ def summary(results: list[dict]) -> dict:
 def markdown(res: dict) -> str:
     lines = [f"# merge-explorer benchmark{' (quick)' if res['quick'] else ''}", "",
              f"Machine: {res['machine']}. Engine {res['engine']['commit']} (engine hash {res['engine']['hash']}). "
-             f"Wall time {res['seconds']:.0f} s (this run; problems finished before with the same engine are reused "
+             f"Wall time {res['seconds']:.0f} s in this run, {sum(r.get('wall_s', 0) for r in res['results']):.0f} s over the "
+             "problems' own runs (problems finished before with the same engine are reused "
              "from cache/benchmark/). Produced by `python -m benchmarks.run" + (" --quick" if res["quick"] else "") + "`.", "",
              "Each method spends real evaluations (distinct points, all counted) and then picks one merge for each of "
              f"{N_PREFERENCES} fixed preferences (equal weights and 9 seeded Dirichlet weight vectors). The quality of a "
