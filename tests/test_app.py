@@ -327,3 +327,16 @@ def test_glance_line_numbers():
                         "keeps 50 % of the expert's gain; 0.1 better than task arithmetic")
     bare = app_state.glance_lines(["digits"], [1.0], [True], np.array([0.5]), app_state.References(), measured=True)
     assert bare == ["digits: 50.0 % (measured)"]
+
+
+def test_front_tasks_are_picked_with_pills(app):
+    """Two tasks give the 2-D front, three add the 3-D view, anything else asks for two or three."""
+    at = app.run()
+    pills = at.button_group[0]
+    assert pills.label.startswith("Tasks to plot") and pills.value == ["low", "mid"]
+    assert [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")] == ["Front: low vs mid"]
+    at = pills.set_value(["low", "mid", "high"]).run()
+    no_errors(at)
+    assert len(at.get("plotly_chart")) == 2  # 3-D and 2-D
+    at = at.button_group[0].set_value(["high"]).run()
+    assert not at.get("plotly_chart") and any("two or three" in i.value for i in at.info)
