@@ -275,10 +275,11 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
     lines = glance(result, decision, measured, units, refs)
     st.markdown("\n".join(f"- {line}" for line in lines))
     rows = S.choice_rows(result.tasks, metrics, decision, measured, minimums)
-    # a static table: the page's first view draws no data grid (its scripts cost ~0.1 s of a 3 s page load)
-    st.table(pd.DataFrame(rows), hide_index=True)
-    st.markdown("<span id='chosen-coefficients'>c = [" + ", ".join(f"{c:.3f}" for c in decision.coefficients) + "]</span>",
-                unsafe_allow_html=True)
+    # a markdown table and no HTML: the first page loads no data-grid, Arrow or raw-HTML scripts
+    # (together ~0.3 s of a 3 s page load on a 2-core machine, benchmarks/bench_page_load.py)
+    st.markdown(S.markdown_table(rows, S.CHOICE_HEADERS))
+    with st.container(key="chosen-coefficients"):  # the page's element class .st-key-chosen-coefficients
+        st.markdown("c = [" + ", ".join(f"{c:.3f}" for c in decision.coefficients) + "]")
 
     st.subheader("Verify")
     if measured is not None:

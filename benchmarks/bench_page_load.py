@@ -34,7 +34,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--no-first-run"]
 TARGET_S = 3.0
 PLOTS = ".js-plotly-plot .scatterlayer .trace"  # a drawn data trace, not just an empty plot frame
-CHOSEN = "#chosen-coefficients"
+CHOSEN = ".st-key-chosen-coefficients"
 
 
 def free_port() -> int:

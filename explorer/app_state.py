@@ -699,6 +699,30 @@ def choice_rows(tasks: Sequence[str], metrics: Mapping[str, str], decision: Deci
     return rows
 
 
+#: Short column names for the chosen-merge table on the page (it shares the page with the plots).
+CHOICE_HEADERS = {"coefficient": "c", "minimum": "min", "measured − predicted": "meas. − pred."}
+
+
+def markdown_table(rows: list[dict], headers: Mapping[str, str] | None = None) -> str:
+    """`rows` (dicts with the same keys) as a markdown pipe table; numbers with 4 decimals, None as —;
+    `headers` renames columns for display (a narrow page column)."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    headers = headers or {}
+
+    def cell(v) -> str:
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers.get(k, k) for k in keys) + " |", "|" + "|".join(":--" if i == 0 else "--:" for i in range(len(keys))) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 # --- reads at a glance -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class References:

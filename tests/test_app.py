@@ -14,6 +14,7 @@ from streamlit.elements.widgets.button import ButtonMixin  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from explorer import app_state  # noqa: E402
+from tests.app_tables import chosen_table  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 120
@@ -37,11 +38,11 @@ def app(toy_spec, monkeypatch):
 
 
 def chosen(at) -> np.ndarray:
-    return at.table[0].value["coefficient"].to_numpy(dtype=float)
+    return chosen_table(at)["coefficient"].to_numpy(dtype=float)
 
 
 def predicted(at) -> np.ndarray:
-    return at.table[0].value["predicted"].to_numpy(dtype=float)
+    return chosen_table(at)["predicted"].to_numpy(dtype=float)
 
 
 def slider(at, prefix: str, task: str):
@@ -64,7 +65,7 @@ def test_loads_without_exceptions(app):
     at = app.run()
     no_errors(at)
     assert len(at.slider) == 6  # one importance and one minimum slider per task
-    assert at.table[0].value["task"].tolist() == ["low (accuracy)", "mid (accuracy)", "high (accuracy)"]
+    assert chosen_table(at)["task"].tolist() == ["low (accuracy)", "mid (accuracy)", "high (accuracy)"]
     assert at.query_params.get("w")  # the choice is in the URL
     labels = {b.label for b in at.get("download_button")}
     assert labels == {"coefficients.json", "mergekit.yaml", "merged.safetensors", "report.html"}
@@ -148,7 +149,7 @@ def test_verify_stores_measured_result(app, toy_spec):
     exp = Experiment.from_file(toy_spec)
     C, M, kinds = exp.measured(["verify"])
     assert any(np.allclose(row, c, atol=1e-4) for row in C)
-    table = at.table[0].value
+    table = chosen_table(at)
     assert "measured" in table.columns and np.isfinite(table["measured"].to_numpy(dtype=float)).all()
     assert any("Verified" in s.value for s in at.success)
 
@@ -169,7 +170,7 @@ def test_polish_stores_results_and_chooses_the_best_measured_merge(app, toy_spec
     now = chosen(at)
     k = int(np.argmin(np.abs(C - now).max(axis=1)))
     assert np.allclose(C[k], now, atol=1e-4)  # the chosen merge is the best measured point
-    table = at.table[0].value
+    table = chosen_table(at)
     assert np.allclose(table["measured"].to_numpy(dtype=float), M[k], atol=1e-4)  # measured vs predicted
     polish = next(d.value for d in at.dataframe if "measured (polished)" in d.value.columns)
     assert np.allclose(polish["measured (polished)"].to_numpy(dtype=float), M[k], atol=1e-4)
@@ -232,7 +233,7 @@ def test_spec_outside_the_workspace_is_refused(app, toy_spec, tmp_path, monkeypa
     assert len(refusals) == 1 and "outside the workspace" in refusals[0] and str(other) in refusals[0]
     assert "\n" not in refusals[0]
     assert at.session_state["spec_path"] == str(toy_spec)  # still the experiment it was showing
-    assert len(at.slider) == 6 and at.table  # ... and its views
+    assert len(at.slider) == 6 and chosen_table(at) is not None  # ... and its views
 
 
 def test_spec_inside_a_widened_workspace_opens(app, toy_spec, tmp_path, monkeypatch):
@@ -252,7 +253,7 @@ def test_trust_pickle_spec_needs_the_server_flag(toy_spec, tmp_path, monkeypatch
     assert not at.exception
     refusals = [e.value for e in at.error]
     assert len(refusals) == 1 and "trust_pickle" in refusals[0] and "--trust-pickle" in refusals[0]
-    assert not at.slider and not at.table  # nothing of the experiment was opened
+    assert not at.slider and not any(m.value.startswith("| task |") for m in at.markdown)  # nothing of the experiment was opened
 
     monkeypatch.setenv(app_state.TRUST_PICKLE_ENV, "1")
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()

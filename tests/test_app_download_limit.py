@@ -19,6 +19,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from explorer import app_state  # noqa: E402
+from tests.app_tables import chosen_table  # noqa: E402
 from tests import llm_models  # noqa: E402
 from tests.llm_models import assert_merge_of, one_thread, weights  # noqa: E402,F401 (one_thread: autouse fixture)
 
@@ -72,7 +73,7 @@ def no_errors(at) -> None:
 
 
 def chosen(at) -> np.ndarray:
-    return at.table[0].value["coefficient"].to_numpy(dtype=float)
+    return chosen_table(at)["coefficient"].to_numpy(dtype=float)
 
 
 def written_path(at) -> Path:

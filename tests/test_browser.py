@@ -86,7 +86,7 @@ def browser_page():
 
 def wait_for_plots(page, timeout_ms: int = 120_000) -> None:
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=timeout_ms)
-    page.wait_for_selector("#chosen-coefficients", timeout=timeout_ms)
+    page.wait_for_selector(".st-key-chosen-coefficients", timeout=timeout_ms)
     wait_idle(page, timeout_ms)
 
 
@@ -98,7 +98,7 @@ def wait_idle(page, timeout_ms: int = 60_000) -> None:
 
 
 def chosen_text(page) -> str:
-    return page.locator("#chosen-coefficients").inner_text()
+    return page.locator(".st-key-chosen-coefficients").inner_text()
 
 
 def move_slider(page, label: str, key: str = "End") -> None:
@@ -129,7 +129,7 @@ def test_slider_moves_chosen_point_in_browser(toy_spec):
         assert re.match(r"c = \[[-0-9., ]+\]", before)
         move_slider(page, "Importance of high")
         page.wait_for_function(
-            "(old) => { const e = document.querySelector('#chosen-coefficients'); return e && e.innerText !== old; }",
+            "(old) => { const e = document.querySelector('.st-key-chosen-coefficients'); return e && e.innerText !== old; }",
             arg=before, timeout=60_000)
         wait_idle(page)
         after = chosen_text(page)
@@ -160,7 +160,7 @@ def test_present_mode_in_browser(toy_spec):
         before = chosen_text(page)
         move_slider(page, "Importance of high")
         page.wait_for_function(
-            "(old) => { const e = document.querySelector('#chosen-coefficients'); return e && e.innerText !== old; }",
+            "(old) => { const e = document.querySelector('.st-key-chosen-coefficients'); return e && e.innerText !== old; }",
             arg=before, timeout=60_000)
         wait_idle(page)
         after = chosen_text(page)
