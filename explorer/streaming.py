@@ -300,7 +300,8 @@ _COMPILED: dict[int, Callable] = {}
 
 
 def compiled_merge(threads: int) -> Callable:
-    """`fused_merge` compiled for `threads` CPU threads (the generated kernel fixes its thread count)."""
+    """`fused_merge` compiled, one per thread count: the merge sets torch's threads to `threads`
+    around each call, and the compiled code is specialised to the thread count it first ran with."""
     fn = _COMPILED.get(threads)
     if fn is None:
         # dynamic sizes (every tensor ends in a shorter chunk); dynamic_threads keeps the OpenMP loop,
@@ -398,8 +399,7 @@ class StreamingMerger:
         """Compile the fused kernel now (setup, not the first point) for every expert taking part; on
         a machine where it cannot be compiled (no C++ compiler), merge piece by piece instead."""
         key = self.keys[0]
-        dtype = lambda ck: ck.entries[key].dtype  # noqa: E731
-        probe = [torch.zeros(64, dtype=dtype(ck)) for ck in [self.base, *self.experts]]
+        probe = [torch.zeros(64, dtype=ck.entries[key].dtype) for ck in [self.base, *self.experts]]
         out = torch.empty(64, dtype=self.slots[key].dtype)
         started = time.perf_counter()
         try:
