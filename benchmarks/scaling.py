@@ -60,7 +60,7 @@ def run(quick: bool, log=print) -> list[dict]:
                 if design == "adaptive":
                     r = explore_adaptive(counter.one, problem.tasks, tol=0.0)
                 else:
-                    r = explore(counter.one, problem.tasks)
+                    r = explore(counter.one, problem.tasks, design="space_filling")  # "auto" is adaptive from T = 4
                 label = f"ours, {design.replace('_', '-')} design" + (" (default)" if default_design(t) == design else "")
                 record(label, counter, np.array([r.decide(w).coefficients for w in prefs]), time.perf_counter() - start)
         if t <= (12 if quick else 16):
