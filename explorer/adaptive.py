@@ -226,8 +226,7 @@ def run_adaptive(experiment, budget: int | None = None, progress: bool = True, e
     t = len(experiment.tasks)
     budget = budget if budget is not None else (experiment.spec.budget or default_budget(t))
     initial = min(default_initial(t), budget) if initial is None else int(initial)
-    if budget > initial + 1:  # keep one evaluation for the best task-arithmetic reference (finish)
-        budget -= 1
+    budget = loop_budget(budget, initial)
     sampler = AdaptiveSampler(experiment.bounds, experiment.senses, budget, initial,
                               default_batch(t) if batch is None else int(batch), tol, seed=experiment.spec.seed)
     bar = None
@@ -259,13 +258,23 @@ def run_adaptive(experiment, budget: int | None = None, progress: bool = True, e
     return result
 
 
+def loop_budget(budget: int, initial: int) -> int:
+    """Evaluations `run_adaptive`'s design and rounds may spend: one of `budget` is kept for the
+    closing best task-arithmetic reference (`Experiment.finish`) when there is room for it."""
+    return budget - 1 if budget > initial + 1 else budget
+
+
+def inside_box(C: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Mask of the rows of C inside the box (points verified or polished outside it are not fitted)."""
+    return np.all((C >= bounds[:, 0] - 1e-12) & (C <= bounds[:, 1] + 1e-12), axis=1)
+
+
 def _fit_points(experiment) -> tuple[np.ndarray, np.ndarray]:
     from .runner import FIT_KINDS
 
     C, M, _ = experiment.measured(FIT_KINDS)
     if len(C):
-        b = experiment.bounds
-        inside = np.all((C >= b[:, 0] - 1e-12) & (C <= b[:, 1] + 1e-12), axis=1)
+        inside = inside_box(C, experiment.bounds)
         C, M = C[inside], M[inside]
         order = np.lexsort(C.T[::-1])  # store order depends on which worker finished first; the fit must not
         C, M = C[order], M[order]

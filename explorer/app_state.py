@@ -718,9 +718,11 @@ def markdown_table(rows: list[dict], headers: Mapping[str, str] | None = None) -
             return f"{v:.4f}"
         return str(v).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(headers.get(k, k) for k in keys) + " |", "|" + "|".join(":--" if i == 0 else "--:" for i in range(len(keys))) + "|"]
-    lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
+    def line(cells) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    align = "|" + "|".join(":--" if i == 0 else "--:" for i in range(len(keys))) + "|"  # text left, numbers right
+    return "\n".join([line(headers.get(k, k) for k in keys), align, *(line(cell(r.get(k)) for k in keys) for r in rows)])
 
 
 # --- reads at a glance -------------------------------------------------------------------------

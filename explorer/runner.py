@@ -271,18 +271,16 @@ class Experiment:
         if default_design(len(self.tasks)) != "adaptive":
             points = list(self.design(budget)) + references
             return sum(coefficient_key(c) in have for c in points), len(points)
-        from .adaptive import default_budget, default_initial
+        from .adaptive import default_budget, default_initial, inside_box, loop_budget
 
         t = len(self.tasks)
         budget = budget if budget is not None else (self.spec.budget or default_budget(t))
-        loop = budget - 1 if budget > min(default_initial(t), budget) + 1 else budget  # as run_adaptive
+        loop = loop_budget(budget, min(default_initial(t), budget))
         total = loop + len(references) + 1  # + the closing task-arithmetic reference (finish)
         # a run that reached its closing point is complete, also when it stopped early (converged)
         if any(k == "reference" and np.ptp(c) < 1e-12 and c[0] > 0 for c, k in zip(C, kinds)):
             return total, total
-        b = self.bounds
-        fitted = sum(k in FIT_KINDS and bool(np.all((c >= b[:, 0] - 1e-12) & (c <= b[:, 1] + 1e-12)))
-                     for c, k in zip(C, kinds))
+        fitted = int(np.sum(inside_box(C, self.bounds) & np.isin(kinds, FIT_KINDS))) if len(C) else 0
         return min(fitted, loop) + sum(coefficient_key(c) in have for c in references), total
 
     def run(self, budget: int | None = None, progress: bool = True, executor=None, adaptive: bool | None = None,
