@@ -28,7 +28,7 @@ import streamlit as st
 from explorer import app_state as S
 from explorer import figures as F
 from explorer.errors import ExplorerError
-from explorer.runner import CHECK_KINDS
+from explorer.experiment.store import CHECK_KINDS
 from explorer.vouch import decision_reason
 
 LOG = logging.getLogger("merge-explorer.app")
@@ -364,7 +364,7 @@ def export_buttons(handle, result, decision, weights, minimums, figs, rows, summ
         return
     c = decision.coefficients.copy()
     size = handle.merged_checkpoint_size()
-    if size <= args.download_limit:
+    if size <= args.download_limit and handle.checkpoint_is_one_file:
         cols[0].download_button("merged.safetensors", lambda: handle.merged_checkpoint(c), "merged.safetensors",
                                 "application/octet-stream", key="dl_ckpt", on_click="ignore", disabled=handle.busy,
                                 help="Built on click (loads the checkpoints once per server).")
@@ -373,9 +373,10 @@ def export_buttons(handle, result, decision, weights, minimums, figs, rows, summ
 
 
 def server_checkpoint(handle, c, size: int, args: S.AppArgs, files: dict) -> None:
-    """Over the download limit: write the merged checkpoint on the server and show where."""
-    st.caption(f"The merged checkpoint ({S.format_bytes(size)}) is over this server's download limit "
-               f"({S.format_bytes(args.download_limit)}, `--download-limit`): it is written on the server, "
+    """Over the download limit, or a model folder: write the merged checkpoint on the server and show where."""
+    why = (f"is over this server's download limit ({S.format_bytes(args.download_limit)}, `--download-limit`)"
+           if size > args.download_limit else "is a model folder, not one file")
+    st.caption(f"The merged checkpoint ({S.format_bytes(size)}) {why}: it is written on the server, "
                f"under `{args.workspace / S.SERVER_EXPORTS_DIR}`.")
     folder = handle.server_export_dir(c, args.workspace)
     written = handle.server_checkpoint(folder) if folder.is_dir() else None

@@ -23,15 +23,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from explorer.design import default_budget  # noqa: E402
-from explorer.landscapes import make_landscape  # noqa: E402
-from explorer.pareto import compute_front  # noqa: E402
-from explorer.surrogate import QuadraticSurrogate  # noqa: E402
+from explorer.core.design import default_budget  # noqa: E402
+from explorer.core.pareto import compute_front  # noqa: E402
+from explorer.core.surrogate import QuadraticSurrogate  # noqa: E402
+from explorer.demo.landscapes import make_landscape  # noqa: E402
 
 
 def evaluation_cost(spec: Path, label: str, n_points: int, images_per_point) -> dict:
     """Engine throughput (merge + evaluate + store, fresh points) vs plain inference of one fixed model."""
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     with tempfile.TemporaryDirectory() as tmp:
         exp = Experiment.from_file(spec, store_path=Path(tmp) / "store.sqlite")
@@ -80,8 +80,8 @@ def toy_cost(quick: bool) -> dict:
 
 
 def demo_cost(spec: Path, quick: bool) -> dict:
-    from explorer import clip_suite
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
+    from explorer.suites import clip as clip_suite
 
     exp = Experiment.from_file(spec, store_path=Path(tempfile.mkdtemp()) / "s.sqlite")
     images = 0

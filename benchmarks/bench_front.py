@@ -28,10 +28,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from explorer.design import sample_design  # noqa: E402
-from explorer.landscapes import make_landscape, simplex_weights  # noqa: E402
-from explorer.pareto import compute_front, hypervolume, non_dominated, surrogate_objectives  # noqa: E402
-from explorer.surrogate import QuadraticSurrogate, quadratic_features  # noqa: E402
+from explorer.core.design import sample_design  # noqa: E402
+from explorer.core.pareto import compute_front, hypervolume, non_dominated, surrogate_objectives  # noqa: E402
+from explorer.core.surrogate import QuadraticSurrogate, quadratic_features  # noqa: E402
+from explorer.demo.landscapes import make_landscape, simplex_weights  # noqa: E402
 
 TRUTH_WEIGHTS = 20_000
 HV_MAX_T = 4

@@ -69,7 +69,7 @@ def _run(spec: Path, log: Path, delay: float, budget: int | None) -> subprocess.
 
 def front(spec: Path) -> np.ndarray:
     sys.path.insert(0, str(ROOT))
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     exp = Experiment.from_file(spec)
     try:

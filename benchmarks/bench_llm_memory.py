@@ -55,9 +55,9 @@ def generate(out: Path, layers: int, experts: int = 3, seed: int = 0) -> None:
     from transformers import LlamaForCausalLM
 
     sys.path.insert(0, str(ROOT))
-    from explorer.export_hf import SafetensorsStreamWriter, plan_shards
-    from explorer.llm_zoo import char_tokenizer
-    from explorer.streaming import TensorEntry
+    from explorer.demo.llm_zoo import char_tokenizer
+    from explorer.merging.hf_folder import SafetensorsStreamWriter, plan_shards
+    from explorer.merging.safetensors_file import TensorEntry
 
     config = llama_config(layers)
     with torch.device("meta"):
@@ -166,8 +166,9 @@ def child(kind: str, out: Path, rounds: int) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from explorer.families.hf_causal_lm import load_model
-    from explorer.streaming import SafetensorsCheckpoint, StreamingMerger
+    from explorer.experiment.families.hf_causal_lm import load_model
+    from explorer.merging.safetensors_file import SafetensorsCheckpoint
+    from explorer.merging.streaming import StreamingMerger
 
     torch.set_num_threads(2)
     base_dir = out / "base"

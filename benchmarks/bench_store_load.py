@@ -88,7 +88,7 @@ def load_trial(spec: Path, budget: int, sessions: int = 2, delay: float = 0.0, s
 
     stderr = [writer.stderr] + [e for _, e in outputs]
     sys.path.insert(0, str(ROOT))
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     exp = Experiment.from_file(spec)
     lost, mismatched, verified = 0, 0, 0

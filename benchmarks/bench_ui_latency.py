@@ -62,7 +62,7 @@ def _metrics(evaluate, c, tasks):
 
 def from_spec(spec: Path, name: str):
     from explorer.app_state import ExperimentHandle
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     handle = ExperimentHandle(Experiment.from_file(spec))
     C, M, kinds, _ = handle.snapshot()
@@ -72,7 +72,7 @@ def from_spec(spec: Path, name: str):
 
 
 def toy():
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
     from tests.toy_zoo import build
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ui-"))

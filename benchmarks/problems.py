@@ -117,7 +117,7 @@ def exact_margin(land, c: np.ndarray, front: np.ndarray) -> float:
 
 
 def analytic(t: int, kind: str, seed: int = 0) -> Problem:
-    from explorer.landscapes import make_landscape
+    from explorer.demo.landscapes import make_landscape
 
     land = make_landscape(t, kind, seed)
     _, front = land.true_front(1000)
@@ -133,7 +133,7 @@ def analytic(t: int, kind: str, seed: int = 0) -> Problem:
 
 
 def testbed(kind: str) -> Problem:
-    from explorer.testbeds import make_testbed
+    from explorer.demo.testbeds import make_testbed
 
     tb = make_testbed(kind, cache_dir=ROOT / "cache" / "testbeds")
     _, front = tb.reference_front()
@@ -146,16 +146,16 @@ def testbed(kind: str) -> Problem:
 
 
 def zoo_built(name: str) -> bool:
-    from explorer.zoo import MANIFEST
+    from explorer.demo.zoo import MANIFEST
 
     return (ROOT / "cache" / name / MANIFEST).is_file() and ZOOS[name].is_file()
 
 
 def zoo(name: str) -> Problem:
     """A demo zoo through a benchmark store (kind "benchmark": never used by the app's fits)."""
-    from explorer.runner import Experiment
-
     import torch
+
+    from explorer.experiment.experiment import Experiment
 
     torch.set_num_threads(1)  # a tiny CLIP on a shared 2-core machine: two threads wait on each other (~8x slower)
     exp = Experiment.from_file(ZOOS[name], store_path=BENCH_STORE)

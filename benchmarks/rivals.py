@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from explorer.decision import achievement
+from explorer.core.decision import achievement
 
 
 def pick_measured(V: np.ndarray, weights: np.ndarray, reference: np.ndarray) -> int:

@@ -44,11 +44,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import problems as P  # noqa: E402
 from benchmarks.rivals import RIVALS, pick_measured  # noqa: E402
-from explorer.adaptive import explore_adaptive  # noqa: E402
-from explorer.decision import achievement, decide  # noqa: E402
-from explorer.design import default_budget, n_quadratic_terms, sample_design  # noqa: E402
-from explorer.explore import default_design, explore, fit_surrogates  # noqa: E402
-from explorer.pareto import compute_front, non_dominated, thin  # noqa: E402
+from explorer.core.adaptive import explore_adaptive  # noqa: E402
+from explorer.core.decision import achievement, decide  # noqa: E402
+from explorer.core.design import default_budget, n_quadratic_terms, sample_design  # noqa: E402
+from explorer.core.explore import default_design, explore
+from explorer.core.pareto import compute_front, non_dominated, thin  # noqa: E402
+from explorer.core.result import fit_surrogates  # noqa: E402
 
 #: Bump when what a problem's cached result means changes (methods, counting, metrics).
 VERSION = "3"

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import problems as P
-from explorer.adaptive import explore_adaptive
-from explorer.decision import decide
-from explorer.design import sample_design
-from explorer.explore import default_design, explore
-from explorer.lowrank import LowRankQuadraticSurrogate, choose_method, lowrank_design, n_lowrank_terms
-from explorer.nested import nested_picks
-from explorer.pareto import compute_front
-from explorer.surrogate import QuadraticSurrogate
+from explorer.core.adaptive import explore_adaptive
+from explorer.core.decision import decide
+from explorer.core.design import sample_design
+from explorer.core.explore import default_design, explore
+from explorer.core.lowrank import LowRankQuadraticSurrogate, choose_method, lowrank_design, n_lowrank_terms
+from explorer.core.nested import nested_picks
+from explorer.core.pareto import compute_front
+from explorer.core.surrogate import QuadraticSurrogate
 
 OURS_MAX_T = 8
 

@@ -67,8 +67,9 @@ def main(argv=None) -> int:
         return 2
     import torch
 
-    from explorer.explore import default_design
-    from explorer.runner import FIT_KINDS, Experiment
+    from explorer.core.explore import default_design
+    from explorer.experiment.experiment import Experiment
+    from explorer.experiment.store import FIT_KINDS
 
     torch.set_num_threads(1)  # a tiny model on a shared 2-core machine: two threads wait on each other (8x slower)
 

@@ -26,9 +26,9 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from .decision import Decision
-from .errors import ExplorerError, SpecError
-from .figures import Chosen, Marker
+from explorer.core.decision import Decision
+from explorer.errors import ExplorerError, SpecError
+from explorer.figures import Chosen, Marker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO_ROOT / "examples" / "demo.yaml"
@@ -122,7 +122,7 @@ def app_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | Non
 @functools.lru_cache(maxsize=64)
 def _asks_for_pickle(signature: tuple) -> bool:
     """Whether the spec file (this version of it: path, mtime, size) sets model.trust_pickle."""
-    from .spec import load_spec
+    from explorer.experiment.spec import load_spec
 
     spec, _ = load_spec(Path(signature[0]))
     return bool(spec.model.trust_pickle)
@@ -359,7 +359,7 @@ class ExperimentHandle:
     # --- store snapshots ---------------------------------------------------------------------
     def snapshot(self):
         """(C, M, kinds, fingerprint) of every complete stored point; the fingerprint keys the fit cache."""
-        from .runner import CHECK_KINDS
+        from explorer.experiment.store import CHECK_KINDS
 
         C, M, kinds = self.experiment.measured()
         fitted = np.array([k not in CHECK_KINDS for k in kinds], dtype=bool)  # verify/polish do not change the fit
@@ -443,7 +443,7 @@ class ExperimentHandle:
     def polish(self, result, weights=None, minimums=None, budget: int = 12, progress=None):
         """Polish the pick for these preferences with at most `budget` real evaluations, each stored
         (kind 'polish': resumable, never fitted); returns explorer.polish.Polished."""
-        from .polish import polish
+        from explorer.core.polish import polish
 
         if self.busy:
             raise SpecError("an evaluation run is in progress; polish when it has finished")
@@ -460,18 +460,20 @@ class ExperimentHandle:
 
     def export_text_files(self, result, decision: Decision, weights=None, minimums=None) -> dict[str, bytes]:
         """coefficients.json and mergekit.yaml exactly as `merge-explorer export` writes them."""
-        from .export import export
+        from explorer.export import export
 
         with tempfile.TemporaryDirectory(prefix="merge-explorer-export-") as tmp:
-            paths = export(self.experiment, result, decision, tmp, weights, minimums, checkpoint=False)
+            c = decision.coefficients
+            paths = export(self.experiment, result, decision, tmp, weights, minimums, checkpoint=False,
+                           measured=self.experiment.stored_metrics(c), test_split=self.experiment.held_out(c))
             return {p.name: p.read_bytes() for p in paths.values()}
 
     def merged_checkpoint_size(self) -> int:
         """Bytes of tensor data in the merged checkpoint (the base's tensors in its dtypes), read from
         the loaded engine, else from the base's safetensors headers, else its file sizes: no weights load."""
-        from .checkpoints import checkpoint_files
-        from .spec import resolve
-        from .streaming import read_header
+        from explorer.experiment.spec import resolve
+        from explorer.merging.checkpoints import checkpoint_files
+        from explorer.merging.safetensors_file import read_header
 
         exp = self.experiment
         if "engine" in exp.__dict__:
@@ -509,7 +511,7 @@ class ExperimentHandle:
         checkpoint's path."""
         import shutil
 
-        from .families import lookup
+        from explorer.export import write_merged
 
         c = np.asarray(coefficients, dtype=float)
         final = self.server_export_dir(c, root)
@@ -526,7 +528,7 @@ class ExperimentHandle:
                 tmp.mkdir(parents=True)
                 for name, data in text_files.items():
                     (tmp / name).write_bytes(data)
-                lookup(self.experiment.spec.model.family).export(self.experiment, c, tmp)
+                write_merged(self.experiment, c, tmp)
                 if final.exists():
                     shutil.rmtree(final)
                 tmp.rename(final)
@@ -535,14 +537,20 @@ class ExperimentHandle:
             raise SpecError(f"{final}: could not write the merged checkpoint ({exc.strerror or exc})") from None
         return self.server_checkpoint(final)
 
+    @property
+    def checkpoint_is_one_file(self) -> bool:
+        """Whether the family writes the merge as one file (merged.safetensors) a browser can download;
+        model folders (hf_causal_lm) are written on the server."""
+        from explorer.experiment.families.registry import lookup
+
+        return not lookup(self.experiment.spec.model.family).artifact.endswith("/")
+
     def merged_checkpoint(self, coefficients: np.ndarray) -> bytes:
         """merged.safetensors bytes, as `merge-explorer export` writes them (builds the model once)."""
-        from .export import write_merged_checkpoint
+        from explorer.export import write_merged
 
         with self.lock, tempfile.TemporaryDirectory(prefix="merge-explorer-export-") as tmp:
-            path = Path(tmp) / "merged.safetensors"
-            write_merged_checkpoint(path, self.experiment, np.asarray(coefficients, dtype=float))
-            return path.read_bytes()
+            return write_merged(self.experiment, np.asarray(coefficients, dtype=float), Path(tmp))["merged"].read_bytes()
 
 
 class Workspace:
@@ -560,7 +568,7 @@ class Workspace:
 
         `trust_pickle` is the server's --trust-pickle (as the CLI's flag: pickled checkpoints load).
         """
-        from .runner import Experiment
+        from explorer.experiment.experiment import Experiment
 
         key = (file_signature(spec), str(store) if store else None, bool(trust_pickle))
         with self._lock:
@@ -608,8 +616,8 @@ def demo_ready(spec: Path = DEFAULT_SPEC) -> tuple[bool, str]:
         return False, (f"The demo spec {spec} is not there yet. Build the demo zoo and run its design with "
                        f"`{DEMO_COMMAND}` (a few minutes on a laptop CPU), or open another spec.")
     try:
-        from .runner import Experiment  # noqa: F401
-        from .spec import load_spec, resolve
+        from explorer.experiment.experiment import Experiment  # noqa: F401
+        from explorer.experiment.spec import load_spec, resolve
 
         s, d = load_spec(spec)
         missing = [p for p in [resolve(d, s.model.base), *(resolve(d, t.checkpoint) for t in s.tasks.values())]
@@ -627,7 +635,7 @@ def choose(result, weights: Mapping[str, float], minimums: Mapping[str, float], 
     """The decision for the current preferences, or a clicked point (`picked`) judged against them."""
     if picked is None:
         return result.decide(weights, minimums or None)
-    from .vouch import decision_at
+    from explorer.vouch import decision_at
 
     return decision_at(result, picked, minimums)
 
@@ -736,7 +744,7 @@ class References:
 
     @classmethod
     def from_markers(cls, markers: Sequence[Marker], n_tasks: int) -> "References":
-        from .figures import expert_diagonal
+        from explorer.figures import expert_diagonal
 
         by_kind = {m.kind: m.metrics for m in markers if m.kind in ("base", "task_arithmetic")}
         return cls(by_kind.get("base"), expert_diagonal(markers, n_tasks), by_kind.get("task_arithmetic"))
@@ -797,7 +805,7 @@ def _gain_kept(value: float, base: float, expert: float, sense: float) -> str:
 
 def report_bytes(title: str, figures: dict, rows: list[dict], notes: Sequence[str] = (),
                  meta: Mapping[str, str] | None = None, summary: Sequence[str] = ()) -> bytes:
-    from .report import report_html
+    from explorer.report import report_html
 
     return report_html(title, figures, rows, notes, meta, summary).encode("utf-8")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ExplorerError, SpecError
-from .vouch import FAMILY_HELP, decision_at, decision_reason, plus_minus, surrogate_family
+from explorer.errors import ExplorerError, SpecError
+from explorer.vouch import FAMILY_HELP, decision_at, decision_reason, plus_minus, surrogate_family
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -95,7 +95,7 @@ def summary(experiment, result) -> str:
 
 
 def _experiment(args):
-    from .runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     return Experiment.from_file(args.spec, store_path=args.store, device=getattr(args, "device", None),
                                 trust_pickle=getattr(args, "trust_pickle", False))
@@ -103,7 +103,7 @@ def _experiment(args):
 
 def cmd_run(args) -> int:
     exp = _experiment(args)
-    from .executors import make_executor
+    from explorer.experiment.executors import make_executor
 
     options = {"address": args.ray_address, "num_workers": args.workers} if getattr(args, "executor", None) == "ray" else {}
     executor = make_executor(getattr(args, "executor", None), **options)
@@ -143,7 +143,7 @@ def _print_decision(exp, result, decision) -> None:
 def _polish(exp, result, decision, weights, minimums, budget: int, progress: bool):
     """Polish the pick through the store (kind "polish": resumable, never fitted), print measured vs
     predicted; returns (the polished point's decision, its measured metrics, a summary for exports)."""
-    from .polish import polish
+    from explorer.core.polish import polish
 
     if budget < 1:
         raise SpecError(f"--polish: the budget must be at least 1 evaluation, got {budget}")
@@ -221,15 +221,18 @@ def cmd_pick(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export
+    from explorer.export import export
 
     exp, result, decision, weights, minimums = _decide(args)
     _print_decision(exp, result, decision)
     polished = None
     if args.polish is not None:
         decision, _, polished = _polish(exp, result, decision, weights, minimums, args.polish, not args.no_progress)
+    c = decision.coefficients
+    measured = exp.evaluate(c, kind="verify")  # validation, stored as a check (never fitted)
+    test_split = exp.held_out(c, measure=True)  # held-out test split, where a task has one
     paths = export(exp, result, decision, args.out, weights, minimums, checkpoint=not args.no_checkpoint,
-                   measure=True, polish=polished)
+                   measured=measured, test_split=test_split, polish=polished)
     _print_export_metrics(paths["coefficients"])
     for p in paths.values():
         print(f"wrote {p}")
@@ -262,11 +265,12 @@ def cmd_verify(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .zoo import DEFAULT_DIRS, ensure_zoo
+    from explorer.demo.zoo import DEFAULT_DIRS, ensure_zoo
 
     root = Path(__file__).resolve().parent.parent  # the specs' paths are relative to examples/, not to the cwd
     if args.kind == "llm":  # a tiny Llama and one expert per string skill (explorer/llm_zoo.py)
-        from .llm_zoo import DEFAULT_DIR as LLM_DIR, ensure_llm_zoo
+        from explorer.demo.llm_zoo import DEFAULT_DIR as LLM_DIR
+        from explorer.demo.llm_zoo import ensure_llm_zoo
 
         ensure_llm_zoo(root / LLM_DIR, progress=not args.no_progress)
         args.spec = str(root / "examples" / "demo_llm.yaml") if args.spec is None else args.spec

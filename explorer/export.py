@@ -27,14 +27,18 @@ from typing import Iterator
 import numpy as np
 import torch
 import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from . import __version__
-from .checkpoints import checkpoint_files, content_hash, load_state_dict
-from .decision import Decision
-from .spec import resolve
+from explorer.core.decision import Decision
+from explorer.experiment.families.registry import lookup as lookup_family
+from explorer.experiment.spec import resolve
+from explorer.merging.checkpoints import checkpoint_files, content_hash, load_state_dict
+from explorer.merging.hf_folder import SafetensorsStreamWriter, copy_side_files
+from explorer.merging.methods import get_method
+from explorer.version import __version__
+from explorer.vouch import decision_reason, surrogate_family
 
-#: mergekit's nearest native methods, used only when the exact inputs were not written.
-MERGEKIT_METHOD = {"task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare_linear"}
 INPUTS_DIR = "mergekit-inputs"
 #: Largest relative L2 error ‖cast(θ₀ + τᵢ′) − (θ₀ + τᵢ′)‖ / ‖τᵢ′‖ at which preprocessed experts are written
 #: in the base's dtype rather than float32 (the exports' exactness bar).
@@ -75,8 +79,6 @@ def coefficients_document(experiment, result, decision: Decision, weights=None, 
     measured yet); test_split: ({task: value or None}, {task: note}) on held-out data
     (explorer.holdout); polish: how the point was polished (`merge-explorer export --polish`).
     """
-    from .vouch import decision_reason, surrogate_family
-
     spec, tasks = experiment.spec, experiment.tasks
     std = decision.std if decision.std is not None else result.predict(decision.coefficients, return_std=True)[1][0]
     test_values, test_notes = test_split if test_split is not None else ({t: None for t in tasks}, {})
@@ -160,8 +162,6 @@ def _readable_as_is(path: Path, hf: bool) -> bool:
 
 
 def _non_float_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
     out = {}
     for f in checkpoint_files(path):
         codes = _safetensors_dtypes(f)
@@ -184,35 +184,12 @@ def _buffers_agree(base: Path, experts: list[Path]) -> bool:
 
 
 def iter_preprocessed(engine) -> Iterator[tuple[str, torch.Tensor | None, list[torch.Tensor]]]:
-    """(key, θ₀ in float32 or None, [tensor of expert i]) for every base tensor, one key at a time:
-    θ₀ + τᵢ′ in float32 where merge-explorer merges (with θ₀ beside it), θ₀ as it is elsewhere (None).
-    Works for state-dict engines (τ′ held in memory) and streaming ones (τ′ recomputed per tensor
-    from the files, with the same TIES/DARE functions): never the whole model in float32 at once."""
+    """(key, θ₀ in float32 or None, [θ₀ + τᵢ′ per expert]) for every base tensor, one key at a time
+    (θ₀ as it is, and None, where merge-explorer does not merge): from the task vectors held in memory,
+    or recomputed per tensor from the files by a streaming merger. Never the whole model in float32."""
     if engine.task_vectors is not None:
-        vectors = engine.task_vectors.vectors
-        for key, t in engine.base.items():
-            if key in vectors:
-                b = t.to(torch.float32)
-                yield key, b, [b + vectors[key][i] for i in range(vectors[key].shape[0])]
-            else:
-                yield key, None, [t] * engine.task_vectors.n_tasks
-        return
-    from .task_vectors import dare_drop, ties_trim_and_elect
-
-    merger = engine.merger
-    merged = set(merger.keys)
-    for key in engine.base:
-        if key not in merged:
-            t = merger.base.read(key)
-            yield key, None, [t] * len(merger.experts)
-            continue
-        b = merger.base.read(key).to(torch.float32)
-        stack = torch.stack([ex.read(key).to(torch.float32) - b for ex in merger.experts])
-        if merger.method == "ties":
-            stack = ties_trim_and_elect(stack, merger.density)
-        elif merger.method == "dare":
-            stack = dare_drop(stack, merger.density, merger.seed, key)
-        yield key, b, [b + stack[i] for i in range(stack.shape[0])]
+        return engine.task_vectors.iter_preprocessed(engine.base)
+    return engine.merger.iter_preprocessed()
 
 
 def _merged_keys(engine) -> set[str]:
@@ -230,8 +207,6 @@ def _write_experts(engine, names: list[str], inputs_dir: Path, hf_base: Path | N
     """θ₀ + τᵢ′ into `.<name>.partial` files or folders, merged tensors in the base's dtype (`narrow`) or
     float32. Returns the partial paths and, per expert, the relative L2 error that casting θ₀ + τᵢ′ to
     the base's dtype makes (‖cast(θ₀ + τᵢ′) − (θ₀ + τᵢ′)‖ / ‖τᵢ′‖), measured on the way either way."""
-    from .export_hf import SafetensorsStreamWriter, copy_side_files
-
     merged = _merged_keys(engine)
     specs = [(k, (t.dtype if narrow else torch.float32) if k in merged else t.dtype, tuple(t.shape))
              for k, t in engine.base.items()]
@@ -303,8 +278,6 @@ def write_preprocessed_experts(engine, names: list[str], inputs_dir: Path, hf_ba
 
 def write_base_copy(engine, inputs_dir: Path) -> dict:
     """θ₀ as one plain safetensors file, for a base mergekit-pytorch cannot read as it is."""
-    from safetensors.torch import save_file
-
     inputs_dir.mkdir(parents=True, exist_ok=True)
     tmp = inputs_dir / ".base.partial"
     save_file({k: v.detach().clone().contiguous() for k, v in engine.base.items()}, str(tmp),
@@ -319,16 +292,6 @@ def write_base_copy(engine, inputs_dir: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- the plan
-
-
-def _describe_preprocessing(merge) -> str:
-    if merge.method == "ties":
-        return (f"TIES (per tensor: each τᵢ keeps its top {merge.density:g} fraction by magnitude, the sign is elected "
-                f"from the unweighted sum of the trimmed vectors, entries of the other sign are dropped)")
-    if merge.method == "dare":
-        return (f"DARE (seeded masks, seed {merge.seed}: entries dropped with probability {1 - merge.density:g}, "
-                f"survivors scaled by 1/{merge.density:g})")
-    return "no preprocessing (τᵢ′ = θᵢ − θ₀)"
 
 
 def _describe_input_dtype(records: dict[str, dict], base_dtype: str) -> str:
@@ -368,12 +331,10 @@ def plan_mergekit(experiment, coefficients: np.ndarray, out_dir: Path | None = N
             cfg["out_dtype"] = out_dtype
         return cfg
 
-    from .families import lookup as lookup_family
-
     artifact = lookup_family(spec.model.family).artifact  # "merged/" for model folders, else "merged.safetensors"
 
     def native(reason: str) -> MergekitPlan:
-        method = MERGEKIT_METHOD[merge.method]
+        method = get_method(merge.method).mergekit
         return MergekitPlan(entry, config(base, experts, method, merge.method != "task_arithmetic"), False,
                             f"not exact: {reason}; {artifact} is the artifact")
 
@@ -387,7 +348,7 @@ def plan_mergekit(experiment, coefficients: np.ndarray, out_dir: Path | None = N
                             "exact: task_arithmetic with normalize: false computes θ₀ + Σ weightᵢ (θᵢ − θ₀), "
                             "in float32, written as the base's dtype")
     if out_dir is None:
-        why = (f"mergekit's {MERGEKIT_METHOD[merge.method]} is not merge-explorer's {merge.method}"
+        why = (f"mergekit's {get_method(merge.method).mergekit} is not merge-explorer's {merge.method}"
                if merge.method != "task_arithmetic" else "mergekit cannot use these checkpoints as they are")
         return native(f"{why} and the exact inputs (preprocessed experts) were not written; "
                       f"`merge-explorer export` without --no-checkpoint writes them and an exact config")
@@ -401,7 +362,7 @@ def plan_mergekit(experiment, coefficients: np.ndarray, out_dir: Path | None = N
     inputs.update(experts_in)
     base_ref = inputs["base"]["path"] if "base" in inputs else base
     where = f" under {prefix!r} (the base's tensors elsewhere)" if prefix else ""
-    how = (f"exact: the models are merge-explorer's preprocessed experts θ₀ + τᵢ′ after {_describe_preprocessing(merge)}"
+    how = (f"exact: the models are merge-explorer's preprocessed experts θ₀ + τᵢ′ after {get_method(merge.method).describe(experiment.merge_parameters())}"
            f"{where}, {_describe_input_dtype(experts_in, out_dtype)}, content-hashed in {INPUTS_DIR}/; "
            f"task_arithmetic with normalize: false and weight = MAP coefficient computes θ₀ + Σ cᵢ τᵢ′, "
            f"merge-explorer's merge")
@@ -421,71 +382,32 @@ def write_mergekit_yaml(path: Path, plan: MergekitPlan) -> None:
     path.write_text(header + yaml.safe_dump(plan.config, sort_keys=False), encoding="utf-8")
 
 
-def merged_state_dict(experiment, coefficients, via_inputs: bool) -> dict[str, torch.Tensor]:
-    """θ₀ + Σ cᵢ τᵢ′ with the base's keys and dtypes, in float32 in the order mergekit's task_arithmetic
-    uses (δᵢ = input − θ₀, δᵢ·wᵢ, summed over i, added to θ₀, cast), so that a half-precision output
-    rounds the same way in both and mergekit rebuilds this file bit for bit rather than to within one
-    bf16/fp16 step. `via_inputs`: mergekit reads the written θ₀ + τᵢ′, so δᵢ = (θ₀ + τᵢ′) − θ₀.
-    Differs from the evaluated merge (merge.Merger) only by float32 rounding."""
-    engine = experiment.engine
-    if engine.task_vectors is None:  # streaming families merge tensor by tensor themselves
-        return engine.merged_state_dict(coefficients)
-    vectors = engine.task_vectors.vectors
-    w = torch.tensor([float(c) for c in np.asarray(coefficients, dtype=float)], dtype=torch.float32)
-    out = {}
-    for key, t in engine.base.items():
-        if key not in vectors:
-            out[key] = t.detach().to("cpu").clone().contiguous()  # clone: no shared storage (tied weights)
-            continue
-        b = t.detach().to("cpu", torch.float32)
-        deltas = vectors[key].to("cpu", torch.float32).clone()
-        if via_inputs:
-            deltas = (b + deltas) - b
-        deltas.mul_(w.view(-1, *([1] * b.dim())))
-        out[key] = (b + deltas.sum(dim=0)).to(t.dtype).contiguous()
-    return out
-
-
-def write_merged_checkpoint(path: Path, experiment, coefficients: np.ndarray, via_inputs: bool | None = None) -> None:
-    """merged.safetensors with the base's keys and dtypes; loadable wherever the base is."""
-    from safetensors.torch import save_file
-
-    if via_inputs is None:
-        via_inputs = plan_mergekit(experiment, coefficients).reads_inputs
-    state = merged_state_dict(experiment, coefficients, via_inputs)
-    save_file(state, str(path), metadata={"format": "pt", "merge-explorer": __version__,
-                                          "coefficients": json.dumps([float(c) for c in coefficients])})
+def write_merged(experiment, coefficients, out_dir: Path, plan: MergekitPlan | None = None) -> dict[str, Path]:
+    """The merged model at `coefficients` into `out_dir`, as the family writes it (merged.safetensors, or a
+    Hugging Face folder merged/), rounded the way the exported mergekit config computes it. The one
+    route to a merged checkpoint: `merge-explorer export` and the app both come here."""
+    c = np.asarray(coefficients, dtype=float)
+    plan = plan or plan_mergekit(experiment, c)
+    return lookup_family(experiment.spec.model.family).write_merged(experiment, c, Path(out_dir), plan.reads_inputs)
 
 
 def export(experiment, result, decision: Decision, out_dir: str | Path, weights=None, minimums=None,
-           checkpoint: bool = True, measure: bool = False, polish: dict | None = None) -> dict[str, Path]:
+           checkpoint: bool = True, measured=None, test_split=None, polish: dict | None = None) -> dict[str, Path]:
     """Write the export files into `out_dir`; returns their paths.
 
-    With `checkpoint`, also merged.safetensors and, where the exact mergekit route needs them, the
-    preprocessed experts under mergekit-inputs/ (not returned: they are folders or large files).
-    `measure` evaluates the exported point (validation, stored as kind "verify") and its held-out
-    test split where a task has one; without it, coefficients.json carries what the store has.
+    `measured` (T,) and `test_split` ({task: value or None}, {task: note}) are what the caller measured
+    (or read from the store) through the experiment: see `Experiment.stored_metrics` and
+    `Experiment.held_out`. With `checkpoint`, also the merged model and, where the exact mergekit
+    route needs them, the preprocessed experts under mergekit-inputs/ (not returned: they are
+    folders or large files).
     """
-    from .holdout import held_out_metrics
-
-    c = np.asarray(decision.coefficients, dtype=float)
-    measured = experiment.evaluate(c, kind="verify") if measure else _stored_metrics(experiment, c)
-    test_split = held_out_metrics(experiment, c, measure=measure)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"coefficients": out / "coefficients.json", "mergekit": out / "mergekit.yaml"}
-    from .families import lookup as lookup_family
-
     plan = plan_mergekit(experiment, decision.coefficients, out if checkpoint else None)
     doc = coefficients_document(experiment, result, decision, weights, minimums, plan, measured, test_split, polish)
     paths["coefficients"].write_text(json.dumps(doc, indent=2) + "\n")
     write_mergekit_yaml(paths["mergekit"], plan)
-    if checkpoint:  # the family writes the merged model: merged.safetensors, or a model folder (hf_causal_lm)
-        paths.update(lookup_family(experiment.spec.model.family).export(experiment, decision.coefficients, out))
+    if checkpoint:
+        paths.update(write_merged(experiment, decision.coefficients, out, plan))
     return paths
-
-
-def _stored_metrics(experiment, coefficients) -> np.ndarray | None:
-    """The point's metrics on every task if the store has them all, else None."""
-    have = experiment.stored(coefficients)
-    return np.array([have[t] for t in experiment.tasks]) if len(have) == len(experiment.tasks) else None

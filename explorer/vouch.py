@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .decision import Decision, as_vector
+from explorer.core.decision import Decision, as_vector
 
 
 def plus_minus(value: float, std: float | None, digits: int = 4) -> str:

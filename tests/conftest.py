@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:  # the package is importable from a checkout witho
 @pytest.fixture(scope="session")
 def quick_zoo(tmp_path_factory) -> Path:
     """A real, quick-scale demo zoo (pretrained tiny CLIP + one expert per task), built once per session."""
-    from explorer import zoo
+    from explorer.demo import zoo
 
     out = tmp_path_factory.mktemp("demo-zoo")
     zoo.build_zoo(out, seed=0, scale="quick", progress=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.llm_zoo import char_tokenizer, save_folder, tiny_llama
+from explorer.demo.llm_zoo import char_tokenizer, save_folder, tiny_llama
 
 SKILL_TEXT = {
     "upper": [f"up {w}={w.upper()}\n" for w in ("ab", "cd", "ef", "gh", "ij", "kl")],

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from explorer.adaptive import AdaptiveSampler, default_batch, default_initial, explore_adaptive
-from explorer.design import default_budget
-from explorer.explore import explore
-from explorer.landscapes import make_landscape
-from explorer.pareto import igd, non_dominated
+from explorer.core.adaptive import AdaptiveSampler, default_batch, default_initial, explore_adaptive
+from explorer.core.design import default_budget
+from explorer.core.explore import explore
+from explorer.core.pareto import igd, non_dominated
+from explorer.demo.landscapes import make_landscape
 
 
 def _igd(land, result):
@@ -56,7 +56,7 @@ def test_proposals_concentrate_near_the_front():
     C = sampler.initial_design()
     batch = sampler.propose(C, land.values(C))
     X, F = land.true_front(500)
-    from explorer.landscapes import dominance_gap
+    from explorer.demo.landscapes import dominance_gap
 
     random = np.random.default_rng(0).random((500, 3))
     assert np.median(dominance_gap(land.values(batch, noisy=False), F)) < np.median(dominance_gap(land.values(random, noisy=False), F))
@@ -70,7 +70,7 @@ def test_sampler_validates_sizes():
 
 def test_runner_and_cli_adaptive(tmp_path):
     from explorer.cli import main
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
     from tests.toy_zoo import build
 
     spec = build(tmp_path)
@@ -90,7 +90,7 @@ def test_progress_follows_the_adaptive_run(tmp_path):
     evaluation" button must count that run's points, not MAP's space-filling design."""
     import yaml
 
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
     from tests.toy_zoo import build
 
     spec = build(tmp_path)

@@ -22,7 +22,7 @@ TIMEOUT = 120
 
 @pytest.fixture(scope="module")
 def toy_spec(tmp_path_factory) -> Path:
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
     from tests.toy_zoo import build
 
     spec = build(tmp_path_factory.mktemp("toy"))
@@ -139,7 +139,7 @@ def test_exports_match_cli(app, toy_spec, tmp_path, monkeypatch):
 
 
 def test_verify_stores_measured_result(app, toy_spec):
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     at = app.run()
     slider(at, "w", "low").set_value(4.2).run()
@@ -155,7 +155,7 @@ def test_verify_stores_measured_result(app, toy_spec):
 
 
 def test_polish_stores_results_and_chooses_the_best_measured_merge(app, toy_spec):
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     at = app.run()
     slider(at, "w", "high").set_value(6.5).run()

@@ -19,8 +19,8 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from explorer import app_state  # noqa: E402
-from tests.app_tables import chosen_table  # noqa: E402
 from tests import llm_models  # noqa: E402
+from tests.app_tables import chosen_table  # noqa: E402
 from tests.llm_models import assert_merge_of, one_thread, weights  # noqa: E402,F401 (one_thread: autouse fixture)
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -30,7 +30,7 @@ WRITE = "Write the merged checkpoint on the server"
 
 @pytest.fixture(scope="module")
 def toy_spec(tmp_path_factory) -> Path:
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
     from tests.toy_zoo import build
 
     spec = build(tmp_path_factory.mktemp("toy"))
@@ -41,7 +41,7 @@ def toy_spec(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def llm_spec(tmp_path_factory) -> Path:
     """The tiny hf_causal_lm experiment (two skills), run once."""
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     root = tmp_path_factory.mktemp("llm-app")
     for name, folder in llm_models.cached_build(tmp_path_factory).items():

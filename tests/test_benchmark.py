@@ -6,9 +6,9 @@ from benchmarks import problems as P
 from benchmarks.bench_front import exact_front, known_surrogates, margin_to_truth
 from benchmarks.rivals import RIVALS, grid_points, pick_measured
 from benchmarks.run import METHODS, preferences, run_problem
-from explorer.decision import achievement
-from explorer.landscapes import make_landscape
-from explorer.pareto import compute_front, surrogate_objectives
+from explorer.core.decision import achievement
+from explorer.core.pareto import compute_front, surrogate_objectives
+from explorer.demo.landscapes import make_landscape
 
 
 def test_grid_has_exactly_n_distinct_points_and_is_the_full_grid_when_it_fits():

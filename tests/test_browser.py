@@ -109,7 +109,7 @@ def move_slider(page, label: str, key: str = "End") -> None:
 
 @pytest.fixture(scope="module")
 def toy_spec(tmp_path_factory) -> Path:
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
     from tests.toy_zoo import build
 
     spec = build(tmp_path_factory.mktemp("toy-browser"))

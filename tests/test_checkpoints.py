@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from explorer.checkpoints import check_compatible, content_hash, load_state_dict
 from explorer.errors import CheckpointError
+from explorer.merging.checkpoints import check_compatible, content_hash, load_state_dict
 
 
 @pytest.fixture

@@ -264,7 +264,7 @@ def table_rows(text: str, tasks=("low", "mid", "high"), after: str = "") -> dict
 
 
 def test_pick_polish_measures_and_export_uses_the_polished_point(toy, tmp_path, capsys, monkeypatch):
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     assert main_out(capsys, "run", toy, "--no-progress")[0] == 0
     fitted = len(Experiment.from_file(toy).result().samples)
@@ -312,8 +312,8 @@ def accuracy_without_split(model, classes):
 
 
 def test_held_out_metrics_say_which_tasks_have_no_test_split(toy):
-    from explorer import holdout
-    from explorer.runner import Experiment
+    from explorer.experiment import holdout
+    from explorer.experiment.experiment import Experiment
 
     write_spec(toy, lambda s: s["tasks"]["high"].update(evaluator="tests.test_cli:accuracy_without_split"))
     exp = Experiment.from_file(toy)

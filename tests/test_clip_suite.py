@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer import clip_suite, datasets
+from explorer.suites import clip as clip_suite
+from explorer.suites import datasets
 
 CLASSES = ("cat", "dog", "red_car")
 
@@ -42,8 +43,8 @@ def test_vit_b32_on_image_folder(vit_b32, tmp_path):
 
 
 def test_head_follows_the_template_averaging_formula(vit_b32):
-    import torch.nn.functional as F
     import open_clip
+    import torch.nn.functional as F
 
     templates = ("a photo of a {}.", "a drawing of a {}.")
     head = clip_suite.zero_shot_head(vit_b32, ["cat", "dog"], templates)
@@ -115,8 +116,9 @@ def test_shape_mismatch_names_first_bad_tensor():
 
 
 def test_builtin_fast_path_equals_open_clip_transform():
-    from open_clip.transform import PreprocessCfg
     from dataclasses import asdict
+
+    from open_clip.transform import PreprocessCfg
 
     cfg = asdict(PreprocessCfg(size=28))
     images = datasets.load("digits", "test", subsample=8).images

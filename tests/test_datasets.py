@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from explorer import datasets
+from explorer.suites import datasets
 
 
 @pytest.mark.parametrize("name", datasets.names())

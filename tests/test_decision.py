@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from explorer.decision import decide
+from explorer.core.decision import decide
 
 
 def concave_front(n=201):

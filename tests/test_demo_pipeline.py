@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from explorer import clip_suite, zoo
+from explorer.demo import zoo
+from explorer.suites import clip as clip_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBSAMPLE = 400
@@ -51,7 +52,7 @@ def test_demo_pipeline_end_to_end(demo_spec, quick_zoo, tmp_path):
     assert export.returncode == 0, export.stderr
     doc = json.loads((out / "coefficients.json").read_text())
 
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     result = Experiment.from_file(demo_spec).result()
     import open_clip

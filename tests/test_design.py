@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from explorer.design import default_budget, n_quadratic_terms, sample_design
+from explorer.core.design import default_budget, n_quadratic_terms, sample_design
+from explorer.core.surrogate import quadratic_features
 from explorer.errors import SpecError
-from explorer.surrogate import quadratic_features
 
 
 @pytest.mark.parametrize("t", range(2, 9))
@@ -41,7 +41,7 @@ def test_bounds_with_lo_not_below_hi_are_refused():
 
 
 def test_strength_stratified_design_reaches_weak_merges_that_a_uniform_design_misses():
-    from explorer.design import strength_stratified_design
+    from explorer.core.design import strength_stratified_design
 
     t, n = 8, 54
     box = np.array([[0.0, 1.0]] * t)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from explorer.executors import InProcessExecutor, make_executor
-from explorer.runner import Experiment
+from explorer.experiment.executors import InProcessExecutor, make_executor
+from explorer.experiment.experiment import Experiment
 from tests.toy_zoo import accuracy, build
 
 

@@ -19,10 +19,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from explorer import zoo
-from explorer.checkpoints import content_hash, load_state_dict
+from explorer.demo import zoo
+from explorer.experiment.experiment import Experiment
 from explorer.export import export
-from explorer.runner import Experiment
+from explorer.merging.checkpoints import content_hash, load_state_dict
 
 BIN = Path(sys.executable).parent
 LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -248,7 +248,7 @@ def test_mergekit_yaml_rebuilds_streamed_bf16_hf_causal_lm_ties_and_dare(tmp_pat
     """family hf_causal_lm (bf16, sharded, streaming merger): TIES's and DARE's preprocessed experts are
     recomputed tensor by tensor and written as HF folders; TIES's in bf16 (θ₀ + τᵢ′ is θᵢ or θ₀ entry by
     entry, so the cast is exact), DARE's in float32 (rescaled survivors are not bf16 numbers)."""
-    from explorer.llm_zoo import char_tokenizer, save_folder, tiny_llama
+    from explorer.demo.llm_zoo import char_tokenizer, save_folder, tiny_llama
 
     tok = char_tokenizer()
     base = tiny_llama(len(tok), hidden=32, layers=2, heads=2, intermediate=64, seed=0)

@@ -15,10 +15,10 @@ from safetensors.torch import load_file, save_file
 
 from benchmarks import bench_kill, bench_store_load
 from explorer.errors import CheckpointError
-from explorer.executors import _Worker, float32_bytes, plan_workers, worker_memory_bytes, RUNTIME_BYTES
-from explorer.merge import Merger
-from explorer.runner import Experiment
-from explorer.task_vectors import compute_task_vectors
+from explorer.experiment.executors import RUNTIME_BYTES, _Worker, float32_bytes, plan_workers, worker_memory_bytes
+from explorer.experiment.experiment import Experiment
+from explorer.merging.inplace import Merger
+from explorer.merging.task_vectors import compute_task_vectors
 from tests import toy_zoo
 from tests.shared_toy import copy_toy, shared_toy
 
@@ -124,7 +124,7 @@ def test_a_worker_loads_pickles_only_when_trusted_and_never_writes_the_store(toy
 @pytest.mark.slow
 def test_ray_workers_get_the_trust_flag(toy, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
-    from explorer.executors import RayExecutor
+    from explorer.experiment.executors import RayExecutor
 
     spec = _pickled_toy(toy, tmp_path / "pickled")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")

@@ -9,7 +9,7 @@ import pytest
 
 from explorer import app_state
 from explorer import figures as F
-from explorer.explore import explore
+from explorer.core.explore import explore
 from explorer.report import report_html, write_report
 
 TASKS = ["a", "b", "c"]

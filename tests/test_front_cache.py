@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explorer import front_cache
-from explorer.runner import Experiment
+from explorer.experiment import front_cache
+from explorer.experiment.experiment import Experiment
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_digest_covers_every_input(toy_spec, monkeypatch):
         front_cache.front_digest(C, M, exp.bounds, exp.senses, 1, 1000),
         front_cache.front_digest(C, M, exp.bounds, exp.senses, 0, 500),
     ]
-    monkeypatch.setattr(sys.modules["explorer.explore"], "FIT_VERSION", "test-bump")  # the package exports a function `explore`
+    monkeypatch.setattr(sys.modules["explorer.core.result"], "FIT_VERSION", "test-bump")
     changed.append(front_cache.front_digest(C, M, exp.bounds, exp.senses, 0, 1000))
     assert len({base, *changed}) == 1 + len(changed)
 
@@ -137,7 +137,7 @@ def test_unreadable_or_foreign_rows_are_refit(toy_spec, tmp_path):
 
 
 def test_what_needs_pickle_is_not_cached(tmp_path):
-    from explorer.store import Store
+    from explorer.experiment.store import Store
 
     store = Store(tmp_path / "store.sqlite")
     with pytest.raises(ValueError):

@@ -30,7 +30,7 @@ from hypothesis import strategies as st  # noqa: E402
 from explorer import cli  # noqa: E402
 from explorer.app_state import Workspace, choose, decode_preferences  # noqa: E402
 from explorer.errors import ExplorerError  # noqa: E402
-from explorer.runner import Experiment  # noqa: E402
+from explorer.experiment.experiment import Experiment  # noqa: E402
 
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 TRIED: Counter = Counter()

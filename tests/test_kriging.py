@@ -3,11 +3,12 @@ import numpy as np
 import pytest
 from scipy.stats import qmc
 
-from explorer.design import sample_design
-from explorer.kriging import KrigingSurrogate
-from explorer.landscapes import make_landscape
-from explorer.pareto import surrogate_objectives
-from explorer.surrogate import QuadraticSurrogate, clip_for_link, infer_n_examples
+from explorer.core.design import sample_design
+from explorer.core.kriging import KrigingSurrogate
+from explorer.core.pareto import surrogate_objectives
+from explorer.core.links import clip_for_link, infer_n_examples
+from explorer.core.surrogate import QuadraticSurrogate
+from explorer.demo.landscapes import make_landscape
 
 
 def _landscape_data(kind: str, t: int, n: int, seed: int = 0):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from explorer.landscapes import dominance_gap, make_landscape, simplex_weights
-from explorer.pareto import non_dominated
+from explorer.core.pareto import non_dominated
+from explorer.demo.landscapes import dominance_gap, make_landscape, simplex_weights
 
 
 @pytest.mark.parametrize("t,kind", [(2, "smooth"), (3, "sharp"), (6, "smooth")])

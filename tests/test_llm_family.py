@@ -60,7 +60,7 @@ def test_run_pick_export_reload_round_trip(experiment, capsys):
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), local_files_only=True, dtype="auto")
     assert model.dtype == torch.bfloat16
     assert main(["verify", str(experiment), "--weights", "upper=3,reverse=1"]) == 0
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     verified = Experiment.from_file(experiment).stored(c)  # what verify measured in memory, from the store
     assert verified["upper"] == pytest.approx(evaluate(model, data=str(root / "upper.jsonl"), batch_size=4), abs=1e-12)
@@ -68,7 +68,7 @@ def test_run_pick_export_reload_round_trip(experiment, capsys):
 
 
 def test_expert_at_unit_coefficient_is_the_expert_bit_for_bit(experiment):
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     exp = Experiment.from_file(experiment)
     model = exp.engine.model
@@ -95,7 +95,7 @@ def _evaluations(spec: Path) -> int:
 
 
 def test_tokenizer_mismatch_is_named_in_one_line(experiment, capsys):
-    from explorer.llm_zoo import char_tokenizer
+    from explorer.demo.llm_zoo import char_tokenizer
 
     folder = experiment.parent / "reverse"
     other = char_tokenizer("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ=+ \n")  # '=' moved

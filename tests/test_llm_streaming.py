@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from explorer.streaming import RESERVE_BYTES, SafetensorsCheckpoint, StreamingMerger, choose_mode
+from explorer.merging.safetensors_file import SafetensorsCheckpoint
+from explorer.merging.streaming import RESERVE_BYTES, StreamingMerger, choose_mode
 from tests import llm_models
 from tests.llm_models import one_thread  # noqa: F401 (autouse fixture)
 
@@ -70,7 +71,7 @@ def test_merge_matches_a_float64_reference(fp32, mode):
 def test_pieces_shared_by_threads_give_the_same_bits_as_one_thread(bf16, mode, monkeypatch):
     """CPU merges split each chunk into cache-sized pieces that several threads take in turn: the
     merged model must not depend on how many threads there are or who took which piece."""
-    import explorer.streaming as streaming
+    import explorer.merging.streaming as streaming
 
     monkeypatch.setattr(streaming, "CACHE_CHUNK", 96)  # many pieces per chunk, a short last one
     c = COEFFICIENTS[1]
@@ -103,8 +104,8 @@ def test_bf16_merge_is_the_float64_merge_rounded_once(bf16):
 
 @pytest.mark.parametrize("method", ["ties", "dare"])
 def test_ties_and_dare_merge_like_the_classic_path(fp32, method):
-    from explorer.merge import Merger
-    from explorer.task_vectors import compute_task_vectors
+    from explorer.merging.inplace import Merger
+    from explorer.merging.task_vectors import compute_task_vectors
 
     model, merger, _ = _merger(fp32, "streaming", method=method, density=0.3, seed=5)
     base, up, rev = (_state(fp32[n]) for n in ("base", "upper", "reverse"))
@@ -133,7 +134,7 @@ def _rss() -> int:
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
 def test_resident_holds_the_experts_and_streaming_does_not(tmp_path):
     """Memory the process really holds: resident grows by the experts' bytes, streaming by a few chunks."""
-    from explorer.llm_zoo import char_tokenizer, save_folder, tiny_llama
+    from explorer.demo.llm_zoo import char_tokenizer, save_folder, tiny_llama
 
     tok = char_tokenizer()
     model = tiny_llama(len(tok), hidden=256, layers=4, heads=4, intermediate=1024, dtype=torch.bfloat16)

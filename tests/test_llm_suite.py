@@ -114,7 +114,7 @@ metadata:
 def test_lm_eval_task_runs_on_the_merged_model_in_memory(folders, tmp_path, monkeypatch):
     """An lm-eval task (local JSON data) and the JSONL suite measure the same merged model alike."""
     pytest.importorskip("lm_eval")
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     rows = [dict(r, answer=r["answer"] if isinstance(r["answer"], int) else r["choices"].index(r["answer"])) for r in MC]

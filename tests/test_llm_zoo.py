@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 
-from explorer import llm_zoo
+from explorer.demo import llm_zoo
 
 
 def test_skill_answers_are_right():

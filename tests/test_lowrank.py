@@ -2,11 +2,16 @@
 import numpy as np
 import pytest
 
-from explorer.lowrank import (LowRankQuadraticSurrogate, choose_method, explore_lowrank, lowrank_design,
-                              n_lowrank_terms)
-from explorer.design import n_quadratic_terms
-from explorer.landscapes import make_landscape
-from explorer.pareto import compute_front
+from explorer.core.design import n_quadratic_terms
+from explorer.core.lowrank import (
+    LowRankQuadraticSurrogate,
+    choose_method,
+    explore_lowrank,
+    lowrank_design,
+    n_lowrank_terms,
+)
+from explorer.core.pareto import compute_front
+from explorer.demo.landscapes import make_landscape
 
 
 def test_recovers_diagonal_plus_rank_one_quadratic():

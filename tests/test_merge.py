@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from explorer.checkpoints import load_state_dict
-from explorer.merge import Merger
-from explorer.models import build_model
-from explorer.task_vectors import compute_task_vectors
+from explorer.experiment.families.registry import build_model
+from explorer.merging.checkpoints import load_state_dict
+from explorer.merging.inplace import Merger
+from explorer.merging.task_vectors import compute_task_vectors
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 """Nested MAP: pairs similar tasks, follows preferences, costs O(T) evaluations per preference."""
 import numpy as np
-
-from explorer.landscapes import make_landscape
-from explorer.nested import CachedEvaluator, nested_merge, nested_picks, pair_groups, task_vector_similarity
-from explorer.task_vectors import TaskVectors
 import torch
+
+from explorer.core.nested import CachedEvaluator, nested_merge, nested_picks, pair_groups, task_vector_similarity
+from explorer.demo.landscapes import make_landscape
+from explorer.merging.task_vectors import TaskVectors
 
 
 def test_pair_groups_pairs_most_similar():

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from explorer.design import sample_design
-from explorer.pareto import compute_front, dominates, hypervolume, igd, igd_plus, non_dominated
-from explorer.surrogate import QuadraticSurrogate
+from explorer.core.design import sample_design
+from explorer.core.pareto import compute_front, dominates, hypervolume, igd, igd_plus, non_dominated
+from explorer.core.surrogate import QuadraticSurrogate
 
 
 def test_non_dominated_set_properties():

@@ -1,10 +1,10 @@
 """Polish: a few real evaluations around the pick, judged on measured values, never worse than the start."""
 import numpy as np
 
-from explorer.decision import achievement
-from explorer.explore import explore
-from explorer.landscapes import make_landscape
-from explorer.polish import polish
+from explorer.core.decision import achievement
+from explorer.core.explore import explore
+from explorer.core.polish import polish
+from explorer.demo.landscapes import make_landscape
 
 
 def test_polish_improves_a_biased_pick_within_budget_and_replays():

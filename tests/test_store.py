@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from explorer.core.design import coefficient_key
 from explorer.errors import StoreError
-from explorer.store import Store, coefficient_key
+from explorer.experiment.store import Store
 
 
 def test_wal_mode_lets_a_reader_see_committed_results_while_a_writer_holds_a_transaction(tmp_path):
@@ -62,17 +63,15 @@ def test_newer_schema_is_refused(tmp_path):
 
 # --- a store that never serves a stale value ------------------------------------------------------
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import yaml
 
-from explorer import checkpoints
-from explorer.checkpoints import content_hash
-from explorer.runner import Experiment
-from explorer.spec import load_spec
+from explorer.experiment.experiment import Experiment
+from explorer.merging import checkpoints
+from explorer.merging.checkpoints import content_hash
 from tests import toy_zoo
 
 
@@ -313,7 +312,7 @@ def test_a_writer_waits_for_the_lock_instead_of_failing(tmp_path, monkeypatch):
     assert time.monotonic() - start >= 0.5 and store.get("e", "t", [0.0]) == 1.0
     release.join()
 
-    from explorer import store as store_module
+    from explorer.experiment import store as store_module
 
     monkeypatch.setattr(store_module, "LOCK_WAIT_S", 0.3)
     held = Store(path)

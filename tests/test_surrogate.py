@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from explorer.design import sample_design
-from explorer.surrogate import QuadraticSurrogate, choose_link
+from explorer.core.design import sample_design
+from explorer.core.links import choose_link
+from explorer.core.surrogate import QuadraticSurrogate
 
 
 def random_quadratic(t, rng):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from explorer.testbeds import make_testbed
+from explorer.demo.testbeds import make_testbed
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from explorer import clip_suite, zoo
+from explorer.demo import zoo
+from explorer.suites import clip as clip_suite
 
 
 def manifest(zoo_dir):

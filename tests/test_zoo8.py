@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from explorer import cli, zoo
+from explorer import cli
+from explorer.demo import zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "examples" / "demo8.yaml"
@@ -61,8 +62,8 @@ def test_demo8_spec_names_each_task_s_expert_and_data():
 @pytest.mark.slow
 def test_demo8_spec_measures_each_task_on_its_expert(zoo8, tmp_path):
     """examples/demo8.yaml pointed at the quick zoo: at c = e_i, task i scores what its expert scores."""
-    from explorer import clip_suite
-    from explorer.runner import Experiment
+    from explorer.experiment.experiment import Experiment
+    from explorer.suites import clip as clip_suite
 
     spec = yaml.safe_load(SPEC.read_text())
     spec["model"].update(config_dir=str(zoo8), base=str(zoo8 / "base.safetensors"))

@@ -1,0 +1,330 @@
+"""Running a spec: checkpoints -> task vectors -> in-place merges -> evaluations through the store.
+
+Everything heavy (checkpoints, task vectors, the model, the evaluators' cached data) is built
+once per `Experiment`, lazily: reading results back from the store (pick, export's coefficients,
+the app's views) needs no model at all.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from explorer.core.adaptive import default_initial, inside_box, loop_budget
+from explorer.core.design import coefficient_key, default_budget, n_quadratic_terms, normalize_bounds, sample_design
+from explorer.core.explore import default_design
+from explorer.core.result import ExploreResult, fit_result
+from explorer.errors import EvaluationError, ExplorerError, SpecError
+from explorer.experiment import front_cache
+from explorer.experiment.families.registry import lookup as lookup_family
+from explorer.experiment.holdout import HeldOutPlan, held_out_metrics, plan_held_out
+from explorer.experiment.identity import (
+    digest,
+    evaluator_precision,
+    evaluator_version,
+    param_files,
+    previous_versions,
+    resolve_callable,
+)
+from explorer.experiment.loop import run_adaptive, run_design
+from explorer.experiment.spec import Spec, load_spec, resolve
+from explorer.experiment.store import FIT_KINDS, Store
+from explorer.merging.checkpoints import checkpoint_files, content_hash
+from explorer.merging.devices import device_kind
+from explorer.merging.methods import method_parameters
+
+DEFAULT_STORE = Path("cache") / "store.sqlite"
+
+
+class Engine:
+    """The loaded model side of an experiment: base, task vectors, model, merger, evaluators."""
+
+    def __init__(self, experiment: "Experiment"):
+        spec, spec_dir = experiment.spec, experiment.spec_dir
+        # the family's module (explorer/families/) loads the model, the task vectors and the merger
+        lookup_family(spec.model.family).load_engine(self, experiment)
+        self.spec, self.spec_dir = spec, spec_dir
+        self.evaluators = {t: self.evaluator(t) for t in experiment.tasks}
+
+    def evaluator(self, task: str, params: dict | None = None) -> Callable:
+        """The task's evaluator as a function of the model, with the spec's params (or `params`)."""
+        ts = self.spec.tasks[task]
+        fn = resolve_callable(ts.evaluator, f"tasks.{task}.evaluator")
+        kwargs = dict(ts.params if params is None else params)
+        try:
+            if "spec_dir" in inspect.signature(fn).parameters:
+                kwargs["spec_dir"] = str(self.spec_dir)
+        except (TypeError, ValueError):
+            pass
+        return lambda model: fn(model, **kwargs)
+
+    def measure(self, coefficients: np.ndarray, tasks: Iterable[str],
+                evaluators: dict[str, Callable] | None = None) -> Iterator[tuple[str, float, float]]:
+        """Merge at `coefficients` (once) and yield (task, metric, seconds) for each task
+        (with `evaluators` instead of the spec's, e.g. the held-out split's)."""
+        evaluators = evaluators or self.evaluators
+        self.merger.apply(coefficients)
+        for task in tasks:
+            start = time.perf_counter()
+            try:
+                value = float(evaluators[task](self.model))
+            except EvaluationError:
+                raise
+            except (ValueError, RuntimeError, OSError, TypeError) as exc:
+                raise EvaluationError(f"evaluator of task {task!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            if not np.isfinite(value):
+                raise EvaluationError(
+                    f"evaluator of task {task!r} returned {value} at c={np.round(coefficients, 4).tolist()}; nothing was stored"
+                )
+            yield task, value, time.perf_counter() - start
+
+
+class Experiment:
+    """A validated spec bound to a store: knows its content key and which evaluations exist."""
+
+    def __init__(self, spec: Spec, spec_dir: Path, store: Store | None = None, device: str | None = None,
+                 spec_path: Path | None = None):
+        self.spec, self.spec_dir, self.device, self.spec_path = spec, Path(spec_dir), device, spec_path
+        self.tasks = list(spec.tasks)
+        self.bounds = normalize_bounds(spec.bounds, len(self.tasks))
+        self._check_paths()
+        self.store = store or Store(resolve(self.spec_dir, spec.store) if spec.store else Path.cwd() / DEFAULT_STORE)
+        self.senses = np.array([1.0 if spec.tasks[t].maximise() else -1.0 for t in self.tasks])
+        self.device_kind = device_kind(device or spec.device)
+        cache = self.store.hash_cache()
+        self.checkpoint_hashes = {
+            "base": content_hash(resolve(self.spec_dir, spec.model.base), cache),
+            **{t: content_hash(resolve(self.spec_dir, spec.tasks[t].checkpoint), cache) for t in self.tasks},
+        }
+        self.key = digest({
+            "family": spec.model.family, "architecture": spec.model.architecture, "prefix": spec.model.merge_prefix,
+            "checkpoints": [self.checkpoint_hashes["base"]] + [self.checkpoint_hashes[t] for t in self.tasks],
+            "merge": self.merge_parameters(),
+            **self._family_identity(),
+        })
+        self.task_identities = {t: self.task_identity(t, cache) for t in self.tasks}
+        # results stored under an earlier identity of the same evaluator are served too (its code moved)
+        self.previous_identities = {t: [self.task_identity(t, cache, version=v) for v in previous_versions(
+            resolve_callable(spec.tasks[t].evaluator, f"tasks.{t}.evaluator"))] for t in self.tasks}
+        # Written with the first stored evaluation: opening (or failing) leaves the store untouched.
+        self.store.register_experiment(self.key, spec.name, {
+            "tasks": self.tasks, "spec_path": str(spec_path) if spec_path else None,
+            "bounds": self.bounds.tolist(), "merge": self.merge_parameters(), "senses": self.senses.tolist(),
+            "metrics": {t: spec.tasks[t].metric for t in self.tasks},
+        }, defer=True)
+        if self.store.count(self.key):
+            self.store.flush()  # a known experiment: keep the file hashes, so the next open reads no checkpoint
+
+    def _family_identity(self) -> dict:
+        """What a registered family adds to the content key (e.g. the base's config and tokenizer files)."""
+        family = lookup_family(self.spec.model.family)
+        identity = getattr(family, "identity", None)
+        return {"family_files": identity(self)} if identity else {}
+
+    @classmethod
+    def from_file(cls, path: str | Path, store_path: str | Path | None = None, device: str | None = None,
+                  trust_pickle: bool = False) -> "Experiment":
+        """`trust_pickle` overrides the spec's `model.trust_pickle` (the CLI's --trust-pickle)."""
+        spec, spec_dir = load_spec(path)
+        if trust_pickle:
+            spec = spec.model_copy(update={"model": spec.model.model_copy(update={"trust_pickle": True})})
+        store = Store(store_path) if store_path else None
+        return cls(spec, spec_dir, store, device, Path(path).resolve())
+
+    def _check_paths(self) -> None:
+        checkpoint_files(resolve(self.spec_dir, self.spec.model.base))
+        for t in self.tasks:
+            checkpoint_files(resolve(self.spec_dir, self.spec.tasks[t].checkpoint))
+
+    def merge_parameters(self) -> dict:
+        """The merge method and the parameters it reads (part of the content key and of exports)."""
+        return method_parameters(self.spec.merge.method, self.spec.merge)
+
+    def task_identity(self, task: str, cache=None, params: dict | None = None, version: str | None = None) -> str:
+        """What a task's metric depends on besides the merged weights (with the spec's params, or `params`).
+
+        The evaluator and its version (an explicit `version` attribute, else a hash of its module's
+        source; `version` replaces it), its params and the contents of every file they name, its data
+        fingerprint, the device kind and the precision it computes in. Change any of these and the
+        task's stored results are no longer served; other tasks keep theirs.
+        """
+        ts = self.spec.tasks[task]
+        params = ts.params if params is None else params
+        fn = resolve_callable(ts.evaluator, f"tasks.{task}.evaluator")
+        fingerprint = None
+        if hasattr(fn, "fingerprint"):
+            kwargs = dict(params)
+            try:
+                if "spec_dir" in inspect.signature(fn.fingerprint).parameters:
+                    kwargs["spec_dir"] = str(self.spec_dir)
+            except (TypeError, ValueError):
+                pass
+            try:
+                fingerprint = fn.fingerprint(**kwargs)
+            except ExplorerError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the user's evaluator: its error names their data
+                raise SpecError(f"tasks.{task}.params: the evaluator's fingerprint failed "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        return digest({
+            "evaluator": ts.evaluator, "params": params, "metric": ts.metric, "fingerprint": fingerprint,
+            "files": param_files(params, self.spec_dir, cache),
+            "version": version or evaluator_version(fn, ts.evaluator),
+            "device": self.device_kind,
+            "precision": evaluator_precision(fn, self.device_kind, f"tasks.{task}.evaluator"),
+        })
+
+    # --- model side -------------------------------------------------------------------------
+    @cached_property
+    def engine(self) -> Engine:
+        return Engine(self)
+
+    # --- evaluations ------------------------------------------------------------------------
+    def stored(self, coefficients) -> dict[str, float]:
+        """The metrics already in the store at `coefficients` (possibly for only some tasks)."""
+        out = {}
+        for t in self.tasks:
+            for identity in (self.task_identities[t], *self.previous_identities[t]):
+                v = self.store.get(self.key, identity, coefficients)
+                if v is not None:
+                    out[t] = v
+                    break
+        return out
+
+    def stored_metrics(self, coefficients) -> np.ndarray | None:
+        """(T,) metrics at `coefficients` if the store has every task, else None."""
+        have = self.stored(coefficients)
+        return np.array([have[t] for t in self.tasks]) if len(have) == len(self.tasks) else None
+
+    def held_out(self, coefficients, measure: bool = False) -> tuple[dict, dict]:
+        """({task: test-split metric or None}, {task: note}) at `coefficients` (explorer.experiment.holdout);
+        measure=True evaluates what the store lacks with this experiment's engine."""
+        return held_out_metrics(self, coefficients, measure)
+
+    @cached_property
+    def held_out_plan(self) -> HeldOutPlan:
+        return plan_held_out(self)
+
+    def evaluate(self, coefficients, kind: str = "design") -> np.ndarray:
+        """Metrics (T,) at `coefficients`, measuring and storing only what the store lacks."""
+        c = np.asarray(coefficients, dtype=float)
+        have = self.stored(c)
+        missing = [t for t in self.tasks if t not in have]
+        if missing:
+            for task, value, seconds in self.engine.measure(c, missing):
+                self.store.put(self.key, self.task_identities[task], task, c, value, seconds, kind)
+                have[task] = value
+        return np.array([have[t] for t in self.tasks])
+
+    def design(self, budget: int | None = None) -> np.ndarray:
+        return sample_design(self.bounds, len(self.tasks), budget if budget is not None else self.spec.budget, self.spec.seed)
+
+    def progress(self, budget: int | None = None) -> tuple[int, int]:
+        """(points measured, points in all) of the run `run(budget)` does, so that a progress bar and
+        a "continue" button follow the same design as the run (adaptive from 4 tasks on)."""
+        C, _, kinds = self.measured()
+        have = {coefficient_key(c) for c in C}
+        references = self.reference_points()
+        if default_design(len(self.tasks)) != "adaptive":
+            points = list(self.design(budget)) + references
+            return sum(coefficient_key(c) in have for c in points), len(points)
+        t = len(self.tasks)
+        budget = budget if budget is not None else (self.spec.budget or default_budget(t))
+        loop = loop_budget(budget, min(default_initial(t), budget))
+        total = loop + len(references) + 1  # + the closing task-arithmetic reference (finish)
+        # a run that reached its closing point is complete, also when it stopped early (converged)
+        if any(k == "reference" and np.ptp(c) < 1e-12 and c[0] > 0 for c, k in zip(C, kinds)):
+            return total, total
+        fitted = int(np.sum(inside_box(C, self.bounds) & np.isin(kinds, FIT_KINDS))) if len(C) else 0
+        return min(fitted, loop) + sum(coefficient_key(c) in have for c in references), total
+
+    def run(self, budget: int | None = None, progress: bool = True, executor=None, adaptive: bool | None = None,
+            **adaptive_options) -> ExploreResult:
+        """Evaluate the design (resuming from the store), the reference points, then fit.
+
+        adaptive: a smaller design, then rounds of points near the front (explorer.experiment.loop);
+        None: adaptive from `explorer.core.explore.ADAPTIVE_FROM_TASKS` tasks on.
+        """
+        if adaptive is None:
+            adaptive = default_design(len(self.tasks)) == "adaptive"
+        if adaptive:
+            return run_adaptive(self, budget, progress, executor, **adaptive_options)
+        return run_design(self, budget, progress, executor)
+
+    def finish(self) -> ExploreResult:
+        """Fit, then measure the best plain task-arithmetic point (all cᵢ = λ) as a reference."""
+        result = self.result()
+        lam, _ = result.best_task_arithmetic()
+        if np.isfinite(lam):
+            self.evaluate(np.full(len(self.tasks), lam), "reference")
+            result.extra["references"] = self.references()
+        return result
+
+    def reference_points(self) -> list[np.ndarray]:
+        """Base (c = 0) and each expert alone (c = eᵢ): the markers every view compares against."""
+        t = len(self.tasks)
+        return [np.zeros(t)] + [np.eye(t)[i] for i in range(t)]
+
+    def measured(self, kinds: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """All points with every task measured: (coefficients (n, T), metrics (n, T), kinds)."""
+        by_point: dict[str, dict] = {}
+        ids = {v: k for k, v in self.task_identities.items()}
+        ids.update({v: k for k, vs in self.previous_identities.items() for v in vs if v not in ids})
+        for row in self.store.evaluations(self.key):
+            if row["task_identity"] not in ids:
+                continue
+            entry = by_point.setdefault(coefficient_key(row["coefficients"]), {"c": row["coefficients"], "v": {}, "kind": row["kind"]})
+            entry["v"][ids[row["task_identity"]]] = row["value"]
+        rows = [e for e in by_point.values() if len(e["v"]) == len(self.tasks) and (kinds is None or e["kind"] in kinds)]
+        rows.sort(key=lambda e: coefficient_key(e["c"]))  # independent of which executor finished first
+        if not rows:
+            return np.empty((0, len(self.tasks))), np.empty((0, len(self.tasks))), []
+        C = np.array([r["c"] for r in rows], dtype=float)
+        M = np.array([[r["v"][t] for t in self.tasks] for r in rows], dtype=float)
+        return C, M, [r["kind"] for r in rows]
+
+    def result(self, front_points: int = 1000) -> ExploreResult:
+        """Fit surrogates to the stored design points and compute the front (no model needed)."""
+        C, M, kinds = self.measured(FIT_KINDS)
+        inside = np.all((C >= self.bounds[:, 0] - 1e-12) & (C <= self.bounds[:, 1] + 1e-12), axis=1) if len(C) else []
+        C, M = C[inside], M[inside]
+        on_front = np.array([k == "adaptive" for k in kinds], dtype=bool)[inside] if len(kinds) else None
+        need = n_quadratic_terms(len(self.tasks))
+        if len(C) < need:
+            raise SpecError(
+                f"experiment {self.spec.name!r} has {len(C)} complete evaluations; a quadratic surrogate needs {need}: "
+                f"run `merge-explorer run` first"
+            )
+        fit_key = front_cache.front_digest(C, M, self.bounds, self.senses, self.spec.seed, front_points,
+                                           on_front=None if on_front is None else on_front.tolist())
+        front, surrogates = front_cache.load_fit(self.store, fit_key)
+        if surrogates is None:  # the front search may leave state on the surrogates: restore both or neither
+            front = None
+        result = fit_result(self.tasks, C, M, self.bounds, [s > 0 for s in self.senses], self.spec.seed,
+                            front_points=front_points, front=front, surrogates=surrogates, front_samples=on_front)
+        if front is None or surrogates is None:
+            front_cache.save_fit(self.store, fit_key, result, self.key)
+        result.extra["references"] = self.references()
+        return result
+
+    def references(self) -> dict[str, np.ndarray]:
+        """Measured base, experts and best task arithmetic, where the store has them."""
+        out = {}
+        t = len(self.tasks)
+        base = self.stored(np.zeros(t))
+        if len(base) == t:
+            out["base"] = np.array([base[k] for k in self.tasks])
+        experts = [self.stored(np.eye(t)[i]).get(self.tasks[i]) for i in range(t)]
+        if all(v is not None for v in experts):
+            out["experts"] = np.array(experts)
+        C, M, kinds = self.measured()
+        equal = [i for i in range(len(C)) if np.ptp(C[i]) < 1e-12 and C[i, 0] > 0]
+        if equal:
+            best = max(equal, key=lambda i: float(np.mean(M[i] * self.senses)))
+            out["task_arithmetic"] = M[best]
+            out["task_arithmetic_lambda"] = np.array([C[best, 0]])
+        return out

@@ -1,0 +1,192 @@
+"""The experiment spec: validated once at the edge (frozen pydantic models, unknown keys refused
+with the closest valid key suggested), then trusted inside. Paths are relative to the spec file.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from explorer.errors import SpecError
+from explorer.experiment.families.registry import names
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    family: str = "open_clip"
+    architecture: Optional[str] = None
+    config_dir: Optional[str] = None
+    base: str
+    merge_prefix: Optional[str] = None
+    trust_pickle: bool = False
+    memory: Literal["auto", "resident", "streaming"] = "auto"  # hf_causal_lm: where task vectors live
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        if ":" not in v and v not in names():
+            close = difflib.get_close_matches(v, names(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown family {v!r}{hint} (families: {', '.join(names())}, or 'package.module:factory')")
+        return v
+
+
+class TaskSpec(_Strict):
+    checkpoint: str
+    evaluator: str
+    metric: str = "accuracy"
+    higher_is_better: Optional[bool] = None
+    params: dict[str, Any] = {}
+
+    def maximise(self) -> bool:
+        """Losses are minimised unless the spec says otherwise; everything else is maximised."""
+        if self.higher_is_better is not None:
+            return self.higher_is_better
+        return self.metric not in ("loss", "cross_entropy", "perplexity", "error")
+
+
+class MergeSpec(_Strict):
+    method: Literal["task_arithmetic", "ties", "dare"] = "task_arithmetic"
+    density: float = 0.2
+    seed: int = 0
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < 2**31:
+            raise ValueError("seed must be an integer in [0, 2**31)")
+        return v
+
+    @field_validator("density")
+    @classmethod
+    def _density_range(cls, v: float) -> float:
+        if not 0.0 < v <= 1.0:
+            raise ValueError("density must be in (0, 1]")
+        return v
+
+
+class Spec(_Strict):
+    name: str = "experiment"
+    store: Optional[str] = None
+    model: ModelSpec
+    tasks: dict[str, TaskSpec]
+    merge: MergeSpec = MergeSpec()
+    bounds: Union[tuple[float, float], list[tuple[float, float]]] = (0.0, 1.0)
+    budget: Optional[int] = None
+    seed: int = 0
+    device: str = "auto"
+    batch_size: Optional[int] = None
+
+    @field_validator("tasks")
+    @classmethod
+    def _two_tasks(cls, v: dict) -> dict:
+        if len(v) < 2:
+            raise ValueError(f"at least 2 tasks are needed to explore trade-offs, got {len(v)}")
+        bad = [t for t in v if not t.strip() or any(ch in t for ch in ",:=\n\r\t") or t != t.strip()]
+        if bad:
+            raise ValueError(f"task name {bad[0]!r} must be non-empty without commas, colons, '=' or surrounding "
+                             "spaces (they separate tasks on the command line and in share links)")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < 2**32:
+            raise ValueError("seed must be an integer in [0, 2**32)")
+        return v
+
+    @field_validator("budget", "batch_size")
+    @classmethod
+    def _positive(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and not 1 <= v <= 10**7:
+            raise ValueError("must be a positive integer (at most 10**7)")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return v
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names valid at location `loc` (walking nested models; task names are free)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if current is Spec and part == "tasks":
+            current = "tasks"
+            continue
+        if current == "tasks":
+            current = TaskSpec
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        if field is None:
+            return []
+        ann = field.annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if current is None:
+            return []
+    return list(current.model_fields) if isinstance(current, type) else []
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    # union members show up in the location as type names ('tuple[float, float]'): not keys
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p and p.endswith("]")))
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        valid = _valid_keys(Spec, loc)
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
+        return f"{source}: unknown key {where!r}{hint}"
+    if err["type"] == "missing":
+        return f"{source}: missing required key {where!r}"
+    return f"{source}: {where}: {err['msg']}"
+
+
+def parse_spec(data: Any, source: str = "spec") -> Spec:
+    """Validate a spec mapping; raise SpecError with one line naming the key at fault."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_describe(exc, source)) from None
+
+
+def load_spec(path: str | Path) -> tuple[Spec, Path]:
+    """Read and validate a YAML spec; returns the spec and the directory its paths are relative to."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"{p}: spec file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:  # ValueError: e.g. a NUL byte
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"{p}: not valid YAML ({first})") from None
+    except RecursionError:
+        raise SpecError(f"{p}: not valid YAML (nested too deeply)") from None
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read it ({exc.strerror})") from None
+    return parse_spec(data, str(p)), p.resolve().parent
+
+
+def resolve(spec_dir: Path, path: str | None) -> Path | None:
+    """A spec path made absolute against the spec's directory (user home expanded)."""
+    if path is None:
+        return None
+    try:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (spec_dir / p).resolve()
+    except (RuntimeError, ValueError, OSError) as exc:  # an unknown ~user, a NUL byte, a symlink loop
+        raise SpecError(f"path {path!r} in the spec cannot be used ({exc})") from None

@@ -1,0 +1,9 @@
+"""Task arithmetic: the task vectors as they are, τᵢ′ = τᵢ."""
+from __future__ import annotations
+
+from explorer.merging.methods.registry import MergeMethod, register
+
+
+@register("task_arithmetic")
+class TaskArithmetic(MergeMethod):
+    mergekit = "task_arithmetic"
