@@ -43,9 +43,11 @@ def workspace() -> S.Workspace:
 
 
 @st.cache_resource(show_spinner="Loading the experiment…")
-def open_experiment(spec_signature: tuple, store: str | None, trust_pickle: bool) -> S.ExperimentHandle:
-    """One handle (store connection, lazily built model and task vectors) per spec file version."""
-    return workspace().open(Path(spec_signature[0]), Path(store) if store else None, trust_pickle)
+def open_experiment(spec_signature: tuple, store: str | None, trust_pickle: bool,
+                    read_only: bool = False) -> S.ExperimentHandle:
+    """One handle (store connection, lazily built model and task vectors) per spec file version;
+    `read_only` (present mode) opens the store read-only, so the page writes nothing to it."""
+    return workspace().open(Path(spec_signature[0]), Path(store) if store else None, trust_pickle, read_only)
 
 
 @st.cache_data(show_spinner="Fitting surrogates and computing the front…", max_entries=16)
@@ -590,7 +592,8 @@ def main() -> None:
         if not ready:
             demo_missing(message, args.present)
             return
-    handle = open_experiment(S.file_signature(spec), str(args.store) if args.store else None, args.trust_pickle)
+    handle = open_experiment(S.file_signature(spec), str(args.store) if args.store else None, args.trust_pickle,
+                             read_only=args.present)
     st.session_state["_handle_for_picker"] = handle
     exp = handle.experiment
     ekey = exp.key[:12]

@@ -4,7 +4,7 @@
 
 The surrogates are MAP quadratics (logit link) whose front is known in closed form, so the truth
 owes nothing to either method: task i's surrogate is σ(Lᵢ − dᵢ(c)/wᵢ) with dᵢ(c) = (c − pᵢ)ᵀMᵢ(c − pᵢ),
-the distances of the analytic landscape of the same T (`explorer.landscapes`). σ is increasing,
+the distances of the analytic landscape of the same T (`explorer.demo.landscapes`). σ is increasing,
 so the Pareto set is the landscape's, {c*(w) = (Σ wₖMₖ)⁻¹ Σ wₖMₖpₖ : w in the simplex}, inside the
 box by construction; the exact front is the surrogates' values there, for 20 000 weight vectors
 (T = 2: 20 001 evenly spaced). Each surrogate is fitted on the MAP design and then given exactly

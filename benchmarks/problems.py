@@ -1,9 +1,9 @@
 """The merge problems the benchmark runs on, each with a real evaluator and, where it exists, the truth.
 
-- analytic landscapes (`explorer.landscapes`): the exact front; a pick's margin is found by
+- analytic landscapes (`explorer.demo.landscapes`): the exact front; a pick's margin is found by
   constrained optimisation on the exact functions, and is never below what the exact front
   points show.
-- real testbeds (`explorer.testbeds`): small MLPs whose truth is known by dense real evaluation
+- real testbeds (`explorer.demo.testbeds`): small MLPs whose truth is known by dense real evaluation
   (`reference_front`, `real_margin`).
 - demo zoos (real CLIP merges, evaluated through a benchmark store so reruns are free): no truth;
   the margin is measured against every point any method measured.
@@ -75,7 +75,7 @@ class Counter:
         return np.array([self.seen[k] for k in keys])
 
     def one(self, c) -> dict[str, float]:
-        """The `evaluate` signature of `explorer.explore`."""
+        """The `evaluate` signature of `explorer.core.explore`."""
         return dict(zip(self.problem.tasks, self.many(np.asarray(c)[None])[0].tolist()))
 
     @property

@@ -9,7 +9,7 @@ Writes benchmarks/results/benchmark[-quick].md and .json and prints the tables. 
 problem is kept under cache/benchmark/, so an interrupted run resumes (`--fresh` starts over).
 
 What is compared, on each problem, for the same 10 preferences (fixed seeded weight vectors):
-- ours: the product's default (`explorer.explore.default_design`): `explore_adaptive(tol=0)` from
+- ours: the product's default (`explorer.core.explore.default_design`): `explore_adaptive(tol=0)` from
   5 tasks on, `explore` (space-filling design, surrogate family chosen per task) below, 2P
   evaluations either way; its surrogate picks among the trusted front (`result.decide`), then
   `result.polish` (≤ 12 evaluations each);
@@ -43,30 +43,26 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import problems as P  # noqa: E402
+from benchmarks.preferences import N_PREFERENCES, preferences  # noqa: E402
 from benchmarks.rivals import RIVALS, pick_measured  # noqa: E402
 from explorer.core.adaptive import explore_adaptive  # noqa: E402
 from explorer.core.decision import achievement, decide  # noqa: E402
 from explorer.core.design import default_budget, n_quadratic_terms, sample_design  # noqa: E402
-from explorer.core.explore import default_design, explore
+from explorer.core.explore import default_design, explore  # noqa: E402
 from explorer.core.pareto import compute_front, non_dominated, thin  # noqa: E402
 from explorer.core.result import fit_surrogates  # noqa: E402
 
 #: Bump when what a problem's cached result means changes (methods, counting, metrics).
 VERSION = "3"
 #: The engine code a result depends on: a cached problem is reused only while these are unchanged.
-ENGINE_FILES = ("adaptive.py", "explore.py", "polish.py", "decision.py", "model_selection.py", "kriging.py",
-                "surrogate.py", "pareto.py", "design.py", "landscapes.py", "testbeds.py")
-N_PREFERENCES = 10
+#: Paths under explorer/.
+ENGINE_FILES = ("core/adaptive.py", "core/explore.py", "core/result.py", "core/polish.py", "core/decision.py",
+                "core/model_selection.py", "core/kriging.py", "core/surrogate.py", "core/links.py", "core/metrics.py",
+                "core/pareto.py", "core/design.py", "demo/landscapes.py", "demo/testbeds.py")
 POLISH_BUDGET = 12
 FIDELITY_POINTS = 40
 CACHE = ROOT / "cache" / "benchmark"
 METHODS = ["ours", "plain MAP", "random", "grid", "NSGA-II", "TPE"]
-
-
-def preferences(t: int, n: int = N_PREFERENCES, seed: int = 0) -> np.ndarray:
-    """Equal weights, then seeded Dirichlet(1) weight vectors: the same for every method."""
-    rng = np.random.default_rng([seed, t, 10])
-    return np.vstack([np.ones(t) / t, rng.dirichlet(np.ones(t), n - 1)])
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -127,7 +123,7 @@ def run_ours(problem: P.Problem, prefs: np.ndarray, seed: int) -> dict:
 def run_map(problem: P.Problem, prefs: np.ndarray, seed: int, total: int, with_fidelity: bool) -> dict:
     """Plain MAP spending `total` evaluations: a design of total − 10, then measuring its 10 picks.
 
-    MAP as published: quadratic surrogates fitted to the space-filling design (explorer.explore's
+    MAP as published: quadratic surrogates fitted to the space-filling design (explorer.core.explore's
     design and `family="quadratic"`) and their front over the whole box, every row of it shown.
     """
     counter = P.Counter(problem)

@@ -4,10 +4,10 @@
 
 On the analytic "smooth" landscape of each T, for the benchmark's 10 preferences: ours with
 either design (`explore_adaptive` and `explore`, surrogate family chosen per task, 2P evaluations;
-T ≤ 8, the fit gets slow beyond), plain MAP (full quadratic, 2P design), the diagonal-plus-low-rank quadratic (explorer.lowrank) and Nested MAP
-(explorer.nested, which spends evaluations per preference). Evaluations count every distinct
+T ≤ 8, the fit gets slow beyond), plain MAP (full quadratic, 2P design), the diagonal-plus-low-rank quadratic (explorer.core.lowrank) and Nested MAP
+(explorer.core.nested, which spends evaluations per preference). Evaluations count every distinct
 point, the picks included. Quality: the exact real margin of each pick (problems.exact_margin).
-`explorer.lowrank.choose_method` follows this table.
+`explorer.core.lowrank.choose_method` follows this table.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import problems as P
+from benchmarks.preferences import preferences
 from explorer.core.adaptive import explore_adaptive
 from explorer.core.decision import decide
 from explorer.core.design import sample_design
@@ -38,8 +39,6 @@ def _surrogate_picks(surrogates, t: int, prefs, seed: int = 0) -> np.ndarray:
 
 
 def run(quick: bool, log=print) -> list[dict]:
-    from benchmarks.run import preferences
-
     sizes = [2, 4, 8, 12] if quick else [2, 4, 6, 8, 12, 16, 20]
     rows = []
     for t in sizes:

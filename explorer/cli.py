@@ -94,11 +94,18 @@ def summary(experiment, result) -> str:
     return "\n".join(text)
 
 
-def _experiment(args):
-    from explorer.experiment.experiment import Experiment
+def _experiment(args, read_only: bool = False):
+    from explorer.experiment.experiment import Experiment  # imports torch: loaded after the options are checked
 
     return Experiment.from_file(args.spec, store_path=args.store, device=getattr(args, "device", None),
-                                trust_pickle=getattr(args, "trust_pickle", False))
+                                trust_pickle=getattr(args, "trust_pickle", False), read_only=read_only)
+
+
+def _reads_only(args) -> bool:
+    """pick, and export of the coefficients alone, only read the store (no --polish): opened read-only."""
+    if getattr(args, "polish", None) is not None:
+        return False
+    return args.command == "pick" or (args.command == "export" and args.no_checkpoint)
 
 
 def cmd_run(args) -> int:
@@ -115,12 +122,15 @@ def cmd_run(args) -> int:
 
 
 def _decide(args):
-    exp = _experiment(args)
-    result = exp.result()
+    """Options checked before the store is opened; commands that only read open it read-only."""
     weights = parse_assignments(args.weights, "--weights")
     minimums = parse_assignments(args.min, "--min")
+    if getattr(args, "polish", None) is not None and args.polish < 1:
+        raise SpecError(f"--polish: the budget must be at least 1 evaluation, got {args.polish}")
+    exp = _experiment(args, read_only=_reads_only(args))
     _check_tasks(weights, exp.tasks, "--weights")
     _check_tasks(minimums, exp.tasks, "--min")
+    result = exp.result()
     try:
         decision = result.decide(weights, minimums)
     except ValueError as exc:
@@ -229,8 +239,10 @@ def cmd_export(args) -> int:
     if args.polish is not None:
         decision, _, polished = _polish(exp, result, decision, weights, minimums, args.polish, not args.no_progress)
     c = decision.coefficients
-    measured = exp.evaluate(c, kind="verify")  # validation, stored as a check (never fitted)
-    test_split = exp.held_out(c, measure=True)  # held-out test split, where a task has one
+    if args.no_checkpoint and polished is None:  # the coefficients alone: read what the store has
+        measured, test_split = exp.stored_metrics(c), exp.held_out(c)
+    else:  # validation (stored as a check, never fitted) and the held-out test split where a task has one
+        measured, test_split = exp.evaluate(c, kind="verify"), exp.held_out(c, measure=True)
     paths = export(exp, result, decision, args.out, weights, minimums, checkpoint=not args.no_checkpoint,
                    measured=measured, test_split=test_split, polish=polished)
     _print_export_metrics(paths["coefficients"])

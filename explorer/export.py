@@ -77,7 +77,7 @@ def coefficients_document(experiment, result, decision: Decision, weights=None, 
 
     measured: (T,) metrics of the exported point as measured on the validation data (None: not
     measured yet); test_split: ({task: value or None}, {task: note}) on held-out data
-    (explorer.holdout); polish: how the point was polished (`merge-explorer export --polish`).
+    (explorer.experiment.holdout); polish: how the point was polished (`merge-explorer export --polish`).
     """
     spec, tasks = experiment.spec, experiment.tasks
     std = decision.std if decision.std is not None else result.predict(decision.coefficients, return_std=True)[1][0]

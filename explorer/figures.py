@@ -20,6 +20,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from explorer.core.pareto import non_dominated
+
 # Okabe & Ito (2008), "Color Universal Design".
 OKABE_ITO = {
     "black": "#000000", "orange": "#E69F00", "sky_blue": "#56B4E9", "bluish_green": "#009E73",
@@ -161,18 +163,11 @@ def _coefficient_hover(tasks: Sequence[str]) -> str:
     return "<br>".join(f"c[{t}] = %{{customdata[{k}]:.3f}}" for k, t in enumerate(tasks))
 
 
-def non_dominated_2d(points: np.ndarray, senses: Sequence[float]) -> np.ndarray:
-    """Indices of the 2-D non-dominated points (both objectives oriented by `senses`), sorted by x."""
-    if len(points) == 0:
-        return np.zeros(0, dtype=int)
-    g = np.asarray(points, dtype=float) * np.asarray(senses, dtype=float)  # larger = better
-    order = np.lexsort((-g[:, 1], -g[:, 0]))  # by x descending, then y descending
-    keep, best_y = [], -np.inf
-    for i in order:
-        if g[i, 1] > best_y + 1e-12:
-            keep.append(i)
-            best_y = g[i, 1]
-    keep = np.array(keep, dtype=int)
+def frontier_2d(points: np.ndarray, senses: Sequence[float]) -> np.ndarray:
+    """Indices of the 2-D frontier of `points` (n, 2): its non-dominated rows, both metrics oriented
+    by `senses` (+1 maximised, -1 minimised), in order of x so they can be drawn as a line."""
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    keep = non_dominated(-points * np.asarray(senses, dtype=float))  # pareto minimises
     return keep[np.argsort(points[keep, 0])]
 
 
@@ -210,7 +205,7 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
             customdata=result.front_coefficients[~trusted],
             hovertemplate=hover + "<extra>not vouched for</extra>"))
     shown = np.flatnonzero(trusted) if trusted.any() else np.arange(len(F))  # the edge of what choices come from
-    edge = shown[non_dominated_2d(F[shown][:, [i, j]], result.senses[[i, j]])]
+    edge = shown[frontier_2d(F[shown][:, [i, j]], result.senses[[i, j]])]
     colour, _, name = STYLE["frontier"]
     fig.add_trace(_trace("scatter", 
         x=F[edge, i], y=F[edge, j], mode="lines", name=name, line=dict(color=colour, width=2.5),

@@ -201,7 +201,9 @@ def test_invalid_spec_shows_message(toy_spec, tmp_path, monkeypatch):
 
 def test_missing_demo_shows_build_command(tmp_path, monkeypatch):
     monkeypatch.delenv(app_state.SPEC_ENV, raising=False)
-    monkeypatch.setattr(app_state, "DEFAULT_SPEC", tmp_path / "examples" / "demo.yaml")
+    missing = tmp_path / "examples" / "demo.yaml"
+    monkeypatch.setattr(app_state.arguments, "DEFAULT_SPEC", missing)  # what app_args falls back to
+    monkeypatch.setattr(app_state, "DEFAULT_SPEC", missing)  # what app.py compares the spec with (S.DEFAULT_SPEC)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error
     assert any(app_state.DEMO_COMMAND in i.value for i in at.info)

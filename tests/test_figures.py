@@ -73,8 +73,8 @@ def test_front_2d_has_references_units_and_click_data(result, markers):
 
 def test_front_2d_frontier_is_non_dominated():
     pts = np.array([[0.1, 0.9], [0.5, 0.5], [0.4, 0.4], [0.9, 0.1], [0.2, 0.2]])
-    assert F.non_dominated_2d(pts, [1, 1]).tolist() == [0, 1, 3]
-    assert F.non_dominated_2d(pts, [-1, -1]).tolist() == [0, 4, 3]  # minimising both
+    assert F.frontier_2d(pts, [1, 1]).tolist() == [0, 1, 3]
+    assert F.frontier_2d(pts, [-1, -1]).tolist() == [0, 4, 3]  # minimising both
 
 
 def test_front_3d(result, markers):

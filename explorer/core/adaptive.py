@@ -7,16 +7,17 @@ over merge strengths (`design.strength_stratified_design`: in 8 dimensions a uni
 almost no weak merges, where many-task fronts often lie); then, in rounds,
 
 1. one surrogate per task is fitted to everything measured so far (family chosen per task by
-   leave-one-out error, see explorer.model_selection) and their front is computed;
+   leave-one-out error, see explorer.core.model_selection) and their front is computed;
 2. front points are scored by their largest predictive std over tasks, relative to the std the
-   surrogates must reach to vouch for a point (`explorer.explore.trust_thresholds`);
+   surrogates must reach to vouch for a point (`explorer.core.result.trust_thresholds`);
 3. a batch is picked greedily, each pick damping the scores around it (and around every measured
    point), so a batch spreads along the front instead of piling up;
 4. the batch is measured; before refitting, its error under the previous surrogates is the
    held-out error on the front: when its RMS falls below `tol` (metric units), sampling stops.
 
-The points placed on the front are marked ("adaptive"); their left-out errors calibrate the
-std the final fit reports on the front (`explorer.model_selection.recalibrate_on`). Unlike MAP's
+The points placed on the front are marked ("adaptive"); their left-out errors choose each task's
+surrogate family for the final fit (`explorer.core.model_selection.fit_surrogate`). Runs of a spec
+go through the store in explorer.experiment.loop. Unlike MAP's
 reference Bayesian mode, every measurement is kept, acquisition is a deterministic argmax, and
 regions with no samples have the largest std, so they are explored rather than ignored.
 """

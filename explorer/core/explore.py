@@ -16,7 +16,7 @@ from explorer.core.result import ExploreResult, fit_result
 from explorer.errors import SpecError
 
 #: From this many tasks on, the default run places part of its budget on the predicted front
-#: (explorer.adaptive). Measured at equal evaluations (analytic landscapes, 10 preferences, mean
+#: (explorer.core.adaptive). Measured at equal evaluations (analytic landscapes, 10 preferences, mean
 #: real margin of the picks): T = 2 space-filling 0.00 / 0.05 vs adaptive 0.00 / 0.36 (sharp /
 #: smooth), T = 3 0.02 / 0.12 vs 0.02 / 0.22, T = 4 1.44 / 0.26 vs 0.06 / 0.10, T = 8 see
 #: benchmarks/results (space-filling fronts miss by several points there).
@@ -46,7 +46,7 @@ def explore(
     """Evaluate a seeded design, fit surrogates and return the amortized Pareto front.
 
     design: "space_filling" (MAP: the whole budget on a space-filling design), "adaptive"
-    (part of it on the predicted front, see explorer.adaptive) or "auto" (`default_design`).
+    (part of it on the predicted front, see explorer.core.adaptive) or "auto" (`default_design`).
     family: surrogate family per task, "auto" (by left-out error), "quadratic" (MAP) or "kriging".
 
     evaluate: takes a 1-D array of T coefficients, returns {task: metric}.

@@ -11,7 +11,8 @@ unit box. Hyperparameters (a, b, ℓ, s) maximise the closed-form leave-one-out 
 density (robust when the model is misspecified, unlike the marginal likelihood). Leave-one-out
 means and variances are exact and free (Sundararajan & Keerthi 2001), which gives `r2_cv_` and a
 calibration factor: predictive standard deviations are scaled so that, on the left-out points,
-about 90 % of measurements fall within ±2 std. With b → 0 the model is MAP's quadratic.
+`COVERAGE_TARGET` (97.5 %, explorer.core.surrogate) of measurements fall within ±2 std. With b → 0
+the model is MAP's quadratic.
 """
 from __future__ import annotations
 

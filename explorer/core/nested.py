@@ -58,7 +58,7 @@ class NestedResult:
 
 
 def task_vector_similarity(task_vectors) -> np.ndarray:
-    """Cosine similarity (T, T) of the flattened task vectors of an `explorer.task_vectors.TaskVectors`."""
+    """Cosine similarity (T, T) of the flattened task vectors of an `explorer.merging.task_vectors.TaskVectors`."""
     t = task_vectors.n_tasks
     gram = np.zeros((t, t))
     for v in task_vectors.vectors.values():

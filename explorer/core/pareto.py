@@ -244,7 +244,7 @@ def compute_trusted_front(
     n_candidates: int = 8192,
 ) -> Front:
     """The surrogates' front within `radius` (box widths) of a measured sample: where they were
-    shown to be accurate (see explorer.model_selection.trust_radius).
+    shown to be accurate (see explorer.core.model_selection.trust_radius).
 
     Candidates fill balls around the samples (the samples themselves included); their
     non-dominated set is refined with steps that may not leave the region, filtered and thinned.

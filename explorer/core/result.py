@@ -196,7 +196,7 @@ def fit_result(
     front computed before for exactly these inputs (the store's cache, see front_cache.py):
     no front search runs then; `surrogates` ({task: fitted surrogate}, from the same cache) skips
     the fitting. `family`: "auto" (per task, the lower leave-one-out error), "quadratic" (MAP)
-    or "kriging" (see explorer.model_selection).
+    or "kriging" (see explorer.core.model_selection).
     """
     tasks = list(tasks)
     box = normalize_bounds(bounds, len(tasks))

@@ -221,7 +221,7 @@ def register(out_dir: str | os.PathLike) -> None:
 
     cfg = Path(out_dir) / f"{ARCHITECTURE}.json"
     if not cfg.is_file():
-        raise FileNotFoundError(f"zoo directory {out_dir} has no {cfg.name}; build it with explorer.zoo.build_zoo")
+        raise FileNotFoundError(f"zoo directory {out_dir} has no {cfg.name}; build it with explorer.demo.zoo.build_zoo")
     open_clip.add_model_config(cfg)
 
 

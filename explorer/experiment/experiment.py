@@ -1,5 +1,8 @@
-"""Running a spec: checkpoints -> task vectors -> in-place merges -> evaluations through the store.
+"""A spec bound to a store (`Experiment`) and the loaded model side of it (`Engine`).
 
+`Experiment` knows its content key, the identity of every task, which evaluations the store has,
+the fit and the front (cached in the store); `Engine` holds checkpoints -> task vectors -> the
+model a merge is written into -> the evaluators. The evaluation loop is explorer.experiment.loop.
 Everything heavy (checkpoints, task vectors, the model, the evaluators' cached data) is built
 once per `Experiment`, lazily: reading results back from the store (pick, export's coefficients,
 the app's views) needs no model at all.
@@ -15,7 +18,14 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from explorer.core.adaptive import default_initial, inside_box, loop_budget
-from explorer.core.design import coefficient_key, default_budget, n_quadratic_terms, normalize_bounds, sample_design
+from explorer.core.design import (
+    coefficient_key,
+    default_budget,
+    n_quadratic_terms,
+    normalize_bounds,
+    sample_design,
+    strength_stratified_design,
+)
 from explorer.core.explore import default_design
 from explorer.core.result import ExploreResult, fit_result
 from explorer.errors import EvaluationError, ExplorerError, SpecError
@@ -87,12 +97,14 @@ class Experiment:
     """A validated spec bound to a store: knows its content key and which evaluations exist."""
 
     def __init__(self, spec: Spec, spec_dir: Path, store: Store | None = None, device: str | None = None,
-                 spec_path: Path | None = None):
+                 spec_path: Path | None = None, read_only: bool = False):
+        """read_only: open the default store read-only (a `store` given is used as it was opened)."""
         self.spec, self.spec_dir, self.device, self.spec_path = spec, Path(spec_dir), device, spec_path
         self.tasks = list(spec.tasks)
         self.bounds = normalize_bounds(spec.bounds, len(self.tasks))
         self._check_paths()
-        self.store = store or Store(resolve(self.spec_dir, spec.store) if spec.store else Path.cwd() / DEFAULT_STORE)
+        self.store = store or Store(resolve(self.spec_dir, spec.store) if spec.store else Path.cwd() / DEFAULT_STORE,
+                                    read_only=read_only)
         self.senses = np.array([1.0 if spec.tasks[t].maximise() else -1.0 for t in self.tasks])
         self.device_kind = device_kind(device or spec.device)
         cache = self.store.hash_cache()
@@ -127,13 +139,18 @@ class Experiment:
 
     @classmethod
     def from_file(cls, path: str | Path, store_path: str | Path | None = None, device: str | None = None,
-                  trust_pickle: bool = False) -> "Experiment":
-        """`trust_pickle` overrides the spec's `model.trust_pickle` (the CLI's --trust-pickle)."""
+                  trust_pickle: bool = False, read_only: bool = False) -> "Experiment":
+        """`trust_pickle` overrides the spec's `model.trust_pickle` (the CLI's --trust-pickle); `read_only`
+        opens the store read-only (nothing is written: reading results back, pick, present mode)."""
         spec, spec_dir = load_spec(path)
         if trust_pickle:
             spec = spec.model_copy(update={"model": spec.model.model_copy(update={"trust_pickle": True})})
-        store = Store(store_path) if store_path else None
-        return cls(spec, spec_dir, store, device, Path(path).resolve())
+        store = Store(store_path, read_only=read_only) if store_path else None
+        return cls(spec, spec_dir, store, device, Path(path).resolve(), read_only)
+
+    def path(self, path: str | None) -> Path | None:
+        """A path named in the spec, made absolute against the spec's directory."""
+        return resolve(self.spec_dir, path)
 
     def _check_paths(self) -> None:
         checkpoint_files(resolve(self.spec_dir, self.spec.model.base))
@@ -214,6 +231,9 @@ class Experiment:
         c = np.asarray(coefficients, dtype=float)
         have = self.stored(c)
         missing = [t for t in self.tasks if t not in have]
+        if missing and self.store.read_only:
+            raise SpecError(f"{self.store.path} is open read-only and lacks task {missing[0]!r} at "
+                            f"c={np.round(c, 4).tolist()}; nothing was measured")
         if missing:
             for task, value, seconds in self.engine.measure(c, missing):
                 self.store.put(self.key, self.task_identities[task], task, c, value, seconds, kind)
@@ -229,18 +249,22 @@ class Experiment:
         C, _, kinds = self.measured()
         have = {coefficient_key(c) for c in C}
         references = self.reference_points()
-        if default_design(len(self.tasks)) != "adaptive":
-            points = list(self.design(budget)) + references
-            return sum(coefficient_key(c) in have for c in points), len(points)
         t = len(self.tasks)
+        if default_design(t) != "adaptive":
+            points = {coefficient_key(c) for c in [*self.design(budget), *references]}  # corners are references too
+            return len(points & have), len(points)
         budget = budget if budget is not None else (self.spec.budget or default_budget(t))
-        loop = loop_budget(budget, min(default_initial(t), budget))
-        total = loop + len(references) + 1  # + the closing task-arithmetic reference (finish)
+        initial = min(default_initial(t), budget)
+        loop = loop_budget(budget, initial)
+        # the base and the experts are corners of the start design when the box holds them: counted once
+        start = {coefficient_key(c) for c in strength_stratified_design(self.bounds, t, initial, self.spec.seed)}
+        extra = [c for c in references if coefficient_key(c) not in start]
+        total = loop + len(extra) + 1  # + the closing task-arithmetic reference (finish)
         # a run that reached its closing point is complete, also when it stopped early (converged)
         if any(k == "reference" and np.ptp(c) < 1e-12 and c[0] > 0 for c, k in zip(C, kinds)):
             return total, total
         fitted = int(np.sum(inside_box(C, self.bounds) & np.isin(kinds, FIT_KINDS))) if len(C) else 0
-        return min(fitted, loop) + sum(coefficient_key(c) in have for c in references), total
+        return min(fitted, loop) + sum(coefficient_key(c) in have for c in extra), total
 
     def run(self, budget: int | None = None, progress: bool = True, executor=None, adaptive: bool | None = None,
             **adaptive_options) -> ExploreResult:

@@ -76,6 +76,8 @@ def _connect(store) -> sqlite3.Connection:
     raises sqlite3.Error for a private in-memory store, which has nothing worth caching."""
     if getattr(store, "memory", False):
         raise sqlite3.OperationalError("in-memory store")
+    if getattr(store, "read_only", False):
+        return sqlite3.connect(f"{Path(store.path).resolve().as_uri()}?mode=ro", uri=True, timeout=60)
     conn = sqlite3.connect(str(Path(store.path)), timeout=60)
     conn.execute("PRAGMA busy_timeout=60000")
     return conn
@@ -214,6 +216,8 @@ def save_fit(store, digest: str, result, experiment: str | None = None) -> bool:
 def save_front(store, digest: str, arrays: Mapping[str, np.ndarray], experiment: str | None = None,
                surrogates: bytes | None = None) -> bool:
     """Store the arrays under `digest` in one transaction (all or nothing); False when it could not."""
+    if getattr(store, "read_only", False):  # commands that only read leave the store as they found it
+        return False
     now = time.time()
     try:
         blobs = [(digest, name, _to_bytes(np.asarray(a)), experiment, now) for name, a in arrays.items()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from explorer.errors import SpecError
 from explorer.experiment.families.registry import names
+from explorer.merging.methods.registry import method_names
 
 
 class _Strict(BaseModel):
@@ -53,9 +54,19 @@ class TaskSpec(_Strict):
 
 
 class MergeSpec(_Strict):
-    method: Literal["task_arithmetic", "ties", "dare"] = "task_arithmetic"
+    method: str = "task_arithmetic"  # a registered merge method (explorer/merging/methods/)
     density: float = 0.2
     seed: int = 0
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        known = method_names()
+        if v not in known:
+            close = difflib.get_close_matches(v, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown merge method {v!r}{hint} (methods: {', '.join(known)})")
+        return v
 
     @field_validator("seed")
     @classmethod

@@ -74,8 +74,11 @@ def _transient(exc: sqlite3.OperationalError) -> bool:
 class Store:
     """Evaluation results on disk. Safe for several readers and writers (processes or threads)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
+        """read_only: the file is opened read-only (SQLite `mode=ro`) and never written, not even the
+        file-hash cache or an experiment's registration (commands that only read: pick, present mode)."""
         self.memory = str(path) == MEMORY
+        self.read_only = bool(read_only) and not self.memory
         self.path = Path(path)
         self._lock = threading.RLock()  # one connection shared by threads (app sessions): one statement at a time
         self._pending: dict[str, tuple[str, dict]] = {}  # experiment key -> (name, meta), written with its first result
@@ -98,10 +101,22 @@ class Store:
 
     def _ensure(self, write: bool) -> None:
         """Connect when there is something to read (or, for a write, create the file), and check it is ours."""
+        if write and self.read_only:
+            raise StoreError(f"{self.path}: opened read-only; nothing was written")
         if self._conn is None:
             existed = self._exists()
             if not existed and not write:
                 return  # no store yet: reads find nothing, and nothing is created for them
+            if self.read_only:
+                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=LOCK_WAIT_S / 2,
+                                       check_same_thread=False)
+                try:
+                    self._ready = self._validate(conn, existed)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._conn = conn
+                return
             if not self.memory:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +152,8 @@ class Store:
             missing = {"experiments", "evaluations", "file_hashes"} - tables
             if version == SCHEMA_VERSION and missing:
                 raise sqlite3.DatabaseError(f"table {sorted(missing)[0]!r} is missing")
-        conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a process crash loses nothing committed
+        if not self.read_only:
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a process crash loses nothing committed
         return app_id == APPLICATION_ID and version == SCHEMA_VERSION
 
     def _initialize(self) -> None:
@@ -315,8 +331,8 @@ class Store:
         return self._read("SELECT COUNT(*) FROM evaluations WHERE experiment=?", (experiment,), [(0,)])[0][0]
 
     def flush(self) -> None:
-        """Write pending file hashes now (a no-op when there are none)."""
-        if self._pending_hashes:
+        """Write pending file hashes now (a no-op when there are none, or read-only: they stay in memory)."""
+        if self._pending_hashes and not self.read_only:
             self._write(lambda conn: None)
 
     # file hashes -----------------------------------------------------------------------------

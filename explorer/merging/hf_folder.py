@@ -2,7 +2,7 @@
 
 A 7B merge is 14 GB in bf16: it is never built as one in-memory state dict. The shard layout
 and every safetensors header are planned from the base's tensor metadata first (names, dtypes,
-shapes are known before any merge), then each tensor is merged (explorer.streaming) and its
+shapes are known before any merge), then each tensor is merged (explorer.merging.streaming) and its
 bytes appended to its shard. Config, generation config and tokenizer files are copied from the
 base folder, so the result loads with `AutoModelForCausalLM.from_pretrained(folder)`.
 """

@@ -62,7 +62,7 @@ def evaluate(
 ) -> float:
     """Zero-shot classification accuracy in [0, 1] (or mean cross-entropy in nats) of a CLIP model.
 
-    ``dataset`` is a built-in name (see ``explorer.datasets.names()``) or a torchvision ImageFolder
+    ``dataset`` is a built-in name (see ``explorer.suites.datasets.names()``) or a torchvision ImageFolder
     directory (relative paths resolve against ``spec_dir``); the directory either holds one folder
     per class or split sub-folders (``train``, ``validation``/``val``, ``test``) that do.
     ``classnames`` defaults to the built-in's names or the class folder names (``_`` -> space); it

@@ -2,7 +2,7 @@
 
 The escape hatch for models no registered family covers: `factory(base_state_dict)` returns a
 `torch.nn.Module` (or a dict of tensors) holding the base weights; merges go through the
-state-dict path (`explorer.families.state_dict`). Not registered by name: `lookup` makes one
+state-dict path (`explorer.experiment.families.state_dict`). Not registered by name: `lookup` makes one
 per factory path. A factory that fails is named with the checkpoint it was given.
 """
 from __future__ import annotations

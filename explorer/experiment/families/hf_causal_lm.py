@@ -3,7 +3,7 @@
 The base and every expert are Hugging Face model folders (config.json, tokenizer files, single or
 sharded safetensors). The base is loaded once with transformers from its local path only
 (`local_files_only=True`: nothing is downloaded) in the checkpoint's own dtype; merges are
-written into that model by `explorer.streaming.StreamingMerger`, which reads θ₀ and the experts in
+written into that model by `explorer.merging.streaming.StreamingMerger`, which reads θ₀ and the experts in
 their own dtype (resident or streaming, chosen from free memory). Checks that a merge makes sense
 come first and each names the folder at fault in one line: a folder that is not a model, an
 architecture that differs from the base's, a tokenizer whose vocabulary differs.
@@ -18,7 +18,6 @@ import torch
 
 from explorer.errors import CheckpointError, SpecError
 from explorer.experiment.families.registry import register
-from explorer.experiment.spec import resolve
 from explorer.merging.devices import pick_device
 from explorer.merging.hf_folder import write_merged_folder
 from explorer.merging.safetensors_file import SafetensorsCheckpoint
@@ -112,9 +111,9 @@ class HFCausalLM:
     artifact = "merged/"
 
     def folders(self, experiment) -> tuple[Path, list[Path]]:
-        spec, spec_dir = experiment.spec, experiment.spec_dir
-        return (resolve(spec_dir, spec.model.base),
-                [resolve(spec_dir, spec.tasks[t].checkpoint) for t in experiment.tasks])
+        spec = experiment.spec
+        return (experiment.path(spec.model.base),
+                [experiment.path(spec.tasks[t].checkpoint) for t in experiment.tasks])
 
     def identity(self, experiment) -> str:
         """SHA-256 of the base's config and tokenizer files: they change what a merge computes and

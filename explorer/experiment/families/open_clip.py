@@ -2,7 +2,7 @@
 
 One call serves a tiny demo model and ViT-B/32: `open_clip.create_model(architecture)` builds the
 module (configs from `model.config_dir` are registered first), the base state dict fills it, and
-merges go through the state-dict path (`explorer.families.state_dict`). A checkpoint of another
+merges go through the state-dict path (`explorer.experiment.families.state_dict`). A checkpoint of another
 architecture is named by the first tensor that does not fit.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The base and every expert are plain checkpoint files (safetensors, or pickles with
 `trust_pickle`). They are loaded as state dicts, checked against the base (same keys, shapes,
 finite values), and their task vectors τᵢ′ (after TIES/DARE) are held in float32; merges are
-written by `explorer.merge.Merger` into the module the family builds. For `state_dict` that
+written by `explorer.merging.inplace.Merger` into the module the family builds. For `state_dict` that
 module is a dict of tensors (the evaluator gets the state dict itself); `open_clip` and user
 factories ("package.module:factory") subclass this and build a real module instead.
 """
@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import save_file
 
 from explorer.experiment.families.registry import register
-from explorer.experiment.spec import resolve
 from explorer.merging.checkpoints import check_compatible, check_finite, load_state_dict
 from explorer.merging.devices import pick_device
 from explorer.merging.inplace import Merger
@@ -37,13 +36,13 @@ class StateDictMerge:
 
     def load_engine(self, engine, experiment) -> None:
         """Fill the runner's Engine: base, task vectors, module and merger, all in memory."""
-        spec, spec_dir = experiment.spec, experiment.spec_dir
-        base_path = resolve(spec_dir, spec.model.base)
+        spec = experiment.spec
+        base_path = experiment.path(spec.model.base)
         engine.base = load_state_dict(base_path, spec.model.trust_pickle)
         check_finite(engine.base, str(base_path))
         finetuned = []
         for task in experiment.tasks:
-            path = resolve(spec_dir, spec.tasks[task].checkpoint)
+            path = experiment.path(spec.tasks[task].checkpoint)
             state = load_state_dict(path, spec.model.trust_pickle)
             check_compatible(engine.base, state, str(path), str(base_path))
             check_finite(state, str(path))
@@ -54,7 +53,7 @@ class StateDictMerge:
         del finetuned
         engine.device = pick_device(experiment.device or spec.device)
         engine.model = self.build_module(engine.base, str(base_path), spec.model.architecture,
-                                         resolve(spec_dir, spec.model.config_dir))
+                                         experiment.path(spec.model.config_dir))
         engine.merger = Merger(engine.model, engine.base, engine.task_vectors, engine.device)
 
     def write_merged(self, experiment, coefficients, out_dir: Path, via_inputs: bool = False) -> dict[str, Path]:

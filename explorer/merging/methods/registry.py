@@ -8,11 +8,12 @@ imported on first use. Adding a method is adding one module and one line here.
 from __future__ import annotations
 
 import importlib
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from explorer.errors import SpecError
+
+if TYPE_CHECKING:  # the registry itself needs no torch: a spec is validated without it
+    import torch
 
 #: Registered methods: name -> module that registers it on import.
 BUILTIN = {"task_arithmetic": "explorer.merging.methods.task_arithmetic",
