@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from explorer.core.polish import polish
 from explorer.errors import ExplorerError, SpecError
 from explorer.vouch import FAMILY_HELP, decision_at, decision_reason, plus_minus, surrogate_family
 
@@ -110,7 +111,7 @@ def _reads_only(args) -> bool:
 
 def cmd_run(args) -> int:
     exp = _experiment(args)
-    from explorer.experiment.executors import make_executor
+    from explorer.experiment.executors import make_executor  # imports torch and ray: loaded when a run starts
 
     options = {"address": args.ray_address, "num_workers": args.workers} if getattr(args, "executor", None) == "ray" else {}
     executor = make_executor(getattr(args, "executor", None), **options)
@@ -153,8 +154,6 @@ def _print_decision(exp, result, decision) -> None:
 def _polish(exp, result, decision, weights, minimums, budget: int, progress: bool):
     """Polish the pick through the store (kind "polish": resumable, never fitted), print measured vs
     predicted; returns (the polished point's decision, its measured metrics, a summary for exports)."""
-    from explorer.core.polish import polish
-
     if budget < 1:
         raise SpecError(f"--polish: the budget must be at least 1 evaluation, got {budget}")
     fresh = []
@@ -231,7 +230,7 @@ def cmd_pick(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from explorer.export import export
+    from explorer.export import export  # imports torch: loaded after the options are checked
 
     exp, result, decision, weights, minimums = _decide(args)
     _print_decision(exp, result, decision)
@@ -277,11 +276,11 @@ def cmd_verify(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from explorer.demo.zoo import DEFAULT_DIRS, ensure_zoo
+    from explorer.demo.zoo import DEFAULT_DIRS, ensure_zoo  # imports torch and open_clip: only for the demo
 
     root = Path(__file__).resolve().parent.parent  # the specs' paths are relative to examples/, not to the cwd
     if args.kind == "llm":  # a tiny Llama and one expert per string skill (explorer/llm_zoo.py)
-        from explorer.demo.llm_zoo import DEFAULT_DIR as LLM_DIR
+        from explorer.demo.llm_zoo import DEFAULT_DIR as LLM_DIR  # imports torch and transformers: only for this demo
         from explorer.demo.llm_zoo import ensure_llm_zoo
 
         ensure_llm_zoo(root / LLM_DIR, progress=not args.no_progress)
@@ -291,6 +290,49 @@ def cmd_demo(args) -> int:
     name = "demo.yaml" if args.tasks == 4 else f"demo{args.tasks}.yaml"
     args.spec = str(root / "examples" / name) if args.spec is None else args.spec
     return cmd_run(args)
+
+
+def cmd_compare(args) -> int:
+    from explorer.experiment.compare import compare  # imports torch: loaded after the options are checked
+    from explorer.experiment.executors import make_executor  # imports torch and ray
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    options = {"address": args.ray_address, "num_workers": args.workers} if args.executor == "ray" else {}
+    cmp = compare(args.spec, methods, store_path=args.store, budget=args.budget, progress=not args.no_progress,
+                  executor=make_executor(args.executor, **options), n_preferences=args.preferences,
+                  device=args.device)
+    print(comparison_table(cmp))
+    return 0
+
+
+def comparison_table(cmp) -> str:
+    """Per method: evaluations, best equal-weight merge measured, the front's reach and fit per task;
+    per preference: each method's measured pick (achievement, lower is better) and the best."""
+    tasks, rows = cmp.tasks, []
+    for run in cmp.runs:
+        eq = run.best_equal
+        rows.append([run.method, str(run.evaluations),
+                     "—" if eq is None else f"{np.mean(eq[1]):.4f} (λ={eq[0]:.2f})",
+                     *[_fmt(v) for v in run.reach()], f"{np.min(run.fit_r2()):.2f} / {np.mean(run.fit_r2()):.2f}"])
+    text = [f"{len(cmp.runs)} methods, {len(tasks)} tasks, {cmp.evaluations} real evaluations in all "
+            f"(the base measured once and shared; {len(cmp.weights)} picks measured per method)"]
+    if "base" in cmp.references:
+        text.append("base: " + ", ".join(f"{t} {_fmt(v)}" for t, v in zip(tasks, cmp.references["base"])))
+    if "experts" in cmp.references:
+        text.append("experts: " + ", ".join(f"{t} {_fmt(v)}" for t, v in zip(tasks, cmp.references["experts"])))
+    text.append(format_table(["method", "evals", "best equal-weight (mean, measured)",
+                              *[f"reach {t}" for t in tasks], "R² min / mean"], rows))
+    pref_rows = []
+    winners = cmp.winners()
+    for i, w in enumerate(cmp.weights):
+        label = "equal" if i == 0 else ",".join(f"{t}={x:.2f}" for t, x in zip(tasks, w))
+        pref_rows.append([label, *[f"{cmp.scores[i, j]:.3f}" for j in range(len(cmp.runs))], winners[i]])
+    text += ["", "measured picks per preference (achievement: 0 = every weighted task at the best any method "
+             "measured; lower is better)",
+             format_table(["preference", *[r.method for r in cmp.runs], "best"], pref_rows)]
+    wins = {r.method: winners.count(r.method) for r in cmp.runs}
+    text.append("best pick: " + ", ".join(f"{m} {n}/{len(winners)}" for m, n in wins.items()))
+    return "\n".join(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the merged checkpoint (merged.safetensors or merged/) and mergekit-inputs/ (the "
                         "preprocessed experts an exact TIES/DARE mergekit.yaml needs: without them it is not exact)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compare", help="run MAP for several merge methods on the same store and compare their fronts")
+    common(p)
+    p.add_argument("--methods", required=True,
+                   help="comma-separated merge methods, e.g. task_arithmetic,ties,tsv,cart,consensus")
+    p.add_argument("--budget", type=int, help="evaluations per method (default 2·(T+1)(T+2)/2)")
+    p.add_argument("--preferences", type=int, default=10, help="preferences whose picks are measured per method (default 10)")
+    p.add_argument("--no-progress", action="store_true")
+    run_options(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("verify", help="evaluate the real merged model at the chosen point and store it")
     common(p)

@@ -198,8 +198,11 @@ def _merged_keys(engine) -> set[str]:
 
 def _base_dtype_may_be_exact(merge) -> bool:
     """θ₀ + τᵢ′ is θᵢ or θ₀ entry by entry for task arithmetic and TIES (trimmed entries are 0), both
-    already in the base's dtype; DARE's survivors θ₀ + τᵢ/density are not, unless density is 1."""
-    return merge.method != "dare" or merge.density >= 1.0
+    already in the base's dtype; DARE's survivors θ₀ + τᵢ/density are not, unless density is 1, nor are
+    the other methods' (low-rank, orthogonalised or scaled τ′). The export measures the cast either way."""
+    if merge.lines is not None:
+        return False
+    return merge.method in ("task_arithmetic", "ties") or (merge.method == "dare" and merge.density >= 1.0)
 
 
 def _write_experts(engine, names: list[str], inputs_dir: Path, hf_base: Path | None,
@@ -294,6 +297,15 @@ def write_base_copy(engine, inputs_dir: Path) -> dict:
 # --------------------------------------------------------------------------- the plan
 
 
+def describe_merge(params: dict) -> str:
+    """The method's preprocessing in words, and LiNeS scaling when it is on."""
+    text = get_method(params["method"]).describe(params)
+    if "lines" in params:
+        text += (f", then LiNeS layer scaling (each τᵢ′ times {params['lines']['alpha']:g} + "
+                 f"{params['lines']['beta']:g}·depth, depth 0 at the first block and 1 at the last)")
+    return text
+
+
 def _describe_input_dtype(records: dict[str, dict], base_dtype: str) -> str:
     """Which dtype the preprocessed experts were written in, and why (the measured cast error)."""
     written = {r["dtype"] for r in records.values()}.pop()
@@ -333,23 +345,31 @@ def plan_mergekit(experiment, coefficients: np.ndarray, out_dir: Path | None = N
 
     artifact = lookup_family(spec.model.family).artifact  # "merged/" for model folders, else "merged.safetensors"
 
+    method_impl = get_method(merge.method)
+    params = experiment.merge_parameters()
+
     def native(reason: str) -> MergekitPlan:
-        method = get_method(merge.method).mergekit
-        return MergekitPlan(entry, config(base, experts, method, merge.method != "task_arithmetic"), False,
+        method = method_impl.mergekit or "task_arithmetic"  # mergekit's nearest; for methods it lacks, plain TA
+        return MergekitPlan(entry, config(base, experts, method, "density" in method_impl.parameters), False,
                             f"not exact: {reason}; {artifact} is the artifact")
+
+    if not method_impl.linear:
+        return native(f"{merge.method} is not linear in the coefficients (each merge transforms Σ cᵢ τᵢ′), "
+                      f"so no task_arithmetic config computes it")
 
     if out_dtype is None:
         return native(f"the base mixes float dtypes ({', '.join(sorted(dtypes))}) and mergekit writes one out_dtype")
     base_ok = _readable_as_is(base, hf)
-    direct = (merge.method == "task_arithmetic" and not prefix and base_ok
+    direct = (merge.method == "task_arithmetic" and "lines" not in params and not prefix and base_ok
               and all(_readable_as_is(p, hf) for p in experts) and _buffers_agree(base, experts))
     if direct:
         return MergekitPlan(entry, config(base, experts, "task_arithmetic", False), True,
                             "exact: task_arithmetic with normalize: false computes θ₀ + Σ weightᵢ (θᵢ − θ₀), "
                             "in float32, written as the base's dtype")
     if out_dir is None:
-        why = (f"mergekit's {get_method(merge.method).mergekit} is not merge-explorer's {merge.method}"
-               if merge.method != "task_arithmetic" else "mergekit cannot use these checkpoints as they are")
+        why = ("mergekit cannot use these checkpoints as they are" if merge.method == "task_arithmetic" and "lines" not in params
+               else f"mergekit's {method_impl.mergekit} is not merge-explorer's {merge.method}" if method_impl.mergekit
+               else f"mergekit has no {merge.method}")
         return native(f"{why} and the exact inputs (preprocessed experts) were not written; "
                       f"`merge-explorer export` without --no-checkpoint writes them and an exact config")
     engine = experiment.engine
@@ -362,17 +382,12 @@ def plan_mergekit(experiment, coefficients: np.ndarray, out_dir: Path | None = N
     inputs.update(experts_in)
     base_ref = inputs["base"]["path"] if "base" in inputs else base
     where = f" under {prefix!r} (the base's tensors elsewhere)" if prefix else ""
-    how = (f"exact: the models are merge-explorer's preprocessed experts θ₀ + τᵢ′ after {get_method(merge.method).describe(experiment.merge_parameters())}"
+    how = (f"exact: the models are merge-explorer's preprocessed experts θ₀ + τᵢ′ after {describe_merge(params)}"
            f"{where}, {_describe_input_dtype(experts_in, out_dtype)}, content-hashed in {INPUTS_DIR}/; "
            f"task_arithmetic with normalize: false and weight = MAP coefficient computes θ₀ + Σ cᵢ τᵢ′, "
            f"merge-explorer's merge")
     return MergekitPlan(entry, config(base_ref, [inputs[t]["path"] for t in experiment.tasks], "task_arithmetic", False),
                         True, how, inputs)
-
-
-def mergekit_config(experiment, coefficients: np.ndarray) -> dict:
-    """The config for `coefficients` without writing anything (exact only where no inputs are needed)."""
-    return plan_mergekit(experiment, coefficients).config
 
 
 def write_mergekit_yaml(path: Path, plan: MergekitPlan) -> None:

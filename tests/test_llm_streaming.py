@@ -109,7 +109,7 @@ def test_ties_and_dare_merge_like_the_classic_path(fp32, method):
 
     model, merger, _ = _merger(fp32, "streaming", method=method, density=0.3, seed=5)
     base, up, rev = (_state(fp32[n]) for n in ("base", "upper", "reverse"))
-    vectors = compute_task_vectors(base, [up, rev], method, 0.3, 5)
+    vectors = compute_task_vectors(base, [up, rev], {"method": method, "density": 0.3, "seed": 5})
     classic = Merger({k: v.clone() for k, v in base.items()}, base, vectors)
     c = COEFFICIENTS[0]
     merger.apply(c)

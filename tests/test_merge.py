@@ -56,13 +56,13 @@ def test_ties_and_dare_preprocessing():
     torch.manual_seed(0)
     base = {"w": torch.zeros(1000)}
     fts = [{"w": torch.randn(1000)}, {"w": torch.randn(1000)}]
-    ties = compute_task_vectors(base, fts, method="ties", density=0.2).vectors["w"]
+    ties = compute_task_vectors(base, fts, {"method": "ties", "density": 0.2}).vectors["w"]
     assert ((ties != 0).sum(dim=1) <= 200).all()  # trimmed to the top 20 % per task
     both = (ties[0] != 0) & (ties[1] != 0)
     assert (torch.sign(ties[0][both]) == torch.sign(ties[1][both])).all()  # one elected sign
-    dare = compute_task_vectors(base, fts, method="dare", density=0.5, seed=3).vectors["w"]
+    dare = compute_task_vectors(base, fts, {"method": "dare", "density": 0.5, "seed": 3}).vectors["w"]
     kept = dare[0] != 0
     assert 400 < int(kept.sum()) < 600
     assert torch.allclose(dare[0][kept], fts[0]["w"][kept] * 2)  # survivors rescaled by 1/density
-    again = compute_task_vectors(base, fts, method="dare", density=0.5, seed=3).vectors["w"]
+    again = compute_task_vectors(base, fts, {"method": "dare", "density": 0.5, "seed": 3}).vectors["w"]
     assert torch.equal(dare, again)  # seeded

@@ -86,3 +86,23 @@ def test_reading_commands_leave_the_previous_store_byte_for_byte(previous, capsy
     assert cli.main(["export", spec, "--no-checkpoint", "--out", str(root / "out")]) in (0, 1)
     assert (root / "out" / "coefficients.json").is_file()
     assert store.read_bytes() == before
+
+
+def test_present_mode_reads_the_previous_store_without_writing(previous):
+    """The app's present mode (read-only stakeholder view): snapshot, fit, a choice and its text
+    exports, from a store it opens read-only; the file is byte for byte what it was."""
+    from explorer import app_state as S
+
+    root, meta = previous
+    store = root / "store.sqlite"
+    before = store.read_bytes()
+    handle = S.Workspace().open(root / "spec.yaml", read_only=True)
+    C, M, kinds, _ = handle.snapshot()
+    assert len(C) == meta["points"]
+    result = handle.fit()
+    decision = S.choose(result, {"upper": 2.0, "reverse": 1.0}, {})
+    files = handle.export_text_files(result, decision, {"upper": 2.0, "reverse": 1.0}, {})
+    assert json.loads(files["coefficients.json"])["experiment_key"] == meta["experiment_key"]
+    with pytest.raises(Exception, match="read-only"):  # a measurement would need a write: refused, one line
+        handle.verify(np.full(2, 0.123))
+    assert store.read_bytes() == before

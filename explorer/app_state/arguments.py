@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from explorer.errors import SpecError
+from explorer.experiment.spec import load_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent  # explorer/app_state/arguments.py -> the repository
 DEFAULT_SPEC = REPO_ROOT / "examples" / "demo.yaml"
@@ -105,8 +106,6 @@ def file_signature(path: Path) -> tuple:
 @functools.lru_cache(maxsize=64)
 def _asks_for_pickle(signature: tuple) -> bool:
     """Whether the spec file (this version of it: path, mtime, size) sets model.trust_pickle."""
-    from explorer.experiment.spec import load_spec  # imports torch: loaded when first needed
-
     spec, _ = load_spec(Path(signature[0]))
     return bool(spec.model.trust_pickle)
 

@@ -24,6 +24,9 @@ from explorer.app_state.jobs import Cancelled, Job, ProgressExecutor
 from explorer.core.decision import Decision
 from explorer.core.polish import polish
 from explorer.errors import ExplorerError, SpecError
+from explorer.experiment.families.registry import lookup
+from explorer.experiment.spec import load_spec, resolve
+from explorer.experiment.store import CHECK_KINDS
 from explorer.figures import Marker
 
 DEMO_COMMAND = "merge-explorer demo"
@@ -47,8 +50,6 @@ class ExperimentHandle:
     # --- store snapshots ---------------------------------------------------------------------
     def snapshot(self):
         """(C, M, kinds, fingerprint) of every complete stored point; the fingerprint keys the fit cache."""
-        from explorer.experiment.store import CHECK_KINDS  # imports torch: loaded when first needed
-
         C, M, kinds = self.experiment.measured()
         fitted = np.array([k not in CHECK_KINDS for k in kinds], dtype=bool)  # verify/polish do not change the fit
         Cf, Mf = C[fitted] if len(C) else C, M[fitted] if len(M) else M
@@ -66,7 +67,7 @@ class ExperimentHandle:
         return self.experiment.result()
 
     def progress(self, budget: int | None = None) -> tuple[int, int]:
-        """(points measured, points in all) of the run `start_run(budget)` does (runner.progress)."""
+        """(points measured, points in all) of the run `start_run(budget)` does (Experiment.progress)."""
         return self.experiment.progress(budget)
 
     def markers(self, C: np.ndarray, M: np.ndarray, kinds: Sequence[str]) -> tuple[list[Marker], list[Marker]]:
@@ -157,7 +158,6 @@ class ExperimentHandle:
     def merged_checkpoint_size(self) -> int:
         """Bytes of tensor data in the merged checkpoint (the base's tensors in its dtypes), read from
         the loaded engine, else from the base's safetensors headers, else its file sizes: no weights load."""
-        from explorer.experiment.spec import resolve  # imports torch: loaded when first needed
         from explorer.merging.checkpoints import checkpoint_files  # imports torch: loaded when first needed
         from explorer.merging.safetensors_file import read_header  # imports torch: loaded when first needed
 
@@ -223,8 +223,6 @@ class ExperimentHandle:
     def checkpoint_is_one_file(self) -> bool:
         """Whether the family writes the merge as one file (merged.safetensors) a browser can download;
         model folders (hf_causal_lm) are written on the server."""
-        from explorer.experiment.families.registry import lookup  # imports torch: loaded when first needed
-
         return not lookup(self.experiment.spec.model.family).artifact.endswith("/")
 
     def merged_checkpoint(self, coefficients: np.ndarray) -> bytes:
@@ -302,8 +300,6 @@ def demo_ready(spec: Path = DEFAULT_SPEC) -> tuple[bool, str]:
         return False, (f"The demo spec {spec} is not there yet. Build the demo zoo and run its design with "
                        f"`{DEMO_COMMAND}` (a few minutes on a laptop CPU), or open another spec.")
     try:
-        from explorer.experiment.spec import load_spec, resolve  # imports torch: loaded when first needed
-
         s, d = load_spec(spec)
         missing = [p for p in [resolve(d, s.model.base), *(resolve(d, t.checkpoint) for t in s.tasks.values())]
                    if not p.exists()]

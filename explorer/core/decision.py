@@ -92,3 +92,10 @@ def decide(
         idx = int(best[np.argmin(score[best])])
         feasible = False
     return Decision(idx, front_coefficients[idx].copy(), front_predicted[idx].copy(), feasible, miss[idx])
+
+
+def preference_set(n_tasks: int, n: int = 10, seed: int = 0) -> np.ndarray:
+    """(n, T) importance weights to judge fronts by: equal weights, then seeded Dirichlet(1) draws,
+    the same for every method compared (the benchmark's and `merge-explorer compare`'s)."""
+    rng = np.random.default_rng([seed, n_tasks, 10])
+    return np.vstack([np.ones(n_tasks) / n_tasks, rng.dirichlet(np.ones(n_tasks), n - 1)])

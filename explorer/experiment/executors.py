@@ -115,9 +115,6 @@ class _Worker:
                                                     trust_pickle=self.trust_pickle)
         return self._experiment
 
-    def ping(self) -> int:
-        return os.getpid()
-
     def measure(self, coefficients: list[float], tasks: list[str]) -> tuple[str, dict, list[tuple[str, float, float]]]:
         """(experiment key, task identities, [(task, value, seconds)]) for `tasks` at `coefficients`."""
         exp = self._exp()

@@ -45,9 +45,13 @@ from explorer.experiment.spec import Spec, load_spec, resolve
 from explorer.experiment.store import FIT_KINDS, Store
 from explorer.merging.checkpoints import checkpoint_files, content_hash
 from explorer.merging.devices import device_kind
-from explorer.merging.methods import method_parameters
+from explorer.merging.methods.registry import merge_parameters
 
 DEFAULT_STORE = Path("cache") / "store.sqlite"
+
+
+def _is_base(coefficients) -> bool:
+    return not np.any(np.asarray(coefficients, dtype=float))
 
 
 class Engine:
@@ -112,12 +116,14 @@ class Experiment:
             "base": content_hash(resolve(self.spec_dir, spec.model.base), cache),
             **{t: content_hash(resolve(self.spec_dir, spec.tasks[t].checkpoint), cache) for t in self.tasks},
         }
-        self.key = digest({
+        model = {
             "family": spec.model.family, "architecture": spec.model.architecture, "prefix": spec.model.merge_prefix,
             "checkpoints": [self.checkpoint_hashes["base"]] + [self.checkpoint_hashes[t] for t in self.tasks],
-            "merge": self.merge_parameters(),
             **self._family_identity(),
-        })
+        }
+        self.key = digest({**model, "merge": self.merge_parameters()})
+        # c = 0 is the base θ₀ whatever the merge method: its results are shared under the models' key
+        self.model_key = digest(model)
         self.task_identities = {t: self.task_identity(t, cache) for t in self.tasks}
         # results stored under an earlier identity of the same evaluator are served too (its code moved)
         self.previous_identities = {t: [self.task_identity(t, cache, version=v) for v in previous_versions(
@@ -139,10 +145,12 @@ class Experiment:
 
     @classmethod
     def from_file(cls, path: str | Path, store_path: str | Path | None = None, device: str | None = None,
-                  trust_pickle: bool = False, read_only: bool = False) -> "Experiment":
+                  trust_pickle: bool = False, read_only: bool = False, method: str | None = None) -> "Experiment":
         """`trust_pickle` overrides the spec's `model.trust_pickle` (the CLI's --trust-pickle); `read_only`
         opens the store read-only (nothing is written: reading results back, pick, present mode)."""
         spec, spec_dir = load_spec(path)
+        if method is not None:  # the same checkpoints merged by another method (`merge-explorer compare`)
+            spec = spec.with_method(method)
         if trust_pickle:
             spec = spec.model_copy(update={"model": spec.model.model_copy(update={"trust_pickle": True})})
         store = Store(store_path, read_only=read_only) if store_path else None
@@ -159,7 +167,7 @@ class Experiment:
 
     def merge_parameters(self) -> dict:
         """The merge method and the parameters it reads (part of the content key and of exports)."""
-        return method_parameters(self.spec.merge.method, self.spec.merge)
+        return merge_parameters(self.spec.merge)
 
     def task_identity(self, task: str, cache=None, params: dict | None = None, version: str | None = None) -> str:
         """What a task's metric depends on besides the merged weights (with the spec's params, or `params`).
@@ -200,15 +208,23 @@ class Experiment:
     def engine(self) -> Engine:
         return Engine(self)
 
+    def release(self) -> None:
+        """Drop the loaded model side (checkpoints, task vectors, model); results stay in the store."""
+        self.__dict__.pop("engine", None)
+
     # --- evaluations ------------------------------------------------------------------------
     def stored(self, coefficients) -> dict[str, float]:
         """The metrics already in the store at `coefficients` (possibly for only some tasks)."""
         out = {}
+        keys = (self.key, self.model_key) if _is_base(coefficients) else (self.key,)
         for t in self.tasks:
-            for identity in (self.task_identities[t], *self.previous_identities[t]):
-                v = self.store.get(self.key, identity, coefficients)
-                if v is not None:
-                    out[t] = v
+            for key in keys:
+                for identity in (self.task_identities[t], *self.previous_identities[t]):
+                    v = self.store.get(key, identity, coefficients)
+                    if v is not None:
+                        out[t] = v
+                        break
+                if t in out:
                     break
         return out
 
@@ -237,6 +253,8 @@ class Experiment:
         if missing:
             for task, value, seconds in self.engine.measure(c, missing):
                 self.store.put(self.key, self.task_identities[task], task, c, value, seconds, kind)
+                if _is_base(c):  # the base, for every merge method of these checkpoints (`compare`)
+                    self.store.put(self.model_key, self.task_identities[task], task, c, value, seconds, "reference")
                 have[task] = value
         return np.array([have[t] for t in self.tasks])
 
@@ -303,6 +321,12 @@ class Experiment:
                 continue
             entry = by_point.setdefault(coefficient_key(row["coefficients"]), {"c": row["coefficients"], "v": {}, "kind": row["kind"]})
             entry["v"][ids[row["task_identity"]]] = row["value"]
+        base = coefficient_key(np.zeros(len(self.tasks)))
+        if base not in by_point or len(by_point[base]["v"]) < len(self.tasks):  # measured by another method's run
+            for row in self.store.evaluations(self.model_key):
+                if row["task_identity"] in ids and coefficient_key(row["coefficients"]) == base:
+                    entry = by_point.setdefault(base, {"c": row["coefficients"], "v": {}, "kind": "design"})
+                    entry["v"].setdefault(ids[row["task_identity"]], row["value"])
         rows = [e for e in by_point.values() if len(e["v"]) == len(self.tasks) and (kinds is None or e["kind"] in kinds)]
         rows.sort(key=lambda e: coefficient_key(e["c"]))  # independent of which executor finished first
         if not rows:

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from explorer.errors import SpecError
 from explorer.experiment.families.registry import names
-from explorer.merging.methods.registry import method_names
+from explorer.merging.methods.registry import OPTIONAL, get_method, merge_parameters, method_names
 
 
 class _Strict(BaseModel):
@@ -53,10 +53,21 @@ class TaskSpec(_Strict):
         return self.metric not in ("loss", "cross_entropy", "perplexity", "error")
 
 
+class LinesSpec(_Strict):
+    """LiNeS layer scaling of every τᵢ′ (α + β·depth): shallow layers kept near θ₀."""
+
+    alpha: Optional[float] = None
+    beta: Optional[float] = None
+
+
 class MergeSpec(_Strict):
     method: str = "task_arithmetic"  # a registered merge method (explorer/merging/methods/)
-    density: float = 0.2
-    seed: int = 0
+    density: float = 0.2             # ties, dare
+    seed: int = 0                    # dare
+    rank_ratio: Optional[float] = None   # cart
+    min_tasks: Optional[int] = None      # consensus
+    mask_lambda: Optional[float] = None  # consensus
+    lines: Optional[LinesSpec] = None    # LiNeS on top of any method (`method: lines` is task arithmetic with it)
 
     @field_validator("method")
     @classmethod
@@ -81,6 +92,16 @@ class MergeSpec(_Strict):
         if not 0.0 < v <= 1.0:
             raise ValueError("density must be in (0, 1]")
         return v
+
+    @model_validator(mode="after")
+    def _method_reads_its_parameters(self) -> "MergeSpec":
+        """Parameters of another method are refused (density and seed, read by TIES and DARE, are
+        accepted everywhere, as before); the method checks its own values."""
+        try:
+            merge_parameters(self)
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class Spec(_Strict):
@@ -126,6 +147,14 @@ class Spec(_Strict):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
             raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N, mps")
         return v
+
+    def with_method(self, method: str) -> "Spec":
+        """The same spec merged by `method`: density, seed and LiNeS kept, other methods' parameters dropped."""
+        m = self.merge
+        fields = {"method": method, "density": m.density, "seed": m.seed, "lines": m.lines}
+        reads = get_method(method).parameters
+        fields.update({k: getattr(m, k) for k in OPTIONAL if k in reads})
+        return self.model_copy(update={"merge": MergeSpec(**fields)})
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:

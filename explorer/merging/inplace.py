@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from explorer.merging.methods import get_method
 from explorer.merging.task_vectors import TaskVectors
 
 
@@ -37,13 +38,25 @@ class Merger:
             k: v.to(self.device).reshape(v.shape[0], -1) for k, v in task_vectors.vectors.items()
         }
         self.coefficients: np.ndarray | None = None
+        self.linear = get_method(task_vectors.params["method"]).linear
+
+    def _merged(self, key: str, c: torch.Tensor) -> torch.Tensor:
+        """θ₀ + combine(Σ cᵢ τᵢ′) of one tensor, float32, flat."""
+        delta = (self.flat_vectors[key].T @ c).view(self.base[key].shape)
+        return self.base[key].reshape(-1) + self.task_vectors.combine(key, delta).reshape(-1)
 
     @torch.no_grad()
     def apply(self, coefficients) -> None:
-        """Set every merged tensor of the target to θ₀ + Σ cᵢ τᵢ (computed in float32, cast to the slot's dtype)."""
+        """Set every merged tensor of the target to θ₀ + Σ cᵢ τᵢ′ (computed in float32, cast to the slot's dtype;
+        a nonlinear method transforms the sum first)."""
         c = torch.as_tensor(np.asarray(coefficients, dtype=np.float32), device=self.device)
         if c.shape != (self.task_vectors.n_tasks,):
             raise ValueError(f"expected {self.task_vectors.n_tasks} coefficients, got shape {tuple(c.shape)}")
+        if not self.linear:  # Iso-C and the like: each tensor's Σ cᵢ τᵢ′ is transformed before it is added
+            for key, slot in self.slots.items():
+                slot.copy_(self._merged(key, c).view(slot.shape))
+            self.coefficients = np.asarray(coefficients, dtype=float).copy()
+            return
         for key, slot in self.slots.items():
             if slot.dtype == torch.float32 and slot.is_contiguous():  # fused, straight into the parameter
                 torch.addmv(self.base[key].reshape(-1), self.flat_vectors[key].T, c, out=slot.view(-1))
@@ -57,7 +70,8 @@ class Merger:
         out = {}
         for key, t in base.items():
             if key in self.flat_vectors:
-                merged = torch.addmv(self.base[key].reshape(-1), self.flat_vectors[key].T, c)
+                merged = (torch.addmv(self.base[key].reshape(-1), self.flat_vectors[key].T, c) if self.linear
+                          else self._merged(key, c))
                 out[key] = merged.view(t.shape).to("cpu", t.dtype).contiguous()
             else:
                 out[key] = t.detach().to("cpu").contiguous()

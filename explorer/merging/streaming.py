@@ -31,13 +31,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from explorer.errors import CheckpointError, SpecError
 from explorer.merging.methods import get_method
+from explorer.merging.methods.lines import apply_lines, layer_depths
 from explorer.merging.safetensors_file import (
     SafetensorsCheckpoint,
     check_same_tensors,
@@ -125,11 +126,17 @@ class StreamingMerger:
     def __init__(self, target: torch.nn.Module, base: SafetensorsCheckpoint, experts: list[SafetensorsCheckpoint],
                  keys: list[str], method: str = "task_arithmetic", density: float = 0.2, seed: int = 0,
                  device: str | torch.device = "cpu", mode: str = "auto", chunk: int = CHUNK,
-                 log: Callable[[str], None] | None = None, workers: int | None = None, fused: bool | None = None):
+                 log: Callable[[str], None] | None = None, workers: int | None = None, fused: bool | None = None,
+                 params: Mapping | None = None):
+        self.params = dict(params) if params else {"method": method, "density": float(density), "seed": int(seed)}
+        method = self.params["method"]
+        density, seed = self.params.get("density", density), self.params.get("seed", seed)
         self.merge_method = get_method(method)
         self.base, self.experts, self.keys = base, experts, list(keys)
         self.method, self.density, self.seed = method, float(density), int(seed)
-        self.params = {"method": method, "density": self.density, "seed": self.seed}
+        self.depths = layer_depths(self.keys) if self.params.get("lines") else {}
+        # a method other than task arithmetic, or LiNeS, needs whole tensors (top-k, masks, SVDs, depth scales)
+        self.per_tensor = method != "task_arithmetic" or bool(self.depths)
         self.device = torch.device(device)
         self.chunk = int(chunk)
         self.target = target
@@ -227,13 +234,13 @@ class StreamingMerger:
         for k in keys:
             n = self.base.entries[k].numel
             # streaming reads every source per job: larger jobs keep the disk reads long and sequential
-            step = n if self.method != "task_arithmetic" else self.chunk * (4 if self.resident is None else 1)
+            step = n if self.per_tensor else self.chunk * (4 if self.resident is None else 1)
             jobs.extend((k, s, min(n, s + step)) for s in range(0, n, max(1, step)))
         return jobs
 
     def _buffer(self, slot: int, source: int, dtype: torch.dtype, n: int) -> torch.Tensor:
         """A reusable host buffer (two sets alternate): fresh allocations would page-fault every chunk."""
-        if self.method != "task_arithmetic":
+        if self.per_tensor:
             return torch.empty(n, dtype=dtype)
         key = (slot, source, dtype)
         buf = self._buffers.get(key)
@@ -313,7 +320,7 @@ class StreamingMerger:
         key = job[0]
         b = bufs["base"].to(self.device)
         acc_dtype = torch.float64 if b.dtype == torch.float64 else torch.float32
-        if self.method != "task_arithmetic":
+        if self.per_tensor:
             out.copy_(self._merge_whole(key, b, bufs, c, acc_dtype).reshape(-1))
             return
         xs = [(self._expert_chunk(i, job, bufs), float(c[i])) for i in active]
@@ -369,7 +376,7 @@ class StreamingMerger:
                 continue
             b = self.base.read(key).to(torch.float32)
             stack = torch.stack([ex.read(key).to(torch.float32) - b for ex in self.experts])
-            stack = self.merge_method.preprocess(stack, key, self.params)
+            stack = self._preprocess(stack, key)
             yield key, b, [b + stack[i] for i in range(stack.shape[0])]
 
     def _merge_whole(self, key: str, b: torch.Tensor, bufs, c: np.ndarray, acc_dtype) -> torch.Tensor:
@@ -379,9 +386,17 @@ class StreamingMerger:
         stack = torch.stack([self._expert_chunk(i, job, bufs).to(acc_dtype) - base32 for i in range(len(self.experts))])
         shape = (len(self.experts), *self.base.entries[key].shape)
         stack = stack.reshape(shape)
-        stack = self.merge_method.preprocess(stack, key, self.params)
+        stack = self._preprocess(stack, key)
         ct = torch.as_tensor(c, dtype=acc_dtype, device=self.device)
-        return torch.addmv(base32, stack.reshape(len(self.experts), -1).T, ct)
+        if self.merge_method.linear:
+            return torch.addmv(base32, stack.reshape(len(self.experts), -1).T, ct)
+        delta = (stack.reshape(len(self.experts), -1).T @ ct).reshape(shape[1:])
+        return base32 + self.merge_method.combine(delta, key, self.params).reshape(-1)
+
+    def _preprocess(self, stack: torch.Tensor, key: str) -> torch.Tensor:
+        """τ′ of one tensor: the method's preprocessing, then LiNeS scaling when it is on."""
+        stack = self.merge_method.preprocess(stack, key, self.params)
+        return apply_lines(stack, key, self.depths, self.params["lines"]) if self.depths else stack
 
     def _accumulator(self, dtype: torch.dtype, n: int, which: int) -> torch.Tensor:
         acc = self._acc.get((dtype, which))
@@ -397,7 +412,7 @@ class StreamingMerger:
         busy 2-core machine). Cores are used instead by `workers` threads taking whole pieces, and
         the reader thread overlaps disk reads with them. The fused kernel (large models) is one pass
         per chunk and splits it over `workers` threads itself."""
-        if self.device.type != "cpu" or self.method != "task_arithmetic":
+        if self.device.type != "cpu" or self.per_tensor:
             yield
             return
         before = torch.get_num_threads()
@@ -408,7 +423,7 @@ class StreamingMerger:
             torch.set_num_threads(before)
 
     def _active(self, c: np.ndarray) -> list[int]:
-        if self.method != "task_arithmetic":
+        if self.per_tensor:
             return list(range(len(self.experts)))
         return [i for i in range(len(self.experts)) if float(c[i]) != 0.0]  # a zero coefficient reads nothing
 

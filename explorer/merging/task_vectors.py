@@ -6,13 +6,14 @@ per-task coefficients still apply: θ(c) = θ₀ + Σ cᵢ τᵢ'.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
 
 import torch
 
 from explorer.errors import SpecError
 from explorer.merging.methods import get_method
+from explorer.merging.methods.lines import apply_lines, layer_depths
 
 
 @dataclass
@@ -21,6 +22,12 @@ class TaskVectors:
 
     keys: list[str]
     vectors: dict[str, torch.Tensor]
+    params: dict = field(default_factory=lambda: {"method": "task_arithmetic"})  # how they were made
+
+    def combine(self, key: str, delta: torch.Tensor) -> torch.Tensor:
+        """The merged update of tensor `key` from Σ cᵢ τᵢ′ (itself for the linear methods; Iso-C flattens it)."""
+        method = get_method(self.params["method"])
+        return delta if method.linear else method.combine(delta, key, self.params)
 
     @property
     def n_tasks(self) -> int:
@@ -52,19 +59,23 @@ def mergeable_keys(base: dict[str, torch.Tensor], prefix: str | None = None) -> 
 def compute_task_vectors(
     base: dict[str, torch.Tensor],
     finetuned: list[dict[str, torch.Tensor]],
-    method: str = "task_arithmetic",
-    density: float = 0.2,
-    seed: int = 0,
+    params: Mapping | None = None,
     prefix: str | None = None,
 ) -> TaskVectors:
-    """Stack τᵢ for every mergeable tensor and apply the method's preprocessing (merging/methods/)."""
-    params = {"method": method, "density": density, "seed": seed}
-    merge_method = get_method(method)
+    """Stack τᵢ for every mergeable tensor and apply the method's preprocessing (merging/methods/),
+    then LiNeS layer scaling when `params` has `lines`. `params`: the merge parameters
+    ({"method": ..., its parameters, optional "lines"}, see `methods.merge_parameters`)."""
+    params = dict(params or {"method": "task_arithmetic"})
+    merge_method = get_method(params["method"])
     merge_method.check(params)
     keys = mergeable_keys(base, prefix)
+    depths = layer_depths(keys) if params.get("lines") else {}
     vectors = {}
     for key in keys:
         b = base[key].to(torch.float32)
         stack = torch.stack([ft[key].to(torch.float32) - b for ft in finetuned])
-        vectors[key] = merge_method.preprocess(stack, key, params).contiguous()
-    return TaskVectors(keys=keys, vectors=vectors)
+        stack = merge_method.preprocess(stack, key, params)
+        if depths:
+            stack = apply_lines(stack, key, depths, params["lines"])
+        vectors[key] = stack.contiguous()
+    return TaskVectors(keys=keys, vectors=vectors, params=params)

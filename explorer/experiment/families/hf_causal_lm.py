@@ -157,10 +157,8 @@ class HFCausalLM:
             raise SpecError(f"the base checkpoint has no floating tensors{where} to merge")
         engine.device = pick_device(experiment.device or spec.device)
         engine.model = load_model(base_dir, engine.device)
-        engine.merger = StreamingMerger(
-            engine.model, base, experts, keys, spec.merge.method, spec.merge.density, spec.merge.seed,
-            engine.device, getattr(spec.model, "memory", "auto"),
-        )
+        engine.merger = StreamingMerger(engine.model, base, experts, keys, device=engine.device,
+                                        mode=getattr(spec.model, "memory", "auto"), params=experiment.merge_parameters())
         # θ₀ is never held as a state dict (the merger reads it from its files): only its tensors' metadata
         engine.base = {k: torch.empty(e.shape, dtype=e.dtype, device="meta") for k, e in base.entries.items()}
         engine.task_vectors = None

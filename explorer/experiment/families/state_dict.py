@@ -47,9 +47,8 @@ class StateDictMerge:
             check_compatible(engine.base, state, str(path), str(base_path))
             check_finite(state, str(path))
             finetuned.append(state)
-        engine.task_vectors = compute_task_vectors(
-            engine.base, finetuned, spec.merge.method, spec.merge.density, spec.merge.seed, spec.model.merge_prefix
-        )
+        engine.task_vectors = compute_task_vectors(engine.base, finetuned, experiment.merge_parameters(),
+                                                   spec.model.merge_prefix)
         del finetuned
         engine.device = pick_device(experiment.device or spec.device)
         engine.model = self.build_module(engine.base, str(base_path), spec.model.architecture,
@@ -84,7 +83,7 @@ def merged_state_dict(engine, coefficients, via_inputs: bool = False) -> dict[st
         if via_inputs:
             deltas = (b + deltas) - b
         deltas.mul_(w.view(-1, *([1] * b.dim())))
-        out[key] = (b + deltas.sum(dim=0)).to(t.dtype).contiguous()
+        out[key] = (b + engine.task_vectors.combine(key, deltas.sum(dim=0))).to(t.dtype).contiguous()
     return out
 
 

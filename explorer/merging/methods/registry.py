@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # the registry itself needs no torch: a spec is validated wit
 
 #: Registered methods: name -> module that registers it on import.
 BUILTIN = {"task_arithmetic": "explorer.merging.methods.task_arithmetic",
-           "ties": "explorer.merging.methods.ties", "dare": "explorer.merging.methods.dare"}
+           "ties": "explorer.merging.methods.ties", "dare": "explorer.merging.methods.dare",
+           "lines": "explorer.merging.methods.lines"}
 
 _REGISTRY: dict[str, "MergeMethod"] = {}
 
@@ -26,19 +27,27 @@ class MergeMethod:
     """What a merge method provides.
 
     `parameters`: the spec's `merge:` keys it reads, in the order they enter the experiment's
-    content key; `preprocess` turns one tensor's stacked task vectors (T, ...) into τ′, float32.
-    `mergekit`: mergekit's name for the same method, where mergekit has one.
+    content key, with their `defaults`; `preprocess` turns one tensor's stacked task vectors
+    (T, ...) into τ′, float32, once per experiment. A method that is not linear in the coefficients
+    (`linear = False`, e.g. Iso-C) also transforms each merged tensor's Σ cᵢ τᵢ′ at every merge
+    (`combine`). `mergekit`: mergekit's name for the same method, where mergekit has one.
     """
 
     name = ""
     parameters: tuple[str, ...] = ()
+    defaults: dict = {}
     mergekit: str | None = None
+    linear = True
 
     def check(self, params: Mapping) -> None:
-        """Raise SpecError naming the parameter at fault."""
+        """Raise SpecError naming the parameter at fault (`merge.<name>`)."""
 
     def preprocess(self, stack: torch.Tensor, key: str, params: Mapping) -> torch.Tensor:
         return stack
+
+    def combine(self, delta: torch.Tensor, key: str, params: Mapping) -> torch.Tensor:
+        """The merged update of one tensor from Σ cᵢ τᵢ′ (float32, the tensor's shape): itself when linear."""
+        return delta
 
     def describe(self, params: Mapping) -> str:
         """One phrase for exports' notes: what the preprocessing did, with its parameters."""
@@ -71,12 +80,46 @@ def get_method(name: str) -> MergeMethod:
     return _REGISTRY[name]
 
 
+#: Keys of the spec's `merge:` section that any method accepts (read by TIES and DARE only).
+SHARED = ("density", "seed")
+#: Keys some methods read; the others refuse them.
+OPTIONAL = ("rank_ratio", "min_tasks", "mask_lambda")
+
+
+def _get(params, key: str):
+    return params.get(key) if isinstance(params, Mapping) else getattr(params, key, None)
+
+
 def method_parameters(name: str, params) -> dict:
-    """{"method": name, **the parameters it reads}: what a merge is keyed and exported by.
-    `params`: a mapping or an object with the parameters as attributes (the spec's `merge`)."""
+    """{"method": name, **the parameters it reads, defaults filled in}: what a merge is keyed and
+    exported by. `params`: a mapping or an object with the parameters as attributes (the spec's `merge`)."""
     method = get_method(name)
-    get = params.get if isinstance(params, Mapping) else lambda k: getattr(params, k)
-    return {"method": name, **{p: get(p) for p in method.parameters}}
+    out = {"method": name}
+    for p in method.parameters:
+        value = _get(params, p)
+        out[p] = method.defaults.get(p) if value is None else value
+    return out
+
+
+def merge_parameters(merge) -> dict:
+    """The spec's `merge` section as the engine uses it: the method's parameters, checked, and
+    `lines` ({alpha, beta}, defaults filled in) when LiNeS scaling is on (always for `method: lines`).
+    Refuses a parameter the method does not read, naming it."""
+    name = _get(merge, "method") or "task_arithmetic"
+    method = get_method(name)
+    for key in OPTIONAL:
+        if _get(merge, key) is not None and key not in method.parameters:
+            raise SpecError(f"merge.{key} is not a parameter of merge method {name!r}"
+                            + (f" (it reads {', '.join(method.parameters)})" if method.parameters else " (it has none)"))
+    out = method_parameters(name, merge)
+    method.check(out)
+    lines = _get(merge, "lines")
+    if lines is not None or name == "lines":
+        scaling = get_method("lines")
+        given = {k: _get(lines, k) for k in ("alpha", "beta")} if lines is not None else {}
+        out["lines"] = {k: (scaling.defaults[k] if given.get(k) is None else given[k]) for k in ("alpha", "beta")}
+        scaling.check(out["lines"])
+    return out
 
 
 def preprocess(stack: torch.Tensor, key: str, params: Mapping) -> torch.Tensor:
