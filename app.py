@@ -260,6 +260,7 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
     present = args.present
     metrics = units.metrics
     st.subheader("Chosen merge")
+    st.caption(f"Merge method: {handle.method_title} (`merge.method` in the spec; exported with its parameters).")
     polished = polished_shown(ekey)
     if ss_picked() is not None:
         st.caption("The polished merge: the best point the polish measured." if polished else
@@ -434,6 +435,8 @@ class ViewState:
     evaluated: tuple
     ekey: str
     fingerprint: str
+    method: str = ""           # this front's merge method, as a stakeholder reads it
+    others: tuple = ()         # (title, result) of other merge methods' runs on the same checkpoints
 
     @property
     def floors(self) -> list[float]:
@@ -480,10 +483,15 @@ def front_view(v: ViewState) -> None:
         fig = F.front_3d(v.result, tuple(idx), v.chosen, v.refs, v.verified, v.units, v.evaluated)
         st.plotly_chart(fig, key=f"front3d:{v.ekey}", config=PLOT_CONFIG)
         st.caption("Click a point in the 2-D view below to select it.")
-    fig = F.front_2d(v.result, (idx[0], idx[1]), v.chosen, v.refs, v.verified, v.units, v.evaluated)
+    fig = F.front_2d(v.result, (idx[0], idx[1]), v.chosen, v.refs, v.verified, v.units, v.evaluated,
+                     others=v.others, method=v.method)
     event = st.plotly_chart(fig, key=f"front2d:{v.ekey}", on_select="rerun", selection_mode="points",
                             config=PLOT_CONFIG)
     handle_selection(event, "front2d")
+    if v.others:
+        st.caption(f"The points and the chosen merge are {v.method}'s. Dashed lines: the fronts of "
+                   + ", ".join(title for title, _ in v.others) + " on the same models (predicted; "
+                   "`merge-explorer compare` measures them); the higher and further right, the better.")
 
 
 def parallel_view(v: ViewState) -> None:
@@ -628,7 +636,8 @@ def main() -> None:
     keep = [k not in CHECK_KINDS for k in kinds]
     evaluated = (C[keep], M[keep])
     sync_url(result, weights, minimums, ekey)
-    v = ViewState(result, chosen, minimums, refs, verified, units, evaluated, ekey, fingerprint)
+    v = ViewState(result, chosen, minimums, refs, verified, units, evaluated, ekey, fingerprint,
+                  handle.method_title, tuple(handle.sibling_fronts()))
     left, right = st.columns([3, 2], gap="medium")
     with left:
         views(v)

@@ -30,6 +30,10 @@ OKABE_ITO = {
 GREY = "#8C8C8C"
 CONTINUOUS_SCALE = "Cividis"  # perceptually uniform and colour-blind-safe
 
+#: Other merge methods' fronts, one colour each (vermillion is the chosen point's, blue this front's).
+METHOD_COLOURS = (OKABE_ITO["orange"], OKABE_ITO["bluish_green"], OKABE_ITO["reddish_purple"], OKABE_ITO["yellow"],
+                  OKABE_ITO["sky_blue"], GREY)
+
 #: kind -> (colour, marker symbol, display name)
 STYLE = {
     "evaluated": (OKABE_ITO["sky_blue"], "circle", "evaluated points (measured)"),
@@ -173,12 +177,15 @@ def frontier_2d(points: np.ndarray, senses: Sequence[float]) -> np.ndarray:
 
 # --- front views -------------------------------------------------------------------------------
 def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, markers: Sequence[Marker] = (),
-             verified: Sequence[Marker] = (), units: Units | None = None, evaluated=None) -> go.Figure:
+             verified: Sequence[Marker] = (), units: Units | None = None, evaluated=None,
+             others: Sequence[tuple[str, object]] = (), method: str | None = None) -> go.Figure:
     """Evaluated points, the surrogate front, reference markers and the chosen merge for two tasks.
 
     For more than two tasks the front is the projection of the T-task front, so it fills an area;
     its 2-D non-dominated edge is drawn as a line. `evaluated` is (coefficients, metrics) of the
-    measured points (default: the result's samples).
+    measured points (default: the result's samples). `others`: (method title, result) of other merge
+    methods on the same checkpoints, each drawn as its own 2-D frontier (one colour per method), so
+    that the fronts can be compared; `method` names this result's method in the legend.
     """
     i, j = pair
     tasks = result.tasks
@@ -208,8 +215,15 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
     edge = shown[frontier_2d(F[shown][:, [i, j]], result.senses[[i, j]])]
     colour, _, name = STYLE["frontier"]
     fig.add_trace(_trace("scatter", 
-        x=F[edge, i], y=F[edge, j], mode="lines", name=name, line=dict(color=colour, width=2.5),
-        hoverinfo="skip"))
+        x=F[edge, i], y=F[edge, j], mode="lines", name=f"front of {method} (predicted)" if others and method else name,
+        line=dict(color=colour, width=2.5), hoverinfo="skip"))
+    for k, (title, other) in enumerate(others):  # other merge methods' fronts, for comparison
+        G = other.front_predicted
+        keep = np.flatnonzero(_front_trusted(other)) if np.any(_front_trusted(other)) else np.arange(len(G))
+        ring = keep[frontier_2d(G[keep][:, [i, j]], other.senses[[i, j]])]
+        fig.add_trace(_trace("scatter", x=G[ring, i], y=G[ring, j], mode="lines", name=f"front of {title} (predicted)",
+                             line=dict(color=METHOD_COLOURS[k % len(METHOD_COLOURS)], width=2, dash="dash"),
+                             hovertemplate=f"{title}<br>{tasks[i]} = %{{x}}<br>{tasks[j]} = %{{y}}<extra></extra>"))
     fig.add_trace(_trace("scatter",
         x=F[edge, i], y=F[edge, j], mode="markers", name=UNCERTAINTY_NAME, marker=dict(color=colour, size=3),
         error_x=dict(type="data", array=_bars(S[edge, i]), visible=True, thickness=1, width=0, color=colour),

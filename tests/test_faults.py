@@ -102,7 +102,8 @@ def _pickled_toy(toy: Path, directory: Path) -> Path:
     return path
 
 
-def test_a_worker_loads_pickles_only_when_trusted_and_never_writes_the_store(toy, tmp_path):
+def test_a_worker_loads_pickles_only_when_trusted_and_never_writes_the_store(toy, tmp_path, monkeypatch):
+    monkeypatch.delenv("MERGE_EXPLORER_WORKER", raising=False)  # a worker built here marks this process: undone after
     spec = _pickled_toy(toy, tmp_path / "pickled")
     store = spec.parent / "store.sqlite"
     driver = Experiment.from_file(spec, trust_pickle=True)

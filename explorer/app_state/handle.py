@@ -27,6 +27,7 @@ from explorer.errors import ExplorerError, SpecError
 from explorer.experiment.families.registry import lookup
 from explorer.experiment.spec import load_spec, resolve
 from explorer.experiment.store import CHECK_KINDS
+from explorer.merging.methods.registry import get_method, method_names
 from explorer.figures import Marker
 
 DEMO_COMMAND = "merge-explorer demo"
@@ -42,6 +43,35 @@ class ExperimentHandle:
         self.lock = threading.Lock()  # whoever writes a merge into the model holds it
         self.job: Job | None = None
         self._job_lock = threading.Lock()
+        self._siblings: dict[str, tuple[int, object]] = {}  # method -> (stored rows, its result)
+
+    @property
+    def method_title(self) -> str:
+        """This experiment's merge method as a stakeholder reads it ("TSV-M", "task arithmetic")."""
+        return get_method(self.experiment.spec.merge.method).title
+
+    def sibling_fronts(self) -> list[tuple[str, object]]:
+        """(title, result) of every other merge method whose run on these checkpoints is in the store
+        (`merge-explorer compare` writes them): their fronts are drawn beside this one. Read-only,
+        and refit only when a sibling's stored points changed."""
+        from explorer.experiment.experiment import Experiment  # imports torch: loaded when first needed
+
+        exp, out = self.experiment, []
+        for method in method_names():
+            if method == exp.spec.merge.method:
+                continue
+            try:
+                sibling = Experiment(exp.spec.with_method(method), exp.spec_dir, exp.store, exp.device, exp.spec_path)
+                rows = exp.store.count(sibling.key)
+                if rows == 0:
+                    continue
+                cached = self._siblings.get(method)
+                if cached is None or cached[0] != rows:
+                    self._siblings[method] = cached = (rows, sibling.result())
+            except ExplorerError:  # too few points of that method yet, or its spec is refused: not shown
+                continue
+            out.append((get_method(method).title, cached[1]))
+        return out
 
     @property
     def busy(self) -> bool:

@@ -30,7 +30,7 @@ class MethodRun:
     method: str
     experiment: Experiment
     result: ExploreResult
-    evaluations: int                      # points this method's run measured (the shared base counted once, by the first)
+    evaluations: int                      # points this method's run measured (the shared base: by the first only)
     best_equal: tuple[float, np.ndarray] | None  # (λ, metrics) of its best measured equal-weight merge
 
     def reach(self) -> np.ndarray:
@@ -53,13 +53,15 @@ class Comparison:
     weights: np.ndarray                        # (n, T) preferences
     picks: dict[str, np.ndarray] = field(default_factory=dict)     # method -> (n, T) coefficients
     measured: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (n, T) measured metrics
+    pick_evaluations: dict[str, int] = field(default_factory=dict)  # method -> new points its picks cost
     scores: np.ndarray | None = None           # (n, methods) achievement on measured values, lower is better
     references: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def evaluations(self) -> int:
-        """Every real evaluation: each method's run plus the measured picks."""
-        return sum(r.evaluations for r in self.runs) + sum(len(m) for m in self.measured.values())
+        """Every real evaluation (points, each on every task): the methods' runs and their measured picks
+        (a pick the store already had costs nothing)."""
+        return sum(r.evaluations for r in self.runs) + sum(self.pick_evaluations.values())
 
     def winners(self) -> list[str]:
         return [self.runs[int(np.argmin(row))].method for row in self.scores]
@@ -90,21 +92,21 @@ def compare(spec_path, methods: Sequence[str], store_path=None, budget: int | No
     runs = []
     for method in methods:
         exp = Experiment.from_file(spec_path, store_path=store_path, device=device, method=method)
-        before = {tuple(np.round(c, 10)) for c in exp.measured()[0]}
-        shared_base = len(exp.stored(np.zeros(len(exp.tasks)))) == len(exp.tasks)
-        log(f"compare: {method} ({len(before)} points already in the store)")
+        before = exp.store.count(exp.key)
+        log(f"compare: {method} ({before // len(exp.tasks)} points already in the store)")
         result = exp.run(budget=budget, progress=progress, executor=executor)
-        after = {tuple(np.round(c, 10)) for c in exp.measured()[0]}
-        new = len(after - before) - (1 if shared_base and tuple(np.zeros(len(exp.tasks))) not in before else 0)
-        runs.append(MethodRun(method, exp, result, max(new, 0), _equal_weight_points(exp)))
+        measured = (exp.store.count(exp.key) - before) // len(exp.tasks)  # the shared base is not stored again
+        runs.append(MethodRun(method, exp, result, measured, _equal_weight_points(exp)))
         exp.release()  # one model in memory at a time
     first = runs[0]
     cmp = Comparison(first.result.tasks, first.result.senses, runs, preference_set(len(first.result.tasks),
                                                                                       n_preferences, seed))
     for run in runs:
         picks = np.array([run.result.decide(weights=w).coefficients for w in cmp.weights])
+        before = run.experiment.store.count(run.experiment.key)
         cmp.picks[run.method] = picks
         cmp.measured[run.method] = np.array([run.experiment.evaluate(c, kind="verify") for c in picks])
+        cmp.pick_evaluations[run.method] = (run.experiment.store.count(run.experiment.key) - before) // len(cmp.tasks)
         run.experiment.release()
     # one scale for every method: the ideal and nadir of everything measured by any of them
     every = np.vstack([r.experiment.measured()[1] for r in runs]) * cmp.senses

@@ -122,7 +122,7 @@ class Experiment:
             **self._family_identity(),
         }
         self.key = digest({**model, "merge": self.merge_parameters()})
-        # c = 0 is the base θ₀ whatever the merge method: its results are shared under the models' key
+        # the checkpoints without the merge method: experiments sharing it share the base (c = 0 is θ₀)
         self.model_key = digest(model)
         self.task_identities = {t: self.task_identity(t, cache) for t in self.tasks}
         # results stored under an earlier identity of the same evaluator are served too (its code moved)
@@ -132,7 +132,7 @@ class Experiment:
         self.store.register_experiment(self.key, spec.name, {
             "tasks": self.tasks, "spec_path": str(spec_path) if spec_path else None,
             "bounds": self.bounds.tolist(), "merge": self.merge_parameters(), "senses": self.senses.tolist(),
-            "metrics": {t: spec.tasks[t].metric for t in self.tasks},
+            "metrics": {t: spec.tasks[t].metric for t in self.tasks}, "model_key": self.model_key,
         }, defer=True)
         if self.store.count(self.key):
             self.store.flush()  # a known experiment: keep the file hashes, so the next open reads no checkpoint
@@ -216,17 +216,27 @@ class Experiment:
     def stored(self, coefficients) -> dict[str, float]:
         """The metrics already in the store at `coefficients` (possibly for only some tasks)."""
         out = {}
-        keys = (self.key, self.model_key) if _is_base(coefficients) else (self.key,)
         for t in self.tasks:
-            for key in keys:
-                for identity in (self.task_identities[t], *self.previous_identities[t]):
-                    v = self.store.get(key, identity, coefficients)
-                    if v is not None:
-                        out[t] = v
-                        break
-                if t in out:
+            for identity in (self.task_identities[t], *self.previous_identities[t]):
+                v = self.store.get(self.key, identity, coefficients)
+                if v is not None:
+                    out[t] = v
                     break
+        if len(out) < len(self.tasks) and _is_base(coefficients):
+            out = {**self.shared_base(), **out}
         return out
+
+    def shared_base(self) -> dict[str, float]:
+        """The base's (c = 0, θ₀ whatever the merge method) metrics as another merge method of the same
+        checkpoints measured them (`merge-explorer compare`): measured once, served to every method."""
+        zeros = np.zeros(len(self.tasks))
+        for other in self.store.experiments():
+            if other["key"] == self.key or other["meta"].get("model_key") != self.model_key:
+                continue
+            have = {t: v for t in self.tasks if (v := self.store.get(other["key"], self.task_identities[t], zeros)) is not None}
+            if len(have) == len(self.tasks):
+                return have
+        return {}
 
     def stored_metrics(self, coefficients) -> np.ndarray | None:
         """(T,) metrics at `coefficients` if the store has every task, else None."""
@@ -253,8 +263,6 @@ class Experiment:
         if missing:
             for task, value, seconds in self.engine.measure(c, missing):
                 self.store.put(self.key, self.task_identities[task], task, c, value, seconds, kind)
-                if _is_base(c):  # the base, for every merge method of these checkpoints (`compare`)
-                    self.store.put(self.model_key, self.task_identities[task], task, c, value, seconds, "reference")
                 have[task] = value
         return np.array([have[t] for t in self.tasks])
 
@@ -323,10 +331,10 @@ class Experiment:
             entry["v"][ids[row["task_identity"]]] = row["value"]
         base = coefficient_key(np.zeros(len(self.tasks)))
         if base not in by_point or len(by_point[base]["v"]) < len(self.tasks):  # measured by another method's run
-            for row in self.store.evaluations(self.model_key):
-                if row["task_identity"] in ids and coefficient_key(row["coefficients"]) == base:
-                    entry = by_point.setdefault(base, {"c": row["coefficients"], "v": {}, "kind": "design"})
-                    entry["v"].setdefault(ids[row["task_identity"]], row["value"])
+            shared = self.shared_base()
+            if shared:
+                entry = by_point.setdefault(base, {"c": [0.0] * len(self.tasks), "v": {}, "kind": "design"})
+                entry["v"] = {**shared, **entry["v"]}
         rows = [e for e in by_point.values() if len(e["v"]) == len(self.tasks) and (kinds is None or e["kind"] in kinds)]
         rows.sort(key=lambda e: coefficient_key(e["c"]))  # independent of which executor finished first
         if not rows:

@@ -19,6 +19,7 @@ def dare_drop(stack: torch.Tensor, density: float, seed: int, key: str) -> torch
 
 @register("dare")
 class Dare(MergeMethod):
+    title = "DARE"
     parameters = ("density", "seed")
     mergekit = "dare_linear"
 

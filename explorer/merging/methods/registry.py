@@ -18,7 +18,11 @@ if TYPE_CHECKING:  # the registry itself needs no torch: a spec is validated wit
 #: Registered methods: name -> module that registers it on import.
 BUILTIN = {"task_arithmetic": "explorer.merging.methods.task_arithmetic",
            "ties": "explorer.merging.methods.ties", "dare": "explorer.merging.methods.dare",
-           "lines": "explorer.merging.methods.lines"}
+           "lines": "explorer.merging.methods.lines",
+           "tsv": "explorer.merging.methods.tsv",
+           "cart": "explorer.merging.methods.cart",
+           "consensus": "explorer.merging.methods.consensus",
+           "iso_c": "explorer.merging.methods.iso_c"}
 
 _REGISTRY: dict[str, "MergeMethod"] = {}
 
@@ -34,6 +38,7 @@ class MergeMethod:
     """
 
     name = ""
+    title = ""  # what a stakeholder reads in legends and tables ("TSV-M")
     parameters: tuple[str, ...] = ()
     defaults: dict = {}
     mergekit: str | None = None
@@ -60,6 +65,7 @@ def register(name: str):
     def wrap(cls):
         instance = cls()
         instance.name = name
+        instance.title = instance.title or name
         _REGISTRY[name] = instance
         return cls
 

@@ -6,4 +6,5 @@ from explorer.merging.methods.registry import MergeMethod, register
 
 @register("task_arithmetic")
 class TaskArithmetic(MergeMethod):
+    title = "task arithmetic"
     mergekit = "task_arithmetic"

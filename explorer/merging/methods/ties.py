@@ -29,6 +29,7 @@ def ties_trim_and_elect(stack: torch.Tensor, density: float) -> torch.Tensor:
 
 @register("ties")
 class Ties(MergeMethod):
+    title = "TIES"
     parameters = ("density",)
     mergekit = "ties"
 
