@@ -343,3 +343,22 @@ def test_front_tasks_are_picked_with_pills(app):
     assert len(at.get("plotly_chart")) == 2  # 3-D and 2-D
     at = at.button_group[0].set_value(["high"]).run()
     assert not at.get("plotly_chart") and any("two or three" in i.value for i in at.info)
+
+
+def test_other_methods_fronts_are_overlaid_with_a_legend(toy_spec, tmp_path, monkeypatch):
+    """After `compare` ran TIES beside task arithmetic on the same store, the front view draws TIES's
+    front as its own named line, says whose points and chosen merge it shows, and the chosen panel
+    names the method."""
+    from explorer.experiment.experiment import Experiment
+
+    spec = tmp_path / "toy" / "spec.yaml"
+    shutil.copytree(toy_spec.parent, spec.parent)
+    Experiment.from_file(spec, method="ties").run(progress=False)  # the same checkpoints, merged by TIES
+    monkeypatch.setenv(app_state.SPEC_ENV, str(spec))
+    monkeypatch.delenv(app_state.STORE_ENV, raising=False)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    no_errors(at)
+    names = [t.get("name") for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
+    assert "front of TIES (predicted)" in names and "front of task arithmetic (predicted)" in names
+    assert any("Dashed lines: the fronts of TIES" in c.value for c in at.caption)
+    assert any("Merge method: task arithmetic" in c.value for c in at.caption)

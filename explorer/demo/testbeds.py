@@ -32,16 +32,18 @@ import hashlib
 import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
 from explorer.core.design import normalize_bounds
 from explorer.core.pareto import non_dominated, thin
 from explorer.demo.landscapes import dominance_gap
+from explorer.merging.methods import get_method
+from explorer.merging.methods.lines import apply_lines, layer_depths
 
 #: Views in the order tasks are taken from (``n_tasks`` = 8 uses the first eight).
 VIEWS = ("rot90", "rot180", "rot270", "hflip", "vflip", "invert", "shift", "transpose", "blur")
@@ -289,6 +291,29 @@ class Testbed:
     @property
     def merged_layers(self) -> tuple[str, ...]:
         return KINDS[self.kind].merged
+
+    def merged_by(self, params: Mapping) -> "Testbed":
+        """The same tasks with each expert replaced by θ₀ + τᵢ′ of a merge method (explorer/merging/methods/,
+        LiNeS included): merges stay θ₀ + Σ cᵢ τᵢ′, so every measurement here is that method's merge.
+        Methods that are not linear in c (Iso-C) do not fit the testbed's batched evaluation: refused."""
+        import torch
+
+        method = get_method(params["method"])
+        if not method.linear:
+            raise ValueError(f"merge method {params['method']!r} is not linear in the coefficients; a testbed "
+                             "evaluates linear merges only")
+        keys = list(self.experts[self.tasks[0]])
+        depths = layer_depths(keys) if params.get("lines") else {}
+        experts = {t: dict(self.experts[t]) for t in self.tasks}
+        for k in keys:
+            b = self.base[k].to(torch.float32)
+            stack = method.preprocess(torch.stack([self.experts[t][k].to(torch.float32) - b for t in self.tasks]), k, params)
+            if depths:
+                stack = apply_lines(stack, k, depths, params["lines"])
+            for i, t in enumerate(self.tasks):
+                experts[t][k] = (b + stack[i]).to(self.base[k].dtype)
+        suffix = "-".join([params["method"]] + (["lines"] if depths else []))
+        return replace(self, name=f"{self.name}-{suffix}", experts=experts, n_calls=0, _splits={}, _truth={})
 
     # ---------------------------------------------------------------- real evaluation
 

@@ -21,6 +21,7 @@ def dare_drop(stack: torch.Tensor, density: float, seed: int, key: str) -> torch
 class Dare(MergeMethod):
     title = "DARE"
     parameters = ("density", "seed")
+    defaults = {"density": 0.2, "seed": 0}
     mergekit = "dare_linear"
 
     def check(self, params: Mapping) -> None:

@@ -31,6 +31,7 @@ def ties_trim_and_elect(stack: torch.Tensor, density: float) -> torch.Tensor:
 class Ties(MergeMethod):
     title = "TIES"
     parameters = ("density",)
+    defaults = {"density": 0.2}
     mergekit = "ties"
 
     def check(self, params: Mapping) -> None:
