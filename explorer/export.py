@@ -137,7 +137,7 @@ def _is_hf_folder(path: Path) -> bool:
 
 def _base_float_dtypes(experiment) -> set[str]:
     """The floating dtypes of the base's tensors (from the loaded engine, headers, or a load)."""
-    if "engine" in experiment.__dict__:
+    if experiment.loaded:
         return {str(t.dtype).removeprefix("torch.") for t in experiment.engine.base.values() if t.is_floating_point()}
     base = resolve(experiment.spec_dir, experiment.spec.model.base)
     files = checkpoint_files(base)

@@ -47,7 +47,7 @@ def test_previous_store_is_reused_with_no_evaluation_and_no_refit(previous):
     assert exp.key == meta["experiment_key"]
     assert exp.task_identities == meta["task_identities"]
     result = exp.run(progress=False)  # the whole run again: everything is in the store
-    assert "engine" not in exp.__dict__  # no model was loaded, so nothing was measured
+    assert not exp.loaded  # no model was loaded, so nothing was measured
     assert rows(store, "evaluations") == evaluations  # zero re-evaluations
     assert rows(store, "fronts") == fronts  # zero refits: the cached fit was restored, nothing saved
     assert len(exp.store.evaluations(exp.key)) == meta["evaluations"]

@@ -192,7 +192,7 @@ class ExperimentHandle:
         from explorer.merging.safetensors_file import read_header  # imports torch: loaded when first needed
 
         exp = self.experiment
-        if "engine" in exp.__dict__:
+        if exp.loaded:
             return sum(t.numel() * t.element_size() for t in exp.engine.base.values())
         files = checkpoint_files(resolve(exp.spec_dir, exp.spec.model.base))
         if all(f.suffix == ".safetensors" for f in files):

@@ -208,6 +208,11 @@ class Experiment:
     def engine(self) -> Engine:
         return Engine(self)
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the model side is in memory (reading results back never loads it)."""
+        return "engine" in self.__dict__
+
     def release(self) -> None:
         """Drop the loaded model side (checkpoints, task vectors, model); results stay in the store."""
         self.__dict__.pop("engine", None)

@@ -107,23 +107,16 @@ class Store:
             existed = self._exists()
             if not existed and not write:
                 return  # no store yet: reads find nothing, and nothing is created for them
-            if self.read_only:
-                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=LOCK_WAIT_S / 2,
-                                       check_same_thread=False)
-                try:
-                    self._ready = self._validate(conn, existed)
-                except BaseException:
-                    conn.close()
-                    raise
-                self._conn = conn
-                return
-            if not self.memory:
+            if not self.memory and not self.read_only:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise StoreError(f"{self.path}: cannot create its directory ({exc.strerror})") from None
-            conn = sqlite3.connect(str(self.path) if not self.memory else MEMORY, timeout=LOCK_WAIT_S / 2,
-                                   check_same_thread=False)
+            if self.read_only:  # SQLite refuses every write on this connection
+                target, uri = f"{self.path.resolve().as_uri()}?mode=ro", True
+            else:
+                target, uri = (MEMORY if self.memory else str(self.path)), False
+            conn = sqlite3.connect(target, uri=uri, timeout=LOCK_WAIT_S / 2, check_same_thread=False)
             try:
                 self._ready = self._validate(conn, existed)
             except BaseException:
