@@ -156,6 +156,14 @@ class Experiment:
         store = Store(store_path, read_only=read_only) if store_path else None
         return cls(spec, spec_dir, store, device, Path(path).resolve(), read_only)
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where work derived from the checkpoints is kept (preprocessed experts): beside the spec's
+        store, also for a process that writes no store (a Ray worker)."""
+        store = self.store.path if not self.store.memory else (
+            resolve(self.spec_dir, self.spec.store) if self.spec.store else Path.cwd() / DEFAULT_STORE)
+        return Path(store).parent / "preprocessed"
+
     def path(self, path: str | None) -> Path | None:
         """A path named in the spec, made absolute against the spec's directory."""
         return resolve(self.spec_dir, path)

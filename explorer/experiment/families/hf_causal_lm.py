@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from explorer.errors import CheckpointError, SpecError
 from explorer.experiment.families.registry import register
 from explorer.merging.devices import pick_device
 from explorer.merging.hf_folder import write_merged_folder
+from explorer.merging.preprocessed import needs_preprocessing, preprocessed_experts
 from explorer.merging.safetensors_file import SafetensorsCheckpoint
 from explorer.merging.streaming import StreamingMerger
 
@@ -157,8 +159,13 @@ class HFCausalLM:
             raise SpecError(f"the base checkpoint has no floating tensors{where} to merge")
         engine.device = pick_device(experiment.device or spec.device)
         engine.model = load_model(base_dir, engine.device)
+        params = experiment.merge_parameters()
+        if needs_preprocessing(params):  # τᵢ′ once, tensor by tensor, then plain task arithmetic over them
+            experts = preprocessed_experts(base, experts, keys, params, experiment.cache_dir / experiment.key[:24],
+                                           experiment.key, log=_stderr)
+            params = {"method": "task_arithmetic"}
         engine.merger = StreamingMerger(engine.model, base, experts, keys, device=engine.device,
-                                        mode=getattr(spec.model, "memory", "auto"), params=experiment.merge_parameters())
+                                        mode=getattr(spec.model, "memory", "auto"), params=params)
         # θ₀ is never held as a state dict (the merger reads it from its files): only its tensors' metadata
         engine.base = {k: torch.empty(e.shape, dtype=e.dtype, device="meta") for k, e in base.entries.items()}
         engine.task_vectors = None
@@ -169,3 +176,6 @@ class HFCausalLM:
         base_dir, _ = self.folders(experiment)
         return {"merged": write_merged_folder(experiment.engine.merger, base_dir, coefficients, Path(out_dir) / "merged")}
 
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
