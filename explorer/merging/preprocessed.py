@@ -4,8 +4,8 @@ A method other than task arithmetic needs whole tensors of every task at once (t
 which a streaming merge would otherwise redo at every point. Here it runs once per experiment: each
 merged tensor of the base and the experts is read, preprocessed (LiNeS scaling included) and written
 as θ₀ + τᵢ′ in float32 to one safetensors file per expert, so peak memory is one tensor's T pieces.
-Later merges are plain task arithmetic over these files (the chunked, fused path), and a second
-engine finds them by content: the folder is named by the experiment's content key and complete only
+Later merges are task arithmetic over these files, tensor by tensor as θ₀ + Σ cᵢ τᵢ′ (mergekit's
+order, so exports stay exact), with no preprocessing at any point; a second engine finds them by content: the folder is named by the experiment's content key and complete only
 when its `done.json` names the same key.
 """
 from __future__ import annotations

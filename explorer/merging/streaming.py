@@ -135,8 +135,10 @@ class StreamingMerger:
         self.base, self.experts, self.keys = base, experts, list(keys)
         self.method, self.density, self.seed = method, float(density), int(seed)
         self.depths = layer_depths(self.keys) if self.params.get("lines") else {}
-        # a method other than task arithmetic, or LiNeS, needs whole tensors (top-k, masks, SVDs, depth scales)
-        self.per_tensor = method != "task_arithmetic" or bool(self.depths)
+        # a method other than task arithmetic, or LiNeS, needs whole tensors (top-k, masks, SVDs, depth scales);
+        # experts preprocessed ahead (merging/preprocessed.py) merge tensor by tensor too, as θ₀ + Σ cᵢ τᵢ′ in
+        # mergekit's order, so that exports of those methods stay exact
+        self.per_tensor = method != "task_arithmetic" or bool(self.depths) or bool(self.params.get("preprocessed"))
         self.device = torch.device(device)
         self.chunk = int(chunk)
         self.target = target

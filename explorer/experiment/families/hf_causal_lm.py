@@ -163,7 +163,7 @@ class HFCausalLM:
         if needs_preprocessing(params):  # τᵢ′ once, tensor by tensor, then plain task arithmetic over them
             experts = preprocessed_experts(base, experts, keys, params, experiment.cache_dir / experiment.key[:24],
                                            experiment.key, log=_stderr)
-            params = {"method": "task_arithmetic"}
+            params = {"method": "task_arithmetic", "preprocessed": True}
         engine.merger = StreamingMerger(engine.model, base, experts, keys, device=engine.device,
                                         mode=getattr(spec.model, "memory", "auto"), params=params)
         # θ₀ is never held as a state dict (the merger reads it from its files): only its tensors' metadata
