@@ -63,3 +63,22 @@ def test_merge_parameters_are_validated_per_method_with_the_key_named():
         parse_spec(spec_with({"method": "ties", "lines": {"alpha": -1}}))
     ok = parse_spec(spec_with({"method": "ties", "density": 0.3, "lines": {"beta": 0.2}}))
     assert ok.merge.lines.beta == 0.2 and yaml.safe_dump(ok.model_dump())  # a valid spec round-trips
+
+
+def test_iso_c_exports_say_not_exact_and_write_the_merge_it_measured(toy, tmp_path):
+    """Iso-C is not linear in c: no task_arithmetic config computes it, the export says so in one line,
+    and merged.safetensors is the merge the engine evaluates."""
+    import torch
+    from safetensors.torch import load_file
+
+    from explorer.experiment.experiment import Experiment
+    from explorer.export import plan_mergekit, write_merged
+
+    exp = Experiment.from_file(toy, method="iso_c")
+    c = np.array([0.6, 0.3, 0.9])
+    plan = plan_mergekit(exp, c)
+    assert not plan.exact and plan.how.startswith("not exact: iso_c is not linear")
+    merged = load_file(str(write_merged(exp, c, tmp_path)["merged"]))
+    exp.engine.merger.apply(c)
+    for key, value in exp.engine.model.state_dict().items():
+        assert torch.allclose(merged[key].float(), value.float(), atol=1e-6), key

@@ -168,8 +168,9 @@ def check_export(out: Path, decision, tool: str, proc: subprocess.Popen) -> floa
 @pytest.mark.slow
 def test_mergekit_yaml_rebuilds_hf_llama_merge_for_every_method(llama_dir, tmp_path):
     runs = {}
-    for method, density in (("task_arithmetic", None), ("ties", 0.2), ("dare", 0.3)):
-        merge = {"method": method} if density is None else {"method": method, "density": density, "seed": 3}
+    # tsv and cart: methods mergekit lacks, rebuilt from the preprocessed experts like TIES and DARE
+    for method, density in (("task_arithmetic", None), ("ties", 0.2), ("dare", 0.3), ("tsv", None), ("cart", None)):
+        merge = ({"method": method} if density is None else {"method": method, "density": density, "seed": 3})
         spec = write_spec(llama_dir, {"family": "tests.test_export_mergekit:make_llama", "base": "base"},
                           [f"expert-{t}" for t in TASKS], "tests.test_export_mergekit:llama_loss", "loss", merge)
         out = tmp_path / method
