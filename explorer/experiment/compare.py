@@ -68,13 +68,11 @@ class Comparison:
 
 
 def _equal_weight_points(experiment: Experiment) -> tuple[float, np.ndarray] | None:
-    """(λ, metrics) of the best measured point with all cᵢ equal (> 0), by mean goodness."""
-    C, M, _ = experiment.measured()
-    rows = [i for i in range(len(C)) if np.ptp(C[i]) < 1e-12 and C[i, 0] > 0]
-    if not rows:
+    """(λ, metrics) of the best measured point with all cᵢ equal (> 0): the experiment's own reference."""
+    refs = experiment.references()
+    if "task_arithmetic" not in refs:
         return None
-    best = max(rows, key=lambda i: float(np.mean(M[i] * experiment.senses)))
-    return float(C[best, 0]), M[best]
+    return float(refs["task_arithmetic_lambda"][0]), refs["task_arithmetic"]
 
 
 def compare(spec_path, methods: Sequence[str], store_path=None, budget: int | None = None, progress: bool = True,
