@@ -116,10 +116,29 @@ def cmd_run(args) -> int:
     options = {"address": args.ray_address, "num_workers": args.workers} if getattr(args, "executor", None) == "ray" else {}
     executor = make_executor(getattr(args, "executor", None), **options)
     extra = {"tol": args.tol} if getattr(args, "adaptive", False) and args.tol is not None else {}
+    for line in [*exp.check_examples(), *examples_plan(exp)]:  # before anything is measured
+        print(line, file=sys.stderr)
     result = exp.run(budget=args.budget, progress=not args.no_progress, executor=executor,
                      adaptive=True if getattr(args, "adaptive", False) else None, **extra)
     print(summary(exp, result))
     return 0
+
+
+def examples_plan(exp) -> list[str]:
+    """One line per task saying how many of its examples points are measured on (subsampled runs)."""
+    if exp.examples_setting == "full":
+        return []
+    from explorer.core.sampling import examples_for
+
+    lines = []
+    for t in exp.tasks:
+        if exp.subsampled(t):
+            n = exp.n_examples(t)
+            design, front = examples_for(exp.examples_setting, n, "design"), examples_for(exp.examples_setting, n, "adaptive")
+            more = f", points on the front {front:,}" if front != design else ""
+            lines.append(f"task {t!r}: design points on {design:,} of {n:,} examples{more}; "
+                         "picks, verify and polish on all of them")
+    return lines
 
 
 def _decide(args):

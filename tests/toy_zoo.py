@@ -60,6 +60,34 @@ def accuracy(model, classes, split: str = "val", broken: bool = False) -> float:
     return float((pred == y[mask]).float().mean())
 
 
+def scored(model, classes, split: str = "val", indices=None, wrong_length: bool = False):
+    """`accuracy` with per-example scores: with `indices` (positions among the samples of `classes`),
+    1.0/0.0 per sample. TOY_INDEX_LOG appends how many examples each call scored."""
+    x, y = _data(split)
+    mask = torch.isin(y, torch.tensor(classes))
+    x, y = x[mask], y[mask]
+    if indices is not None:
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        x, y = x[idx], y[idx]
+    if os.environ.get("TOY_INDEX_LOG"):
+        with open(os.environ["TOY_INDEX_LOG"], "a") as fh:
+            fh.write(f"{len(y)}\n")
+    with torch.inference_mode():
+        logits = model(x)[:, classes]
+    hits = (torch.tensor(classes)[logits.argmax(dim=1)] == y).double().numpy()
+    if indices is None:
+        return float(hits.mean())
+    return hits[:-1] if wrong_length else hits
+
+
+def _scored_size(model, classes, split: str = "val", **_ignored) -> int:
+    _, y = _data(split)
+    return int(torch.isin(y, torch.tensor(classes)).sum())
+
+
+scored.n_examples = _scored_size
+
+
 def _train(model, classes, steps: int, lr: float, seed: int) -> None:
     x, y = _data("train")
     mask = torch.isin(y, torch.tensor(classes))

@@ -88,19 +88,21 @@ class AdaptiveSampler:
     def initial_design(self) -> np.ndarray:
         return strength_stratified_design(self.bounds, self.n_tasks, self.initial, self.seed)
 
-    def fit(self, C: np.ndarray, Y: np.ndarray) -> list:
+    def fit(self, C: np.ndarray, Y: np.ndarray, noise_variance=None) -> list:
         names = [f"t{i}" for i in range(self.n_tasks)]
-        fitted = fit_surrogates(names, C, Y, self.bounds, self.senses, self.family, self.link)
+        fitted = fit_surrogates(names, C, Y, self.bounds, self.senses, self.family, self.link,
+                                noise_variance=noise_variance)
         return [fitted[n] for n in names]
 
-    def propose(self, C: np.ndarray, Y: np.ndarray, k: int | None = None) -> np.ndarray:
-        """The next batch (k, T) given measured coefficients C (n, T) and metrics Y (n, T)."""
+    def propose(self, C: np.ndarray, Y: np.ndarray, k: int | None = None, noise_variance=None) -> np.ndarray:
+        """The next batch (k, T) given measured coefficients C (n, T) and metrics Y (n, T) (measured on
+        subsamples: their sampling variances `noise_variance` (n, T))."""
         C, Y = np.asarray(C, dtype=float), np.asarray(Y, dtype=float)
         k = self.batch if k is None else k
         round_no = len(self.history)
         lo, hi = self.bounds[:, 0], self.bounds[:, 1]
         width = hi - lo
-        surrogates = self.fit(C, Y)
+        surrogates = self.fit(C, Y, noise_variance)
         front = compute_front(surrogates, self.bounds, self.senses, n_candidates=1024, max_points=300,
                               seed=self.seed + round_no)
         cand = front.X

@@ -29,6 +29,7 @@ from explorer.core.links import (
     link_inverse_derivative,
     metric_std,
 )
+from explorer.core.sampling import link_noise
 from explorer.core.surrogate import calibration_factor, quadratic_feature_jacobian, quadratic_features, r2_score
 
 
@@ -58,7 +59,10 @@ class KrigingSurrogate:
         self.calibrate = calibrate
 
     # --- fitting ---------------------------------------------------------------------------------
-    def fit(self, coefficients: np.ndarray, metric: np.ndarray) -> "KrigingSurrogate":
+    def fit(self, coefficients: np.ndarray, metric: np.ndarray, noise_variance=None) -> "KrigingSurrogate":
+        """noise_variance: per sample, the known sampling variance of its metric (metric units; 0 for a
+        measurement on the full set, see explorer.core.sampling); added to the covariance's diagonal,
+        so noisy points pull the fit less and the prediction is of the full-set metric."""
         c = np.atleast_2d(np.asarray(coefficients, dtype=float))
         y = np.asarray(metric, dtype=float).ravel()
         if c.shape[0] != y.shape[0]:
@@ -79,6 +83,10 @@ class KrigingSurrogate:
         self.z_mean_ = float(np.mean(z))
         self.z_scale_ = float(np.std(z)) + 1e-9
         self.zs_ = (z - self.z_mean_) / self.z_scale_
+        noise = np.zeros(len(y)) if noise_variance is None else np.asarray(noise_variance, dtype=float).ravel()
+        if noise.shape != y.shape or np.any(~np.isfinite(noise)) or np.any(noise < 0):
+            raise ValueError("noise_variance must hold one finite, non-negative variance per sample")
+        self.known_noise_ = link_noise(link, y, noise) / self.z_scale_**2
         self.d2_ = ((u[:, None, :] - u[None, :, :]) ** 2).sum(axis=2)
         self._eye = np.eye(len(y))
         params = self._optimise()
@@ -97,7 +105,7 @@ class KrigingSurrogate:
 
     def _loo_terms(self, params):
         k, s2 = self._kernel(params)
-        k[np.diag_indices_from(k)] += s2 + 1e-8
+        k[np.diag_indices_from(k)] += s2 + 1e-8 + self.known_noise_
         try:
             kinv = cho_solve(cho_factor(k, lower=True, check_finite=False), self._eye, check_finite=False)
         except np.linalg.LinAlgError:

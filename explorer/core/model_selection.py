@@ -35,11 +35,13 @@ def loo_rmse(surrogate, mask: np.ndarray | None = None) -> float:
 
 
 def fit_surrogate(coefficients: np.ndarray, metric: np.ndarray, higher_is_better: bool, bounds: np.ndarray,
-                  family: str = "auto", link: str = "auto", front_samples: np.ndarray | None = None):
+                  family: str = "auto", link: str = "auto", front_samples: np.ndarray | None = None,
+                  noise_variance: np.ndarray | None = None):
     """Fit one task's surrogate; with family="auto", the family with the lower leave-one-out RMSE.
 
     front_samples: mask of samples placed on the predicted front; when there are enough, the
     choice is made on their left-out error, since that is where the front is shown.
+    noise_variance: per sample, the known sampling variance of a subsampled measurement (0: full set).
     The fitted surrogate gets `family_`, `observed_` and `candidates_` ({family: LOO RMSE}).
     """
     if family not in FAMILIES:
@@ -47,7 +49,7 @@ def fit_surrogate(coefficients: np.ndarray, metric: np.ndarray, higher_is_better
     tried = ["quadratic", "kriging"] if family == "auto" else [family]
     fitted = {}
     for name in tried:
-        s = make_surrogate(name, higher_is_better, bounds, link).fit(coefficients, metric)
+        s = make_surrogate(name, higher_is_better, bounds, link).fit(coefficients, metric, noise_variance=noise_variance)
         s.observed_ = np.asarray(metric, dtype=float).ravel()
         s.family_ = name
         fitted[name] = s

@@ -26,7 +26,7 @@ TRUST_RANGE_SHARE = 0.05
 
 #: Version of the surrogate and front code: part of the key of every cached front (front_cache.py).
 #: Bump it whenever a change to the fit or the front search changes the front for the same points.
-FIT_VERSION = "5"
+FIT_VERSION = "6"
 
 
 @dataclass
@@ -136,13 +136,15 @@ def trust_thresholds(observed: np.ndarray) -> np.ndarray:
 
 
 def fit_surrogates(tasks, samples, observed, bounds, senses, family: str = "auto", link: str = "auto",
-                   front_samples=None) -> dict:
+                   front_samples=None, noise_variance=None) -> dict:
     """One surrogate per task (family chosen per task by left-out error when "auto").
 
     front_samples: boolean mask of the samples that adaptive rounds placed on the predicted
     front; the family is chosen on their left-out error when there are enough of them.
     """
-    return {task: fit_surrogate(samples, observed[:, i], senses[i] > 0, bounds, family, link, front_samples)
+    noise = None if noise_variance is None else np.asarray(noise_variance, dtype=float).reshape(np.shape(observed))
+    return {task: fit_surrogate(samples, observed[:, i], senses[i] > 0, bounds, family, link, front_samples,
+                                None if noise is None else noise[:, i])
             for i, task in enumerate(tasks)}
 
 
@@ -154,15 +156,18 @@ def trusted_front(surrogates, samples, observed, box, search_box, senses, front_
     2. the front within the trust radius of a sample (`pareto.compute_trusted_front`):
        `front_trusted` True;
     3. the unconstrained front of the box, for context: `front_trusted` False unless it also
-       lies in the trusted region.
+       lies in the trusted region. Only its points that neither dominate nor are dominated by a
+       trusted point are kept, so the front shown is non-dominated as a whole and a guess never
+       outshines a vouched-for point it cannot back.
     Two thirds of `front_points` go to the trusted part.
     """
     radius = trust_radius(surrogates, samples, box, TRUST_ERROR_SHARE * trust_thresholds(observed))
     n_trusted = max(1, (2 * front_points) // 3)
     inner = compute_trusted_front(surrogates, search_box, senses, samples, radius, n_trusted, seed)
     outer = compute_front(surrogates, search_box, senses, max_points=max(1, front_points - len(inner.X)), seed=seed)
-    X = np.vstack([inner.X, outer.X])
-    predicted = -np.vstack([inner.F, outer.F]) * senses
+    keep = incomparable(outer.F, inner.F)
+    X = np.vstack([inner.X, outer.X[keep]])
+    predicted = -np.vstack([inner.F, outer.F[keep]]) * senses
     std = np.column_stack([s.predict(X, return_std=True)[1] for s in surrogates])
     lo, width = box[:, 0], box[:, 1] - box[:, 0]
     V, U = (X - lo) / width, (samples - lo) / width
@@ -172,6 +177,16 @@ def trusted_front(surrogates, samples, observed, box, search_box, senses, front_
     for s in surrogates:
         s.trust_radius_ = radius
     return {"front_coefficients": X, "front_predicted": predicted, "front_std": std, "front_trusted": trusted}
+
+
+def incomparable(F: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Mask of the rows of F (minimisation) that neither dominate, equal nor are dominated by a row of G."""
+    F, G = np.atleast_2d(F), np.atleast_2d(G)
+    if len(F) == 0 or len(G) == 0:
+        return np.ones(len(F), dtype=bool)
+    le = np.all(F[:, None, :] <= G[None, :, :], axis=2)  # f weakly below g: f dominates or equals g
+    ge = np.all(F[:, None, :] >= G[None, :, :], axis=2)  # g weakly below f
+    return ~np.any(le | ge, axis=1)
 
 
 def fit_result(
@@ -188,6 +203,7 @@ def fit_result(
     surrogates: Mapping[str, object] | None = None,
     family: str = "auto",
     front_samples=None,
+    noise_variance=None,
 ) -> ExploreResult:
     """Fit one surrogate per task to (samples, observed) and compute the front inside the box.
 
@@ -196,14 +212,15 @@ def fit_result(
     front computed before for exactly these inputs (the store's cache, see front_cache.py):
     no front search runs then; `surrogates` ({task: fitted surrogate}, from the same cache) skips
     the fitting. `family`: "auto" (per task, the lower leave-one-out error), "quadratic" (MAP)
-    or "kriging" (see explorer.core.model_selection).
+    or "kriging" (see explorer.core.model_selection). `noise_variance` (n, T): each measurement's known
+    sampling variance when it was made on a subsample of the task's examples (explorer.core.sampling).
     """
     tasks = list(tasks)
     box = normalize_bounds(bounds, len(tasks))
     senses = task_senses(tasks, higher_is_better)
     samples, observed = np.asarray(samples, dtype=float), np.asarray(observed, dtype=float)
     if surrogates is None or set(surrogates) != set(tasks):
-        surrogates = fit_surrogates(tasks, samples, observed, box, senses, family, link, front_samples)
+        surrogates = fit_surrogates(tasks, samples, observed, box, senses, family, link, front_samples, noise_variance)
     surrogates = {t: surrogates[t] for t in tasks}
     if front is None:
         search_box = box if front_bounds is None else normalize_bounds(front_bounds, len(tasks))

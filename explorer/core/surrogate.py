@@ -18,6 +18,7 @@ from explorer.core.links import (
     link_inverse_derivative,
     metric_std,
 )
+from explorer.core.sampling import link_noise
 
 #: Target share of left-out measurements inside ±2 predictive std after calibration. Higher than
 #: the 80–95 % wanted on the front because the front is where the surrogates are optimistic: left-out
@@ -96,10 +97,15 @@ class QuadraticSurrogate:
         self.gauss_newton_steps = gauss_newton_steps
         self.n_examples = n_examples
 
-    def fit(self, coefficients: np.ndarray, metric: np.ndarray) -> "QuadraticSurrogate":
+    def fit(self, coefficients: np.ndarray, metric: np.ndarray, noise_variance=None) -> "QuadraticSurrogate":
+        """noise_variance: per sample, the known sampling variance of its metric (metric units; 0 for a
+        measurement on the full set, see explorer.core.sampling). Samples are then weighted by
+        1 / (misfit² + their noise), the misfit estimated from an unweighted fit first (feasible
+        generalised least squares), so a point measured on few examples pulls the fit less."""
         c, y, link = self._validated(coefficients, metric)
         y_fit = clip_for_link(link, y, self.n_examples)
-        self.coef_ = self._weights(c, y_fit, link)
+        self.sample_weight_ = self._noise_weights(c, y_fit, link, noise_variance)
+        self.coef_ = self._weights(c, y_fit, link, self.sample_weight_)
         self.link_ = link
         self.n_tasks_ = c.shape[1]
         self.n_samples_ = len(y)
@@ -122,7 +128,25 @@ class QuadraticSurrogate:
             raise ValueError(f"unknown link {link!r}; choose one of {LINKS} or 'auto'")
         return c, y, link
 
-    def _weights(self, c: np.ndarray, y: np.ndarray, link: str) -> np.ndarray:
+    def _noise_weights(self, c: np.ndarray, y: np.ndarray, link: str, noise_variance) -> np.ndarray | None:
+        """Relative sample weights (mean 1) from known sampling variances; None when every point is exact."""
+        if noise_variance is None:
+            return None
+        noise = np.asarray(noise_variance, dtype=float).ravel()
+        if noise.shape != y.shape or np.any(~np.isfinite(noise)) or np.any(noise < 0):
+            raise ValueError("noise_variance must hold one finite, non-negative variance per sample")
+        if not np.any(noise > 0):
+            return None
+        var_z = link_noise(link, y, noise)
+        z = link_forward(link, y)
+        p = quadratic_features(c[:1]).shape[1]
+        resid = z - quadratic_features(c) @ self._weights(c, y, link, None)
+        dof = max(len(y) - p, 1)
+        misfit = max(float(np.sum(resid**2)) / dof - float(np.mean(var_z)), 1e-4 * float(np.var(z)) + 1e-12)
+        weight = 1.0 / (misfit + var_z)
+        return weight / weight.mean()
+
+    def _weights(self, c: np.ndarray, y: np.ndarray, link: str, sample_weight: np.ndarray | None = None) -> np.ndarray:
         """Ridge fit of the quadratic to the linked metric, refined by Gauss-Newton in metric units.
 
         Least squares on logit(accuracy) over-weights points near saturation; the Gauss-Newton
@@ -132,17 +156,18 @@ class QuadraticSurrogate:
         x = quadratic_features(c)
         scale = np.sqrt(np.mean(x**2, axis=0)) + 1e-12
         xs = x / scale
+        r = np.ones(len(y)) if sample_weight is None else np.sqrt(sample_weight)  # weighted rows
         penalty = self.alpha * len(y) * np.eye(x.shape[1])
         penalty[0, 0] = 0.0  # the intercept is not shrunk
-        w = self._solve(xs, link_forward(link, y), penalty)
+        w = self._solve(xs * r[:, None], link_forward(link, y) * r, penalty)
         for _ in range(self.gauss_newton_steps if link != "identity" else 0):
             z = xs @ w
-            resid = y - link_inverse(link, z)
-            step = self._solve(xs * link_inverse_derivative(link, z)[:, None], resid, penalty)
+            resid = (y - link_inverse(link, z)) * r
+            step = self._solve(xs * (link_inverse_derivative(link, z) * r)[:, None], resid, penalty)
             # damped: halve the step until the squared error falls (saturated points make full
             # Gauss-Newton steps overshoot)
             for _halving in range(8):
-                if np.sum((y - link_inverse(link, xs @ (w + step))) ** 2) < np.sum(resid**2):
+                if np.sum(((y - link_inverse(link, xs @ (w + step))) * r) ** 2) < np.sum(resid**2):
                     break
                 step = step / 2
             else:
@@ -161,7 +186,8 @@ class QuadraticSurrogate:
         held_out = np.empty(n)
         for k in np.unique(folds):
             test = folds == k
-            w = self._weights(c[~test], y[~test], link)
+            sw = None if getattr(self, "sample_weight_", None) is None else self.sample_weight_[~test]
+            w = self._weights(c[~test], y[~test], link, sw)
             held_out[test] = quadratic_features(c[test]) @ w
         self.loo_decision_ = held_out
         self.loo_predictions_ = link_inverse(link, held_out)

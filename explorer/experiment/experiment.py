@@ -28,6 +28,7 @@ from explorer.core.design import (
 )
 from explorer.core.explore import default_design
 from explorer.core.result import ExploreResult, fit_result
+from explorer.core.sampling import check_examples, example_order, examples_for, sampling_variance
 from explorer.errors import EvaluationError, ExplorerError, SpecError
 from explorer.experiment import front_cache
 from explorer.experiment.families.registry import lookup as lookup_family
@@ -64,8 +65,7 @@ class Engine:
         self.spec, self.spec_dir = spec, spec_dir
         self.evaluators = {t: self.evaluator(t) for t in experiment.tasks}
 
-    def evaluator(self, task: str, params: dict | None = None) -> Callable:
-        """The task's evaluator as a function of the model, with the spec's params (or `params`)."""
+    def _call(self, task: str, params: dict | None = None) -> tuple[Callable, dict]:
         ts = self.spec.tasks[task]
         fn = resolve_callable(ts.evaluator, f"tasks.{task}.evaluator")
         kwargs = dict(ts.params if params is None else params)
@@ -74,7 +74,59 @@ class Engine:
                 kwargs["spec_dir"] = str(self.spec_dir)
         except (TypeError, ValueError):
             pass
+        return fn, kwargs
+
+    def evaluator(self, task: str, params: dict | None = None) -> Callable:
+        """The task's evaluator as a function of the model, with the spec's params (or `params`)."""
+        fn, kwargs = self._call(task, params)
         return lambda model: fn(model, **kwargs)
+
+    def takes_indices(self, task: str) -> bool:
+        """Whether the task's evaluator can score a subset of its examples: it takes `indices` and
+        says its set size (`evaluate.n_examples(model, **params)`), see docs/ARCHITECTURE.md."""
+        fn, _ = self._call(task)
+        try:
+            takes = "indices" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            takes = False
+        return takes and callable(getattr(fn, "n_examples", None))
+
+    def n_examples(self, task: str) -> int | None:
+        """The size of the task's evaluation set, as its evaluator reports it (None: these params
+        cannot be measured on a subset, e.g. a per-token loss)."""
+        fn, kwargs = self._call(task)
+        try:
+            n = fn.n_examples(self.model, **kwargs)
+        except (ValueError, RuntimeError, OSError, TypeError) as exc:
+            raise EvaluationError(f"evaluator of task {task!r} could not say its number of examples "
+                                  f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+        if n is None:
+            return None
+        n = int(n)
+        if n < 1:
+            raise EvaluationError(f"evaluator of task {task!r} reports {n} examples")
+        return n
+
+    def score_examples(self, coefficients: np.ndarray, indices: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray, float]]:
+        """Merge at `coefficients` (once) and yield (task, per-example scores, seconds) for the
+        examples `indices[task]` of each task (explorer.core.sampling)."""
+        self.merger.apply(coefficients)
+        for task, idx in indices.items():
+            fn, kwargs = self._call(task)
+            start = time.perf_counter()
+            try:
+                scores = np.asarray(fn(self.model, **kwargs, indices=np.asarray(idx, dtype=np.int64)), dtype=float)
+            except EvaluationError:
+                raise
+            except (ValueError, RuntimeError, OSError, TypeError) as exc:
+                raise EvaluationError(f"evaluator of task {task!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            if scores.shape != (len(idx),):
+                raise EvaluationError(f"evaluator of task {task!r} returned {scores.size} per-example scores for "
+                                      f"{len(idx)} examples; nothing was stored")
+            if not np.all(np.isfinite(scores)):
+                raise EvaluationError(f"evaluator of task {task!r} returned a non-finite per-example score at "
+                                      f"c={np.round(coefficients, 4).tolist()}; nothing was stored")
+            yield task, scores, time.perf_counter() - start
 
     def measure(self, coefficients: np.ndarray, tasks: Iterable[str],
                 evaluators: dict[str, Callable] | None = None) -> Iterator[tuple[str, float, float]]:
@@ -239,6 +291,12 @@ class Experiment:
             out = {**self.shared_base(), **out}
         return out
 
+    def observed(self, coefficients) -> dict[str, float]:
+        """Like `stored`, plus the mean over the examples scored so far where only a subsample was."""
+        out = {**{t: float(np.mean(scores)) for t, (scores, _) in self._stored_samples(coefficients).items()},
+               **self.stored(coefficients)}
+        return {t: out[t] for t in self.tasks if t in out}
+
     def shared_base(self) -> dict[str, float]:
         """The base's (c = 0, θ₀ whatever the merge method) metrics as another merge method of the same
         checkpoints measured them (`merge-explorer compare`): measured once, served to every method."""
@@ -265,18 +323,110 @@ class Experiment:
     def held_out_plan(self) -> HeldOutPlan:
         return plan_held_out(self)
 
+    # --- subsampled evaluation (explorer.core.sampling) ---------------------------------------
+    @property
+    def examples_setting(self):
+        """The spec's `evaluation.examples`: "full", "auto" or a count."""
+        return self.spec.evaluation.examples
+
+    def subsampled(self, task: str) -> bool:
+        """Whether points of `task` may be measured on part of its examples (the spec asks for it and
+        the evaluator can; otherwise the full set, as before)."""
+        return (self.examples_setting != "full" and self.engine.takes_indices(task)
+                and self.n_examples(task) is not None)
+
+    def n_examples(self, task: str) -> int | None:
+        """The task's set size, as its evaluator reports it (checked against `evaluation.examples`)."""
+        cache = self.__dict__.setdefault("_n_examples", {})
+        if task not in cache:
+            cache[task] = self.engine.n_examples(task)
+            if cache[task] is not None:
+                check_examples(self.examples_setting, cache[task], task)
+        return cache[task]
+
+    def example_order(self, task: str) -> np.ndarray:
+        cache = self.__dict__.setdefault("_orders", {})
+        if task not in cache:
+            cache[task] = example_order(self.n_examples(task), self.task_identities[task])
+        return cache[task]
+
+    def check_examples(self) -> list[str]:
+        """Check `evaluation.examples` against every task's set (one line naming the task at fault)
+        before anything is measured; returns a line per task whose evaluator cannot subsample."""
+        if self.examples_setting == "full":
+            return []
+        notes = []
+        for t in self.tasks:
+            if not self.engine.takes_indices(t):
+                notes.append(f"task {t!r}: its evaluator takes no `indices`; measured on its full set")
+            elif self.n_examples(t) is None:
+                notes.append(f"task {t!r}: its evaluator cannot subsample these params; measured on its full set")
+        return notes
+
+    def _stored_samples(self, c) -> dict[str, tuple[np.ndarray, int]]:
+        return {t: got for t in self.tasks
+                if (got := self.store.get_samples(self.key, self.task_identities[t], c)) is not None}
+
+    def complete(self, coefficients, kind: str = "design") -> bool:
+        """Whether the store has every task at `coefficients` on as many examples as `kind` needs."""
+        c = np.asarray(coefficients, dtype=float)
+        have = self.stored(c)
+        if len(have) == len(self.tasks):
+            return True
+        if self.examples_setting == "full" and kind in ("design", "adaptive", "reference"):
+            samples = {}
+        else:
+            samples = self._stored_samples(c)
+        for t in self.tasks:
+            if t in have:
+                continue
+            if t not in samples:
+                return False
+            scores, n_total = samples[t]
+            if len(scores) < examples_for(self.examples_setting, n_total, kind, t):
+                return False
+        return True
+
     def evaluate(self, coefficients, kind: str = "design") -> np.ndarray:
-        """Metrics (T,) at `coefficients`, measuring and storing only what the store lacks."""
+        """Metrics (T,) at `coefficients`, measuring and storing only what the store lacks.
+
+        With `evaluation.examples` set, points of `kind` design, adaptive and reference are measured
+        on a prefix of each task's example order (their metric is the mean over those examples);
+        every other kind on the full set. Stored per-example scores are extended, never re-measured.
+        """
         c = np.asarray(coefficients, dtype=float)
         have = self.stored(c)
         missing = [t for t in self.tasks if t not in have]
-        if missing and self.store.read_only:
-            raise SpecError(f"{self.store.path} is open read-only and lacks task {missing[0]!r} at "
+        if not missing:
+            return np.array([have[t] for t in self.tasks])
+        samples = self._stored_samples(c)
+        want, plain = {}, []
+        for t in missing:
+            scores = samples[t][0] if t in samples else np.zeros(0)
+            if t not in samples and not self.subsampled(t):
+                plain.append(t)
+                continue
+            n_total = samples[t][1] if t in samples else self.n_examples(t)
+            need = examples_for(self.examples_setting, n_total, kind, t)
+            if len(scores) >= need:
+                have[t] = float(np.mean(scores))
+            else:
+                want[t] = (scores, n_total, need)
+        if (plain or want) and self.store.read_only:
+            t = (plain or list(want))[0]
+            raise SpecError(f"{self.store.path} is open read-only and lacks task {t!r} at "
                             f"c={np.round(c, 4).tolist()}; nothing was measured")
-        if missing:
-            for task, value, seconds in self.engine.measure(c, missing):
+        if plain:
+            for task, value, seconds in self.engine.measure(c, plain):
                 self.store.put(self.key, self.task_identities[task], task, c, value, seconds, kind)
                 have[task] = value
+        if want:
+            jobs = {t: self.example_order(t)[len(scores):need] for t, (scores, n_total, need) in want.items()}
+            for task, new, seconds in self.engine.score_examples(c, jobs):
+                scores, n_total, _ = want[task]
+                scores = np.concatenate([scores, new])
+                self.store.put_samples(self.key, self.task_identities[task], task, c, scores, n_total, seconds, kind)
+                have[task] = float(np.mean(scores.astype(np.float32), dtype=np.float64))
         return np.array([have[t] for t in self.tasks])
 
     def design(self, budget: int | None = None) -> np.ndarray:
@@ -334,6 +484,13 @@ class Experiment:
 
     def measured(self, kinds: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """All points with every task measured: (coefficients (n, T), metrics (n, T), kinds)."""
+        C, M, found, _ = self.measured_examples(kinds)
+        return C, M, found
+
+    def measured_examples(self, kinds: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+        """`measured` plus how each value was measured: {"examples": (n, T) examples scored,
+        "n_total": (n, T) the tasks' set sizes (0 where unknown: a full-set measurement) and
+        "noise_variance": (n, T) the known sampling variance of each value (0 on the full set)}."""
         by_point: dict[str, dict] = {}
         ids = {v: k for k, v in self.task_identities.items()}
         ids.update({v: k for k, vs in self.previous_identities.items() for v in vs if v not in ids})
@@ -342,6 +499,16 @@ class Experiment:
                 continue
             entry = by_point.setdefault(coefficient_key(row["coefficients"]), {"c": row["coefficients"], "v": {}, "kind": row["kind"]})
             entry["v"][ids[row["task_identity"]]] = row["value"]
+        for row in self.store.samples(self.key):  # subsampled measurements where the full set was not scored
+            task = ids.get(row["task_identity"]) if row["task_identity"] in self.task_identities.values() else None
+            if task is None:
+                continue
+            entry = by_point.setdefault(coefficient_key(row["coefficients"]), {"c": row["coefficients"], "v": {}, "kind": row["kind"]})
+            if task in entry["v"] and task not in entry.setdefault("n", {}):
+                continue  # the full set's value is there
+            scores = row["scores"]
+            entry["v"][task] = float(np.mean(scores))
+            entry.setdefault("n", {})[task] = (len(scores), row["n_total"], sampling_variance(scores, row["n_total"]))
         base = coefficient_key(np.zeros(len(self.tasks)))
         if base not in by_point or len(by_point[base]["v"]) < len(self.tasks):  # measured by another method's run
             shared = self.shared_base()
@@ -350,17 +517,23 @@ class Experiment:
                 entry["v"] = {**shared, **entry["v"]}
         rows = [e for e in by_point.values() if len(e["v"]) == len(self.tasks) and (kinds is None or e["kind"] in kinds)]
         rows.sort(key=lambda e: coefficient_key(e["c"]))  # independent of which executor finished first
+        t = len(self.tasks)
         if not rows:
-            return np.empty((0, len(self.tasks))), np.empty((0, len(self.tasks))), []
+            empty = np.empty((0, t))
+            return empty, empty, [], {"examples": empty, "n_total": empty, "noise_variance": empty}
         C = np.array([r["c"] for r in rows], dtype=float)
         M = np.array([[r["v"][t] for t in self.tasks] for r in rows], dtype=float)
-        return C, M, [r["kind"] for r in rows]
+        how = np.array([[r.get("n", {}).get(t, (0, 0, 0.0)) for t in self.tasks] for r in rows], dtype=float)
+        info = {"examples": how[..., 0].astype(int), "n_total": how[..., 1].astype(int), "noise_variance": how[..., 2]}
+        return C, M, [r["kind"] for r in rows], info
 
     def result(self, front_points: int = 1000) -> ExploreResult:
         """Fit surrogates to the stored design points and compute the front (no model needed)."""
-        C, M, kinds = self.measured(FIT_KINDS)
+        C, M, kinds, how = self.measured_examples(FIT_KINDS)
         inside = np.all((C >= self.bounds[:, 0] - 1e-12) & (C <= self.bounds[:, 1] + 1e-12), axis=1) if len(C) else []
         C, M = C[inside], M[inside]
+        noise = how["noise_variance"][inside] if len(C) else None
+        noise = noise if noise is not None and np.any(noise > 0) else None
         on_front = np.array([k == "adaptive" for k in kinds], dtype=bool)[inside] if len(kinds) else None
         need = n_quadratic_terms(len(self.tasks))
         if len(C) < need:
@@ -368,13 +541,15 @@ class Experiment:
                 f"experiment {self.spec.name!r} has {len(C)} complete evaluations; a quadratic surrogate needs {need}: "
                 f"run `merge-explorer run` first"
             )
+        noise_option = {} if noise is None else {"noise_variance": np.round(noise, 12).tolist()}
         fit_key = front_cache.front_digest(C, M, self.bounds, self.senses, self.spec.seed, front_points,
-                                           on_front=None if on_front is None else on_front.tolist())
+                                           on_front=None if on_front is None else on_front.tolist(), **noise_option)
         front, surrogates = front_cache.load_fit(self.store, fit_key)
         if surrogates is None:  # the front search may leave state on the surrogates: restore both or neither
             front = None
         result = fit_result(self.tasks, C, M, self.bounds, [s > 0 for s in self.senses], self.spec.seed,
-                            front_points=front_points, front=front, surrogates=surrogates, front_samples=on_front)
+                            front_points=front_points, front=front, surrogates=surrogates, front_samples=on_front,
+                            noise_variance=noise)
         if front is None or surrogates is None:
             front_cache.save_fit(self.store, fit_key, result, self.key)
         result.extra["references"] = self.references()
@@ -384,10 +559,10 @@ class Experiment:
         """Measured base, experts and best task arithmetic, where the store has them."""
         out = {}
         t = len(self.tasks)
-        base = self.stored(np.zeros(t))
+        base = self.observed(np.zeros(t))
         if len(base) == t:
             out["base"] = np.array([base[k] for k in self.tasks])
-        experts = [self.stored(np.eye(t)[i]).get(self.tasks[i]) for i in range(t)]
+        experts = [self.observed(np.eye(t)[i]).get(self.tasks[i]) for i in range(t)]
         if all(v is not None for v in experts):
             out["experts"] = np.array(experts)
         C, M, kinds = self.measured()

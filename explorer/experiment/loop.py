@@ -38,9 +38,20 @@ def unique_points(points: Iterable[tuple[np.ndarray, str]]) -> list[tuple[np.nda
     return out
 
 
+def check_executor(experiment, executor) -> None:
+    """Subsampled evaluation stores per-example scores, which only the in-process executor returns;
+    `evaluation.examples` is checked against every task's set before anything is measured."""
+    experiment.check_examples()
+    if executor is not None and not isinstance(executor, InProcessExecutor) and experiment.examples_setting != "full":
+        from explorer.errors import SpecError
+
+        raise SpecError(f"evaluation.examples: {experiment.examples_setting!r} runs with the in-process executor "
+                        "only; use `examples: full` with --executor ray")
+
+
 def evaluate_points(experiment, points: Iterable[tuple[np.ndarray, str]], executor=None, bar=None) -> None:
     """Measure the points the store lacks through `executor` (default in-process), updating `bar`."""
-    pending = [(c, k) for c, k in unique_points(points) if len(experiment.stored(c)) < len(experiment.tasks)]
+    pending = [(c, k) for c, k in unique_points(points) if not experiment.complete(c, k)]
     executor = executor or InProcessExecutor()
     for _ in executor.run(experiment, pending):
         if bar:
@@ -49,9 +60,10 @@ def evaluate_points(experiment, points: Iterable[tuple[np.ndarray, str]], execut
 
 def run_design(experiment, budget: int | None = None, progress: bool = True, executor=None) -> ExploreResult:
     """MAP's space-filling design and the reference points, measured through the store, then the fit."""
+    check_executor(experiment, executor)
     design = experiment.design(budget)
     points = [(c, "design") for c in design] + [(c, "reference") for c in experiment.reference_points()]
-    pending = [(c, k) for c, k in points if len(experiment.stored(c)) < len(experiment.tasks)]
+    pending = [(c, k) for c, k in points if not experiment.complete(c, k)]
     bar = _bar(len(points), len(points) - len(pending)) if progress else None
     try:
         for _ in (executor or InProcessExecutor()).run(experiment, pending):
@@ -76,6 +88,7 @@ def run_adaptive(experiment, budget: int | None = None, progress: bool = True, e
     Everything already measured in the box counts towards the budget, so a rerun continues where
     the last one stopped. Initial points are stored with kind "design", later ones "adaptive".
     """
+    check_executor(experiment, executor)
     t = len(experiment.tasks)
     budget = budget if budget is not None else (experiment.spec.budget or default_budget(t))
     initial = min(default_initial(t), budget) if initial is None else int(initial)
@@ -90,10 +103,10 @@ def run_adaptive(experiment, budget: int | None = None, progress: bool = True, e
         start += [(c, "reference") for c in experiment.reference_points()]
         evaluate_points(experiment, start, executor, bar)
         while True:
-            C, Y = fit_points(experiment)
+            C, Y, noise = fit_points(experiment, with_noise=True)
             if len(C) >= budget:
                 break
-            new = sampler.propose(C, Y, min(sampler.batch, budget - len(C)))
+            new = sampler.propose(C, Y, min(sampler.batch, budget - len(C)), noise_variance=noise)
             if len(new) == 0:
                 break
             evaluate_points(experiment, [(c, "adaptive") for c in new], executor, bar)
@@ -109,11 +122,16 @@ def run_adaptive(experiment, budget: int | None = None, progress: bool = True, e
     return result
 
 
-def fit_points(experiment) -> tuple[np.ndarray, np.ndarray]:
-    C, M, _ = experiment.measured(FIT_KINDS)
+def fit_points(experiment, with_noise: bool = False):
+    """(C, M) of the fitted kinds inside the box, in a fixed order; with_noise, also the values'
+    sampling variances (n, T) (None when every value is a full-set measurement)."""
+    C, M, _, how = experiment.measured_examples(FIT_KINDS)
+    noise = how["noise_variance"]
     if len(C):
         inside = inside_box(C, experiment.bounds)
-        C, M = C[inside], M[inside]
+        C, M, noise = C[inside], M[inside], noise[inside]
         order = np.lexsort(C.T[::-1])  # store order depends on which worker finished first; the fit must not
-        C, M = C[order], M[order]
-    return C, M
+        C, M, noise = C[order], M[order], noise[order]
+    if not with_noise:
+        return C, M
+    return C, M, (noise if np.any(noise > 0) else None)

@@ -104,12 +104,31 @@ class MergeSpec(_Strict):
         return self
 
 
+class EvaluationSpec(_Strict):
+    """How many of each task's examples a point is measured on (explorer.core.sampling).
+
+    examples: "full" (every example, the default), "auto" (a seeded subsample for design points, more
+    where the adaptive rounds place points on the front; picks, verify and polish on the full set)
+    or a count (design and adaptive points on that many examples of every task).
+    """
+
+    examples: Union[Literal["full", "auto"], int] = "full"
+
+    @field_validator("examples", mode="before")
+    @classmethod
+    def _count(cls, v):
+        if isinstance(v, bool) or (isinstance(v, (int, float)) and not isinstance(v, bool) and (v != int(v) or v < 1)):
+            raise ValueError(f"{v!r} is not 'full', 'auto' or a positive number of examples")
+        return v
+
+
 class Spec(_Strict):
     name: str = "experiment"
     store: Optional[str] = None
     model: ModelSpec
     tasks: dict[str, TaskSpec]
     merge: MergeSpec = MergeSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
     bounds: Union[tuple[float, float], list[tuple[float, float]]] = (0.0, 1.0)
     budget: Optional[int] = None
     seed: int = 0

@@ -52,11 +52,25 @@ CREATE TABLE IF NOT EXISTS evaluations (
     created REAL NOT NULL,
     PRIMARY KEY (experiment, task_identity, coeff_key)
 );
+CREATE TABLE IF NOT EXISTS samples (
+    experiment TEXT NOT NULL,
+    task_identity TEXT NOT NULL,
+    coeff_key TEXT NOT NULL,
+    task TEXT NOT NULL,
+    coefficients TEXT NOT NULL,
+    n_total INTEGER NOT NULL,
+    scores BLOB NOT NULL,
+    seconds REAL NOT NULL,
+    kind TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (experiment, task_identity, coeff_key)
+);
 CREATE TABLE IF NOT EXISTS file_hashes (
     key TEXT PRIMARY KEY,
     digest TEXT NOT NULL
 );
 """
+SAMPLES_TABLE = SCHEMA.split(";")[2].strip()  # added to stores written before it, with their first sample
 T = TypeVar("T")
 #: Kinds of stored points. Fitted: the design and the adaptive rounds' points. Checks (verify, and
 #: each step of a polish) are shown, never fitted; "reference" (base, experts, task arithmetic) and
@@ -319,6 +333,90 @@ class Store:
             raise StoreError(f"{self.path}: experiment {experiment[:12]!r} has a stored value {value!r} that is not "
                              "a finite number; the store is damaged")
         return float(value)
+
+    # per-example scores (measurements on a subsample, explorer.core.sampling) --------------------
+    def _has_samples(self) -> bool:
+        """Whether the file has the samples table (stores written before it existed lack it until
+        their first subsampled measurement)."""
+        if getattr(self, "_samples_table", False):
+            return True
+        found = bool(self._read("SELECT 1 FROM sqlite_master WHERE type='table' AND name='samples'"))
+        self._samples_table = found
+        return found
+
+    def put_samples(self, experiment: str, task_identity: str, task: str, coefficients, scores: np.ndarray,
+                    n_total: int, seconds: float = 0.0, kind: str = "design") -> None:
+        """Record a task's per-example scores at a point (the first len(scores) examples of the task's
+        order) and commit at once. A longer prefix replaces a shorter one; once every example is
+        scored, their mean is also stored as the point's full-set value (`get`)."""
+        scores = np.asarray(scores, dtype=np.float32).ravel()
+        if not np.all(np.isfinite(scores)):
+            raise StoreError(f"refusing to store non-finite per-example scores for task {task!r}")
+        if not 1 <= len(scores) <= int(n_total):
+            raise StoreError(f"task {task!r}: {len(scores)} per-example scores for a set of {n_total}")
+        c = np.asarray(coefficients, dtype=float).ravel()
+        key = coefficient_key(c)
+        pending = self._pending.get(experiment)
+        now = time.time()
+
+        def statements(conn):
+            conn.execute(SAMPLES_TABLE)
+            if pending is not None:
+                self._upsert_experiment(conn, experiment, *pending)
+            row = conn.execute("SELECT length(scores), seconds, kind FROM samples WHERE experiment=? AND "
+                               "task_identity=? AND coeff_key=?", (experiment, task_identity, key)).fetchone()
+            if row is not None and row[0] >= scores.nbytes:
+                return
+            spent = float(seconds) + (row[1] if row else 0.0)
+            first_kind = row[2] if row else kind  # a design point extended by a verify stays a design point
+            conn.execute(
+                "INSERT OR REPLACE INTO samples(experiment, task_identity, coeff_key, task, coefficients, n_total,"
+                " scores, seconds, kind, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (experiment, task_identity, key, task, json.dumps(c.tolist()), int(n_total),
+                 scores.astype("<f4").tobytes(), spent, first_kind, now),
+            )
+            if len(scores) == int(n_total):
+                conn.execute(
+                    "INSERT OR IGNORE INTO evaluations(experiment, task_identity, coeff_key, task, coefficients, value,"
+                    " seconds, kind, created) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (experiment, task_identity, key, task, json.dumps(c.tolist()), float(np.mean(scores, dtype=np.float64)),
+                     spent, first_kind, now),
+                )
+
+        self._write(statements)
+        self._samples_table = True
+        if pending is not None:
+            self._pending.pop(experiment, None)
+
+    def get_samples(self, experiment: str, task_identity: str, coefficients) -> tuple[np.ndarray, int] | None:
+        """(per-example scores, the task's set size) stored at a point, or None."""
+        if not self._has_samples():
+            return None
+        rows = self._read("SELECT scores, n_total FROM samples WHERE experiment=? AND task_identity=? AND coeff_key=?",
+                          (experiment, task_identity, coefficient_key(coefficients)))
+        return None if not rows else (self._scores(rows[0][0], experiment), int(rows[0][1]))
+
+    def samples(self, experiment: str) -> list[dict]:
+        """Every subsampled measurement of an experiment: task, identity, coefficients, scores, n_total, kind."""
+        if not self._has_samples():
+            return []
+        rows = self._read("SELECT task, task_identity, coefficients, scores, n_total, kind FROM samples "
+                          "WHERE experiment=? ORDER BY created", (experiment,))
+        out = []
+        for t, i, c, b, n, k in rows:
+            try:
+                coefficients = [float(x) for x in json.loads(c)]
+            except (TypeError, ValueError):
+                raise StoreError(f"{self.path}: a sample of task {t!r} has unreadable coefficients; "
+                                 "the store is damaged") from None
+            out.append(dict(task=t, task_identity=i, coefficients=coefficients, scores=self._scores(b, experiment),
+                            n_total=int(n), kind=k))
+        return out
+
+    def _scores(self, blob, experiment: str) -> np.ndarray:
+        if not isinstance(blob, bytes) or len(blob) % 4:
+            raise StoreError(f"{self.path}: experiment {experiment[:12]!r} has damaged per-example scores")
+        return np.frombuffer(blob, dtype="<f4").astype(np.float64)
 
     def count(self, experiment: str) -> int:
         return self._read("SELECT COUNT(*) FROM evaluations WHERE experiment=?", (experiment,), [(0,)])[0][0]

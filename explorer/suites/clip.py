@@ -59,7 +59,8 @@ def evaluate(
     batch_size: int = 256,
     seed: int = 0,
     spec_dir: str | os.PathLike | None = None,
-) -> float:
+    indices: Sequence[int] | np.ndarray | None = None,
+) -> float | np.ndarray:
     """Zero-shot classification accuracy in [0, 1] (or mean cross-entropy in nats) of a CLIP model.
 
     ``dataset`` is a built-in name (see ``explorer.suites.datasets.names()``) or a torchvision ImageFolder
@@ -69,6 +70,9 @@ def evaluate(
     may be a list or a text file with one name per line. ``templates`` (``{}`` = class name) default
     to the built-in's prompts or ``"a photo of a {}."``; also a list or a file. ``subsample`` keeps a
     seeded subset of that many images; ``seed`` also fixes a built-in's split.
+
+    ``indices`` (positions in the evaluation set, see ``n_examples``): score only those images and
+    return one score per image (1.0/0.0 correct, or the cross-entropy), whose mean is the metric.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
@@ -80,22 +84,49 @@ def evaluate(
     head = zero_shot_head(model, data.classnames, data.templates)
     scale = _logit_scale(model)
     correct, loss_sum = 0, 0.0
+    chosen = None
+    if indices is not None:
+        chosen = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        if chosen.ndim != 1 or (len(chosen) and (int(chosen.min()) < 0 or int(chosen.max()) >= len(data.labels))):
+            raise ValueError(f"indices must be positions in the {len(data.labels)} images of {dataset!r}")
+        chosen = chosen.to(data.labels.device)
+    per_example = []
+    n = len(data.labels) if chosen is None else len(chosen)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), _autocast(device):
-            for start in range(0, len(data.labels), batch_size):
-                x = data.images[start:start + batch_size]
-                y = data.labels[start:start + batch_size]
+            for start in range(0, n, batch_size):
+                if chosen is None:
+                    x, y = data.images[start:start + batch_size], data.labels[start:start + batch_size]
+                else:
+                    pick = chosen[start:start + batch_size]
+                    x, y = data.images[pick], data.labels[pick]
                 feats = F.normalize(model.encode_image(x).float(), dim=-1)
                 logits = scale * feats @ head.T
-                correct += int((logits.argmax(dim=-1) == y).sum())
+                hits = logits.argmax(dim=-1) == y
+                correct += int(hits.sum())
                 if metric == "loss":
-                    loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                    losses = F.cross_entropy(logits, y, reduction="none")
+                    loss_sum += float(losses.sum())
+                if chosen is not None:
+                    per_example.append((losses if metric == "loss" else hits.float()).cpu().numpy())
     finally:
         model.train(was_training)
-    n = len(data.labels)
+    if chosen is not None:
+        return np.concatenate(per_example).astype(np.float64) if per_example else np.zeros(0)
     return correct / n if metric == "accuracy" else loss_sum / n
+
+
+def n_examples(model: torch.nn.Module, *, dataset: str, classnames=None, templates=None, split: str = "validation",
+               subsample: int | None = None, seed: int = 0, spec_dir=None, **_ignored) -> int:
+    """How many images `evaluate` scores with these params (what its ``indices`` point into)."""
+    data = eval_data(model, dataset=dataset, classnames=classnames, templates=templates, split=split,
+                     subsample=subsample, seed=seed, spec_dir=spec_dir, device=_model_device(model))
+    return len(data.labels)
+
+
+evaluate.n_examples = n_examples  # type: ignore[attr-defined]
 
 
 def fingerprint(
@@ -130,10 +161,15 @@ def precision(device: str) -> str:
 
 
 evaluate.precision = precision  # type: ignore[attr-defined]
-#: The identity this suite had at its old place (explorer/clip_suite.py, release 0.1.0): the move
-#: changed no computation, so results stored under it are served (explorer.experiment.identity).
+#: What `evaluate` computes, versioned by hand from here on: bump it when a change alters a score.
+evaluate.version = "clip-2"  # type: ignore[attr-defined]
+#: The identities this suite had before (release 0.1.0 at explorer/clip_suite.py; then the source
+#: hashes of explorer/suites/clip.py as named through the alias and directly, before `indices` came):
+#: none of those changes altered a score, so results stored under them are served.
 evaluate.previous_versions = (  # type: ignore[attr-defined]
     "source:a394460bea4a0e3a92a35977388dc98f4ddd23a1ad82b9319e0eb978b5135336",
+    "source:8f4c4b76bf04a21b10f3c2db26a22731c0af7efa7ac629371d1bd18d40636966",
+    "source:378ebd37efaab2623d5fa8c2bc27d51111cf73c56b62907f165289d0d315aabf",
 )
 
 

@@ -1,0 +1,90 @@
+"""Measuring merges on a subsample of each task's examples, and how much such a measurement is worth.
+
+Why: a point's cost is its evaluation over every task's examples. A metric that is a mean over
+examples (accuracy, mean loss) measured on n of N examples has a known sampling variance,
+s²/n · (N − n)/(N − 1) (s² the per-example variance; p(1 − p) for 0/1 scores: 4 points of
+accuracy at n = 100), so the surrogates can be told how much to trust each point instead of
+paying for the full set everywhere.
+
+Every point of a task sees the same examples (a prefix of one seeded order of the task's set):
+merges then differ only by what they get right or wrong on common examples, which sharpens
+differences between them, and a point extended from n to n′ examples runs only the n′ − n new ones.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from explorer.errors import SpecError
+
+#: `examples: auto`: design points are measured on a share of each task's set, at least
+#: `AUTO_MIN` examples (the whole set when it is smaller); points the adaptive rounds place on the
+#: predicted front, where picks are made, on `FRONT_FACTOR` times as many.
+AUTO_SHARE = 0.125
+AUTO_MIN = 64
+FRONT_FACTOR = 2
+
+
+def example_order(n_total: int, key: str) -> np.ndarray:
+    """The order a task's examples are measured in: a permutation of range(n_total) fixed by `key`
+    (the task's evaluation identity: the same for every point, run and machine, so stored prefixes
+    of per-example scores always name the same examples)."""
+    word = hashlib.sha256(f"{int(n_total)}\0{key}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(word[:8], "little"))
+    return rng.permutation(int(n_total))
+
+
+def check_examples(setting, n_total: int, task: str) -> None:
+    """One line naming the task when a fixed count cannot be measured on its set."""
+    if isinstance(setting, (int, np.integer)) and not isinstance(setting, bool):
+        if setting < 1:
+            raise SpecError(f"evaluation.examples: {setting} is not a positive number of examples")
+        if setting > n_total:
+            raise SpecError(f"evaluation.examples: {setting} is more than task {task!r} has ({n_total} examples)")
+
+
+def examples_for(setting, n_total: int, kind: str, task: str = "") -> int:
+    """How many of a task's `n_total` examples a point of `kind` is measured on.
+
+    setting: "full" (every example), a count (design and adaptive points; capped by nothing: a count
+    above the set is an error), or "auto". Points that are shown or acted on (picks, verify, polish,
+    the closing task-arithmetic reference, held-out tests) are always measured on the full set.
+    """
+    check_examples(setting, n_total, task)
+    if setting == "full" or kind not in ("design", "adaptive", "reference"):
+        return int(n_total)
+    if setting == "auto":
+        n = max(AUTO_MIN, int(np.ceil(AUTO_SHARE * n_total)))
+        if kind == "adaptive":
+            n *= FRONT_FACTOR
+        return int(min(n, n_total))
+    return int(setting)
+
+
+def sampling_variance(values: np.ndarray, n_total: int) -> float:
+    """Variance of the mean of `values` (per-example scores, a prefix of a random order) as an
+    estimate of the mean over all `n_total` examples: s²/n · (N − n)/(N − 1); 0 for the full set."""
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    if n >= n_total or n_total <= 1:
+        return 0.0
+    if n < 2:
+        return 0.25  # one example: the widest a score in [0, 1] can vary
+    s2 = float(np.var(v, ddof=1))
+    if np.all((v == 0) | (v == 1)):  # 0/1 scores: never claim certainty from an all-right subsample
+        p = (np.sum(v) + 0.5) / (n + 1.0)
+        s2 = max(s2, p * (1 - p))
+    return s2 / n * (n_total - n) / (n_total - 1)
+
+
+def link_noise(link: str, metric: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """A metric's sampling variance carried into link space (delta method): var · (dz/dm)²."""
+    m = np.asarray(metric, dtype=float)
+    var = np.asarray(variance, dtype=float)
+    if link == "logit":
+        p = np.clip(m, 1e-3, 1 - 1e-3)
+        return var / (p * (1 - p)) ** 2
+    if link == "log":
+        return var / np.maximum(m, 1e-12) ** 2
+    return var

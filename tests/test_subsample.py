@@ -1,0 +1,140 @@
+"""Points measured on a subsample of each task's examples (spec `evaluation.examples`), on the
+really trained toy family: what is stored, what a rerun or a verify measures, and bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from explorer import cli
+from explorer.core.sampling import example_order, examples_for, sampling_variance
+from explorer.core.surrogate import QuadraticSurrogate
+from explorer.errors import EvaluationError
+from explorer.experiment.experiment import Experiment
+from explorer.experiment.store import Store
+from tests import toy_zoo
+from tests.shared_toy import copy_toy, shared_toy
+
+
+def subsampled_toy(tmp_path_factory, tmp_path, examples, **task_params) -> "Path":  # noqa: F821
+    spec = copy_toy(shared_toy(tmp_path_factory), tmp_path / "toy")
+    doc = yaml.safe_load(spec.read_text())
+    for task in doc["tasks"].values():
+        task["evaluator"] = "tests.toy_zoo:scored"
+        task["params"].update(task_params)
+    doc["evaluation"] = {"examples": examples}
+    doc["budget"] = 12
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return spec
+
+
+def full_scores(exp: Experiment, task: str, c: np.ndarray) -> np.ndarray:
+    """Every example's score of the merge at c, straight from the evaluator (the truth to compare with)."""
+    exp.engine.merger.apply(c)
+    n = exp.n_examples(task)
+    return toy_zoo.scored(exp.engine.model, **exp.spec.tasks[task].params, indices=np.arange(n))
+
+
+def test_design_points_store_the_first_examples_of_one_order_and_verify_scores_only_the_rest(tmp_path_factory, tmp_path,
+                                                                                            monkeypatch):
+    spec = subsampled_toy(tmp_path_factory, tmp_path, 40)
+    log = tmp_path / "indices.log"
+    monkeypatch.setenv("TOY_INDEX_LOG", str(log))
+    assert cli.main(["run", str(spec), "--no-progress"]) == 0
+    exp = Experiment.from_file(spec)
+    samples = exp.store.samples(exp.key)
+    assert samples and {len(s["scores"]) for s in samples if s["kind"] == "design"} == {40}
+    calls = [int(x) for x in log.read_text().split()]
+    assert set(calls) <= {40} and len(calls) == len(samples)  # nothing measured on more than asked
+
+    # a stored value is the mean over the first 40 examples of the task's fixed order, at every point
+    s = samples[3]
+    c, task = np.array(s["coefficients"]), s["task"]
+    truth = full_scores(exp, task, c)
+    order = example_order(len(truth), exp.task_identities[task])
+    assert np.array_equal(s["scores"], truth[order[:40]])
+    C, M, _, how = exp.measured_examples()
+    row = next(i for i in range(len(C)) if np.allclose(C[i], c))
+    assert M[row, exp.tasks.index(task)] == pytest.approx(truth[order[:40]].mean())
+    assert how["examples"][row, exp.tasks.index(task)] == 40
+    assert how["noise_variance"][row, exp.tasks.index(task)] > 0
+
+    # a rerun measures nothing; a verify of that point scores only the examples it lacks
+    log.write_text("")
+    assert cli.main(["run", str(spec), "--no-progress"]) == 0
+    assert log.read_text() == ""
+    values = exp.evaluate(c, "verify")
+    n = {t: exp.n_examples(t) for t in exp.tasks}
+    assert sorted(int(x) for x in log.read_text().split()) == sorted(n[t] - 40 for t in exp.tasks)
+    plain = {t: toy_zoo.accuracy(exp.engine.model, **exp.spec.tasks[t].params) for t in exp.tasks}
+    assert values == pytest.approx([plain[t] for t in exp.tasks], abs=1e-6)
+    assert Store(exp.store.path).get(exp.key, exp.task_identities[task], c) == pytest.approx(plain[task], abs=1e-6)
+
+
+@pytest.mark.parametrize("examples, words", [(100000, "more than task"), (0, "positive"), (-5, "positive")])
+def test_bad_example_counts_get_one_line_and_exit_2_with_nothing_written(tmp_path_factory, tmp_path, capsys, examples, words):
+    spec = subsampled_toy(tmp_path_factory, tmp_path, examples)
+    assert cli.main(["run", str(spec), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and "examples" in err[0]
+    if examples > 0:
+        assert "'low'" in err[0]  # names the first task whose set is too small
+    assert not (spec.parent / "store.sqlite").exists()
+
+
+def test_an_evaluator_returning_the_wrong_number_of_scores_is_named_and_nothing_is_stored(tmp_path_factory, tmp_path, capsys):
+    spec = subsampled_toy(tmp_path_factory, tmp_path, 30, wrong_length=True)
+    assert cli.main(["run", str(spec), "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("task ")]  # not the plan
+    assert len(err) == 1 and "'low'" in err[0] and "29 per-example scores for 30 examples" in err[0]
+    exp = Experiment.from_file(spec)
+    assert exp.store.samples(exp.key) == [] and exp.store.count(exp.key) == 0
+
+
+def test_an_evaluator_without_indices_is_measured_on_its_full_set_and_says_so(tmp_path_factory, tmp_path, capsys):
+    spec = subsampled_toy(tmp_path_factory, tmp_path, 30)
+    doc = yaml.safe_load(spec.read_text())
+    doc["tasks"]["mid"]["evaluator"] = "tests.toy_zoo:accuracy"
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert cli.main(["run", str(spec), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "task 'mid': its evaluator takes no `indices`; measured on its full set" in err
+    exp = Experiment.from_file(spec)
+    assert {s["task"] for s in exp.store.samples(exp.key)} == {"low", "high"}
+    C, M, _, how = exp.measured_examples()
+    assert len(C) >= 10 and np.all(how["examples"][:, exp.tasks.index("mid")] == 0)
+
+
+def test_examples_for_keeps_acted_on_points_on_the_full_set():
+    assert examples_for("auto", 2000, "design") == 250 and examples_for("auto", 2000, "adaptive") == 500
+    assert examples_for("auto", 300, "design") == 64
+    assert examples_for(256, 2000, "design") == 256
+    for kind in ("verify", "polish", "test"):
+        assert examples_for("auto", 2000, kind) == 2000 and examples_for(256, 2000, kind) == 2000
+    assert examples_for("full", 2000, "design") == 2000
+
+
+def test_sampling_variance_is_binomial_with_the_finite_population_correction():
+    v = np.r_[np.ones(60), np.zeros(40)]
+    assert sampling_variance(v, 1000) == pytest.approx(np.var(v, ddof=1) / 100 * 900 / 999)
+    assert sampling_variance(v, 100) == 0.0
+    assert sampling_variance(np.ones(50), 1000) > 0  # all right on a subsample is not certainty
+
+
+def test_weighting_by_known_noise_brings_the_fit_closer_to_the_full_set_metric():
+    """Half the points measured on 20 examples, half on the full set: told the noise, the quadratic
+    follows the exact half; not told, it chases the noise (fixed seed: deterministic)."""
+    rng = np.random.default_rng(3)
+    C = rng.uniform(0, 1, (40, 3))
+    z = 0.4 + 1.5 * C[:, 0] - 1.2 * C[:, 1] ** 2 + 0.8 * C[:, 0] * C[:, 2]
+    truth = 1 / (1 + np.exp(-z))
+    n = np.where(np.arange(40) % 2 == 0, 20, 10_000)
+    observed = rng.binomial(n, truth) / n
+    noise = np.where(n < 10_000, truth * (1 - truth) / n, 0.0)
+    grid = rng.uniform(0, 1, (500, 3))
+    true_grid = 1 / (1 + np.exp(-(0.4 + 1.5 * grid[:, 0] - 1.2 * grid[:, 1] ** 2 + 0.8 * grid[:, 0] * grid[:, 2])))
+    told = QuadraticSurrogate().fit(C, observed, noise_variance=noise)
+    blind = QuadraticSurrogate().fit(C, observed)
+    err_told = np.sqrt(np.mean((told.predict(grid) - true_grid) ** 2))
+    err_blind = np.sqrt(np.mean((blind.predict(grid) - true_grid) ** 2))
+    assert err_told < 0.7 * err_blind
