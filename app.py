@@ -624,6 +624,9 @@ def main() -> None:
         st.warning("Surrogate fit is poor (cross-validated R² < 0.8) for "
                    + ", ".join(f"**{t}** (R² = {r:.2f})" for t, r in poor.items())
                    + ": predictions for these tasks are unreliable. Verify the chosen merge, or evaluate more points.")
+    examples_note = handle.examples_note()
+    if examples_note:
+        st.caption(examples_note)
     weights, minimums = preference_sliders(result, handle, units)
     try:
         decision = S.choose(result, weights, minimums, ss_picked())

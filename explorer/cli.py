@@ -77,6 +77,14 @@ def summary(experiment, result) -> str:
             format_table(["task", "metric", "base", "expert", f"task arith. (λ={ta_lam:.2f})", "R² (LOO-CV)",
                           "surrogate"], rows),
             f"surrogate: {FAMILY_HELP}"]
+    if experiment.examples_setting != "full":
+        _, _, _, how = experiment.measured_examples()
+        n, total = how["examples"], how["n_total"]
+        sub = (n > 0) & (n < total)
+        if np.any(sub):
+            text.append(f"measured on subsamples: {int(n[sub].min()):,}–{int(n[sub].max()):,} examples per task and point "
+                        f"(sets of {int(total[sub].min()):,}–{int(total[sub].max()):,}), base, experts and task arithmetic "
+                        "included; the ± std includes their sampling noise; `verify` measures on every example")
     poor = [t for t in result.tasks if result.surrogates[t].r2_cv_ < 0.8]
     if poor:
         text.append(f"warning: surrogate fit is poor (R² < 0.8) for {', '.join(poor)}: trust the front less there")

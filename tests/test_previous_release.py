@@ -45,13 +45,21 @@ def test_previous_store_is_reused_with_no_evaluation_and_no_refit(previous):
     evaluations, fronts = rows(store, "evaluations"), rows(store, "fronts")
     exp = Experiment.from_file(root / "spec.yaml")
     assert exp.key == meta["experiment_key"]
-    assert exp.task_identities == meta["task_identities"]
+    # the LM suite is versioned by hand since it learnt `indices`; the identities it had are served
+    for task, identity in meta["task_identities"].items():
+        assert identity in (exp.task_identities[task], *exp.previous_identities[task])
     result = exp.run(progress=False)  # the whole run again: everything is in the store
     assert not exp.loaded  # no model was loaded, so nothing was measured
     assert rows(store, "evaluations") == evaluations  # zero re-evaluations
-    assert rows(store, "fronts") == fronts  # zero refits: the cached fit was restored, nothing saved
     assert len(exp.store.evaluations(exp.key)) == meta["evaluations"]
-    assert front_sha256(result) == meta["front_sha256"]  # the very front the previous release computed
+    # FIT_VERSION 6 shows a front that is non-dominated as a whole (issue 18), unlike the previous
+    # release's: refitted once from the stored points, then restored from the cache
+    assert front_sha256(result) != meta["front_sha256"]
+    fits = {r[0] for r in fronts}  # one row per array of a fit, keyed by the fit's digest
+    assert len({r[0] for r in rows(store, "fronts")}) == len(fits) + 1
+    after = rows(store, "fronts")
+    again = Experiment.from_file(root / "spec.yaml").run(progress=False)
+    assert rows(store, "fronts") == after and front_sha256(again) == front_sha256(result)
 
 
 def test_public_paths_of_the_previous_release_still_work(previous):

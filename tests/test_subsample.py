@@ -59,6 +59,13 @@ def test_design_points_store_the_first_examples_of_one_order_and_verify_scores_o
     assert how["examples"][row, exp.tasks.index(task)] == 40
     assert how["noise_variance"][row, exp.tasks.index(task)] > 0
 
+    # the page says it, per task, in examples (what a stakeholder reads beside the front)
+    from explorer.app_state.handle import ExperimentHandle
+
+    note = ExperimentHandle(exp).examples_note()
+    assert note.startswith("Points measured on part of each task's examples (low on 40 of ")
+    assert "Picks you verify or polish are measured on every example." in note
+
     # a rerun measures nothing; a verify of that point scores only the examples it lacks
     log.write_text("")
     assert cli.main(["run", str(spec), "--no-progress"]) == 0

@@ -92,6 +92,21 @@ class ExperimentHandle:
         digest.update(json.dumps([kinds_f[i] for i in order]).encode())
         return C, M, kinds, digest.hexdigest()
 
+    def examples_note(self) -> str | None:
+        """A line for the page when points were measured on part of the tasks' examples, else None."""
+        _, _, _, how = self.experiment.measured_examples()
+        n, total = how["examples"], how["n_total"]
+        parts = []
+        for j, task in enumerate(self.experiment.tasks):
+            sub = (n[:, j] > 0) & (n[:, j] < total[:, j]) if len(n) else np.zeros(0, dtype=bool)
+            if np.any(sub):
+                lo, hi, of = int(n[sub, j].min()), int(n[sub, j].max()), int(total[sub, j].max())
+                parts.append(f"{task} on {lo:,}{'' if lo == hi else f'–{hi:,}'} of {of:,}")
+        if not parts:
+            return None
+        return ("Points measured on part of each task's examples (" + "; ".join(parts) + "): their sampling noise "
+                "is in the front's ± std. Picks you verify or polish are measured on every example.")
+
     def fit(self):
         """Surrogates and front from the store (raises SpecError when too few points)."""
         return self.experiment.result()

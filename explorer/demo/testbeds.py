@@ -356,15 +356,16 @@ class Testbed:
             raise ValueError("coefficients contain NaN or inf")
         return C
 
-    def values(self, C, split: str = "validation", chunk: int = 32) -> np.ndarray:
-        """Real accuracies (n, T) of the merges at the rows of C, evaluated in batches."""
+    def values(self, C, split: str = "validation", chunk: int = 32, per_example: bool = False) -> np.ndarray:
+        """Real accuracies (n, T) of the merges at the rows of C, evaluated in batches; with
+        `per_example`, whether each image was classified right instead (n, T, images) bool."""
         import torch
 
         C = self._check(C)
         s = self._split(split)
         t, n_img, width = s["shape"]
         rows = t * n_img
-        out = np.empty((len(C), t))
+        out = np.empty((len(C), t, n_img), dtype=bool) if per_example else np.empty((len(C), t))
         chunk = max(1, min(chunk, len(C)))
         # Coefficient-weighted sums run in float64 and are rounded once to float32, the rest runs in
         # float32 with one matrix product per merge (bmm), so a merge's accuracies do not depend on
@@ -392,7 +393,7 @@ class Testbed:
                     if i < len(s["later"]) - 1:
                         h.relu_()
                 correct = h.argmax(-1).view(m, t, n_img) == s["labels"]
-                out[start:start + m] = correct.sum(-1).numpy() / n_img
+                out[start:start + m] = correct.numpy() if per_example else correct.sum(-1).numpy() / n_img
         return out
 
     def test_values(self, C) -> np.ndarray:

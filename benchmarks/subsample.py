@@ -1,0 +1,308 @@
+"""The same front from a fraction of the examples: subsampled evaluation against full-set MAP and TPE.
+
+    python -m benchmarks.subsample                 # both 8-task testbeds (hidden, deep): minutes
+    python -m benchmarks.subsample --zoo           # also the 8-task demo zoo (real CLIP evaluations)
+    python -m benchmarks.subsample --quick         # the hidden testbed only, fewer settings
+
+The unit of cost is examples evaluated (one image or prompt through a merged model), not points.
+Every arm runs the shipped loop (`explorer.experiment.loop.run_adaptive`, the default design at 8
+tasks, 2P = 90 points) with `evaluation.examples` set to full, auto or a count; on the testbeds the
+loop drives `TestbedRun`, the experiment interface over a testbed's per-example scores (the same
+policy, `explorer.core.sampling.examples_for`, decides how many examples each point gets); on the
+zoo it drives a real `Experiment` and its store. Then, counted in the cost:
+- the 10 preferences' picks, measured on the full sets (their margin and coverage are judged there);
+Not counted (an audit, as in the README's fidelity tables): 40 shown-front points measured on the
+full sets for fidelity (median |predicted − measured|, worst task's median, ±2 std coverage).
+
+Rivals at equal examples: (b) full-set MAP given as many points as the subsampled arm's examples buy
+(MAP needs at least (T+1)(T+2)/2 = 45 at 8 tasks: when fewer are bought, it runs at 45 and its row
+says so), (c) optuna's TPE on the same subsample (every trial on the auto design's count), its pick
+per preference the best measured trial by the achievement function, measured on the full set.
+Testbeds judge picks by their real margin (how much every task could gain at once, dense real
+search: 0 = on the front); the zoo, without a truth, by the achievement on measured values.
+Writes benchmarks/results/subsample.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.preferences import preferences  # noqa: E402
+from benchmarks.rivals import pick_measured  # noqa: E402
+from explorer.core.decision import achievement  # noqa: E402
+from explorer.core.design import coefficient_key, default_budget, n_quadratic_terms  # noqa: E402
+from explorer.core.pareto import thin  # noqa: E402
+from explorer.core.result import fit_result  # noqa: E402
+from explorer.core.sampling import example_order, examples_for, sampling_variance  # noqa: E402
+from explorer.demo.testbeds import make_testbed  # noqa: E402
+from explorer.experiment.loop import run_adaptive  # noqa: E402
+from explorer.experiment.store import FIT_KINDS  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+FIDELITY_POINTS = 40
+
+
+class TestbedRun:
+    """The experiment interface `run_adaptive` drives (evaluate, complete, measured_examples, finish),
+    over a testbed's per-example scores held in memory. Counts every example it scores."""
+
+    def __init__(self, tb, examples, budget: int | None = None, seed: int = 0):
+        self.tb, self.tasks = tb, list(tb.tasks)
+        t = len(self.tasks)
+        self.bounds, self.senses = np.tile([0.0, 1.0], (t, 1)), np.ones(t)
+        self.spec = SimpleNamespace(budget=budget, seed=seed)
+        self.examples_setting = examples
+        self.n_total = tb.values(np.zeros((1, t)), per_example=True).shape[-1]
+        self.orders = [example_order(self.n_total, f"testbed:{task}") for task in self.tasks]
+        self.points: dict[str, dict] = {}
+        self.examples = 0
+
+    def check_examples(self) -> list[str]:
+        return []
+
+    def complete(self, c, kind: str = "design") -> bool:
+        p = self.points.get(coefficient_key(c))
+        return p is not None and p["n"] >= examples_for(self.examples_setting, self.n_total, kind)
+
+    def evaluate(self, c, kind: str = "design") -> np.ndarray:
+        c = np.asarray(c, dtype=float)
+        p = self.points.setdefault(coefficient_key(c), {"c": c, "kind": kind, "n": 0, "scores": None})
+        need = examples_for(self.examples_setting, self.n_total, kind)
+        if p["n"] < need:
+            p["scores"] = self.tb.values(c[None], per_example=True)[0].astype(float)  # (T, images)
+            self.examples += (need - p["n"]) * len(self.tasks)
+            p["n"] = need
+        return np.array([p["scores"][i, self.orders[i][:p["n"]]].mean() for i in range(len(self.tasks))])
+
+    def measured_examples(self, kinds=None):
+        rows = sorted((p for p in self.points.values() if kinds is None or p["kind"] in kinds),
+                      key=lambda p: coefficient_key(p["c"]))
+        C = np.array([p["c"] for p in rows])
+        M = np.array([[p["scores"][i, self.orders[i][:p["n"]]].mean() for i in range(len(self.tasks))] for p in rows])
+        noise = np.array([[sampling_variance(p["scores"][i, self.orders[i][:p["n"]]], self.n_total)
+                           for i in range(len(self.tasks))] for p in rows])
+        counts = np.array([[p["n"]] * len(self.tasks) for p in rows])
+        return C, M, [p["kind"] for p in rows], {"examples": counts, "n_total": counts * 0 + self.n_total,
+                                                  "noise_variance": noise}
+
+    def reference_points(self):
+        t = len(self.tasks)
+        return [np.zeros(t)] + [np.eye(t)[i] for i in range(t)]
+
+    def result(self):
+        C, M, kinds, how = self.measured_examples(FIT_KINDS)
+        noise = how["noise_variance"] if np.any(how["noise_variance"] > 0) else None
+        return fit_result(self.tasks, C, M, self.bounds, True, self.spec.seed, front_points=1000,
+                          front_samples=np.array([k == "adaptive" for k in kinds]), noise_variance=noise)
+
+    def finish(self):
+        result = self.result()
+        lam, _ = result.best_task_arithmetic()
+        self.evaluate(np.full(len(self.tasks), lam), "reference")
+        return result
+
+
+def judge_front(result, measure, rows=None) -> dict:
+    """Fidelity along the shown (vouched-for) front: FIDELITY_POINTS points measured on the full sets."""
+    if rows is None:
+        rows = np.flatnonzero(result.front_trusted) if np.any(result.front_trusted) else np.arange(len(result.front_predicted))
+    pick = rows[thin(result.front_predicted[rows], min(FIDELITY_POINTS, len(rows)), 0)]
+    measured = measure(result.front_coefficients[pick])
+    err = np.abs(result.front_predicted[pick] - measured) * 100
+    inside = np.abs(result.front_predicted[pick] - measured) <= 2 * result.front_std[pick] + 1e-12
+    return {"median": float(np.median(err)), "worst_task": float(np.max(np.median(err, axis=0))),
+            "coverage": float(np.mean(inside))}
+
+
+def judge_picks(result, prefs, measure) -> dict:
+    decisions = [result.decide(w) for w in prefs]
+    C = np.array([d.coefficients for d in decisions])
+    pred, std = np.array([d.predicted for d in decisions]), np.array([d.std for d in decisions])
+    V = measure(C)
+    inside = np.abs(pred - V) <= 2 * std + 1e-12
+    return {"C": C, "V": V, "pick_coverage": float(np.mean(inside)),
+            "pick_error": float(np.median(np.abs(pred - V)) * 100)}
+
+
+def testbed_arms(kind: str, settings, log) -> dict:
+    tb = make_testbed(kind, 8)
+    t = tb.n_tasks
+    prefs = preferences(t)
+    n_total = tb.values(np.zeros((1, t)), per_example=True).shape[-1]
+    full_point = n_total * t
+    out = {"problem": f"testbed {kind} T = 8", "examples_per_task": n_total, "arms": {}}
+
+    def measure(C):
+        return tb.values(np.atleast_2d(C))
+
+    def ours(setting, budget=None, label=None):
+        run = TestbedRun(tb, setting, budget)
+        start = time.perf_counter()
+        result = run_adaptive(run, budget, progress=False)
+        spent = run.examples
+        picks = judge_picks(result, prefs, measure)
+        spent += len(prefs) * full_point
+        margin = tb.real_margin(picks["C"]) * 100
+        arm = {"setting": str(setting), "points": len(run.points), "examples": int(spent),
+               "share": spent / ((default_budget(t) + len(prefs)) * full_point),
+               "margin_mean": float(margin.mean()), "margin_max": float(margin.max()),
+               "pick_coverage": picks["pick_coverage"], "pick_error": picks["pick_error"],
+               **judge_front(result, measure), "seconds": round(time.perf_counter() - start, 1)}
+        out["arms"][label or f"ours, examples: {setting}"] = arm
+        log(f"{kind} {label or setting}: {arm}")
+        return arm
+
+    full = ours("full")
+    for setting in settings:
+        arm = ours(setting)
+        if setting == "auto":
+            # (b) full-set MAP at equal examples: as many full points as the subsampled run's examples buy
+            points = int(arm["examples"] // full_point) - len(prefs)
+            budget = max(points, n_quadratic_terms(t))
+            b = ours("full", budget=budget, label=f"full-set MAP at equal examples ({budget} points"
+                                                  f"{'' if budget == points else f'; {points} would not fit a quadratic'})")
+            b["bought_points"] = points
+            # (c) TPE on the same subsample, same examples
+            out["arms"]["TPE, same subsample, equal examples"] = tpe_arm(tb, arm["examples"], prefs, measure, n_total, log)
+    out["full_examples"] = full["examples"]
+    return out
+
+
+def tpe_arm(tb, examples: int, prefs, measure, n_total: int, log) -> dict:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    t = tb.n_tasks
+    n = examples_for("auto", n_total, "design")
+    orders = [example_order(n_total, f"testbed:{task}") for task in tb.tasks]
+    trials = max(1, int((examples - len(prefs) * n_total * t) // (n * t)))
+    study = optuna.create_study(directions=["maximize"] * t, sampler=optuna.samplers.TPESampler(seed=0))
+    C, V = [], []
+
+    def objective(trial):
+        c = np.array([trial.suggest_float(f"c{i}", 0.0, 1.0) for i in range(t)])
+        scores = tb.values(c[None], per_example=True)[0]
+        v = [float(scores[i, orders[i][:n]].mean()) for i in range(t)]
+        C.append(c)
+        V.append(v)
+        return v
+
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=trials)
+    C, V = np.array(C), np.array(V)
+    picks = np.array([C[pick_measured(V, w, V)] for w in prefs])
+    margin = tb.real_margin(picks) * 100
+    arm = {"setting": f"TPE, {n} examples per trial", "points": trials, "examples": int(trials * n * t + len(prefs) * n_total * t),
+           "margin_mean": float(margin.mean()), "margin_max": float(margin.max()),
+           "seconds": round(time.perf_counter() - start, 1)}
+    log(f"TPE: {arm}")
+    return arm
+
+
+def zoo_arms(spec: Path, store: Path, settings, log) -> dict:
+    """The 8-task demo zoo through real `Experiment`s (the shipped path), one store for every arm."""
+    import yaml
+
+    from explorer.experiment.experiment import Experiment
+
+    doc = yaml.safe_load(spec.read_text())
+    out = {"problem": "8-task demo zoo", "arms": {}}
+    every = []
+    prefs = preferences(len(doc["tasks"]))
+    for setting in ["full", *settings]:
+        path = store.parent / f"subsample-{setting}.yaml"
+        d = dict(doc)
+        d["evaluation"] = {"examples": setting}
+        d["store"] = str(store)
+        d["model"] = {**doc["model"], **{k: str((spec.parent / v).resolve()) for k, v in doc["model"].items()
+                                         if k in ("base", "config_dir")}}
+        d["tasks"] = {t: {**ts, "checkpoint": str((spec.parent / ts["checkpoint"]).resolve())} for t, ts in doc["tasks"].items()}
+        path.write_text(yaml.safe_dump(d, sort_keys=False))
+        exp = Experiment.from_file(path)
+        start = time.perf_counter()
+        result = exp.run(progress=False)
+        n = {t: exp.n_examples(t) for t in exp.tasks}
+        full_point = sum(n.values())
+        C, _, kinds, how = exp.measured_examples()
+        run_examples = int(sum(how["examples"][i, j] if how["examples"][i, j] else n[t]
+                               for i in range(len(C)) for j, t in enumerate(exp.tasks)))
+
+        def measure(X):
+            return np.array([exp.evaluate(c, "verify") for c in np.atleast_2d(X)])
+
+        picks = judge_picks(result, prefs, measure)
+        fid = judge_front(result, measure)
+        spent = run_examples + len(prefs) * full_point  # the picks are measured on the full sets
+        arm = {"setting": str(setting), "points": int(len(C)), "examples": spent,
+               "share": None, **{k: picks[k] for k in ("pick_coverage", "pick_error")}, **fid,
+               "seconds": round(time.perf_counter() - start, 1), "V": picks["V"].tolist()}
+        out["arms"][f"ours, examples: {setting}"] = arm
+        every.append(picks["V"])
+        log(f"zoo {setting}: { {k: v for k, v in arm.items() if k != 'V'} }")
+        exp.release()
+    allv = np.vstack(every)
+    full = out["arms"]["ours, examples: full"]
+    for name, arm in out["arms"].items():
+        arm["share"] = arm["examples"] / full["examples"]
+        arm["achievement"] = float(np.mean([achievement(np.asarray(arm["V"])[i][None], w, allv)[0]
+                                            for i, w in enumerate(prefs)]))
+    return out
+
+
+def markdown(problems: list[dict]) -> str:
+    lines = ["| problem | arm | points | examples (share of full) | picks: mean / max real margin (pts) | "
+             "picks: ±2 std coverage | shown front: median / worst task \\|pred − meas\\| (pts), coverage |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for p in problems:
+        full = p["arms"]["ours, examples: full"]["examples"]
+        for name, a in p["arms"].items():
+            margin = (f"{a['margin_mean']:.2f} / {a['margin_max']:.2f}" if "margin_mean" in a
+                      else f"achievement {a['achievement']:.3f}" if "achievement" in a else "—")
+            cov = f"{a['pick_coverage']:.0%}" if "pick_coverage" in a else "—"
+            fid = f"{a['median']:.2f} / {a['worst_task']:.2f}, {a['coverage']:.0%}" if "median" in a else "—"
+            lines.append(f"| {p['problem']} | {name} | {a['points']} | {a['examples']:,} ({a['examples'] / full:.2f}) | "
+                         f"{margin} | {cov} | {fid} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", action="store_true", help="also the 8-task demo zoo (real CLIP evaluations)")
+    ap.add_argument("--zoo-only", action="store_true", help="only the zoo; keep the testbeds' rows of the last run")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS / "subsample"))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    problems = []
+    if args.zoo_only and out.with_suffix(".json").exists():
+        problems = [p for p in json.loads(out.with_suffix(".json").read_text()) if p["problem"].startswith("testbed")]
+    elif not args.zoo_only:
+        kinds = ["hidden"] if args.quick else ["hidden", "deep"]
+        settings = ["auto", 60] if args.quick else ["auto", 150, 60, 30]
+        problems = [testbed_arms(k, settings, log) for k in kinds]
+    if args.zoo or args.zoo_only:
+        store = ROOT / "cache" / "bench-subsample" / "store.sqlite"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        problems.append(zoo_arms(ROOT / "examples" / "demo8.yaml", store, ["auto"], log))
+    out.with_suffix(".json").write_text(json.dumps(problems, indent=1))
+    out.with_suffix(".md").write_text(markdown(problems) + "\n")
+    print(markdown(problems))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
