@@ -42,7 +42,7 @@ from explorer.core.decision import achievement  # noqa: E402
 from explorer.core.design import coefficient_key, default_budget, n_quadratic_terms  # noqa: E402
 from explorer.core.pareto import thin  # noqa: E402
 from explorer.core.result import fit_result  # noqa: E402
-from explorer.core.sampling import example_order, examples_for, sampling_variance  # noqa: E402
+from explorer.core.sampling import corrected_means, example_order, examples_for  # noqa: E402
 from explorer.demo.testbeds import make_testbed  # noqa: E402
 from explorer.experiment.loop import run_adaptive  # noqa: E402
 from explorer.experiment.store import FIT_KINDS  # noqa: E402
@@ -55,13 +55,13 @@ class TestbedRun:
     """The experiment interface `run_adaptive` drives (evaluate, complete, measured_examples, finish),
     over a testbed's per-example scores held in memory. Counts every example it scores."""
 
-    def __init__(self, tb, examples, budget: int | None = None, seed: int = 0):
-        self.tb, self.tasks = tb, list(tb.tasks)
+    def __init__(self, tb, examples, budget: int | None = None, seed: int = 0, split: str = "validation"):
+        self.tb, self.tasks, self.split = tb, list(tb.tasks), split
         t = len(self.tasks)
         self.bounds, self.senses = np.tile([0.0, 1.0], (t, 1)), np.ones(t)
         self.spec = SimpleNamespace(budget=budget, seed=seed)
         self.examples_setting = examples
-        self.n_total = tb.values(np.zeros((1, t)), per_example=True).shape[-1]
+        self.n_total = tb.values(np.zeros((1, t)), split=split, per_example=True).shape[-1]
         self.orders = [example_order(self.n_total, f"testbed:{task}") for task in self.tasks]
         self.points: dict[str, dict] = {}
         self.examples = 0
@@ -78,18 +78,21 @@ class TestbedRun:
         p = self.points.setdefault(coefficient_key(c), {"c": c, "kind": kind, "n": 0, "scores": None})
         need = examples_for(self.examples_setting, self.n_total, kind)
         if p["n"] < need:
-            p["scores"] = self.tb.values(c[None], per_example=True)[0].astype(float)  # (T, images)
+            p["scores"] = self.tb.values(c[None], split=self.split, per_example=True)[0].astype(float)  # (T, images)
             self.examples += (need - p["n"]) * len(self.tasks)
             p["n"] = need
         return np.array([p["scores"][i, self.orders[i][:p["n"]]].mean() for i in range(len(self.tasks))])
 
     def measured_examples(self, kinds=None):
-        rows = sorted((p for p in self.points.values() if kinds is None or p["kind"] in kinds),
-                      key=lambda p: coefficient_key(p["c"]))
+        every = sorted(self.points.values(), key=lambda p: coefficient_key(p["c"]))
+        M, noise = np.zeros((len(every), len(self.tasks))), np.zeros((len(every), len(self.tasks)))
+        for i in range(len(self.tasks)):  # the engine's correction of the shared error (core.sampling)
+            M[:, i], noise[:, i] = corrected_means([p["scores"][i, self.orders[i][:p["n"]]] for p in every],
+                                                   self.n_total)
+        keep = np.array([kinds is None or p["kind"] in kinds for p in every], dtype=bool)
+        rows = [p for p, k in zip(every, keep) if k]
+        M, noise = M[keep], noise[keep]
         C = np.array([p["c"] for p in rows])
-        M = np.array([[p["scores"][i, self.orders[i][:p["n"]]].mean() for i in range(len(self.tasks))] for p in rows])
-        noise = np.array([[sampling_variance(p["scores"][i, self.orders[i][:p["n"]]], self.n_total)
-                           for i in range(len(self.tasks))] for p in rows])
         counts = np.array([[p["n"]] * len(self.tasks) for p in rows])
         return C, M, [p["kind"] for p in rows], {"examples": counts, "n_total": counts * 0 + self.n_total,
                                                   "noise_variance": noise}
@@ -133,32 +136,40 @@ def judge_picks(result, prefs, measure) -> dict:
             "pick_error": float(np.median(np.abs(pred - V)) * 100)}
 
 
-def testbed_arms(kind: str, settings, log) -> dict:
+def testbed_arms(kind: str, settings, log, split: str = "validation") -> dict:
+    """One testbed: its validation split (300 images per task; picks judged by their real margin) or the
+    "augmented" split (3,000 per task; no dense truth there: picks judged by the achievement on
+    measured values, one scale for every arm, as on the zoo)."""
     tb = make_testbed(kind, 8)
     t = tb.n_tasks
     prefs = preferences(t)
-    n_total = tb.values(np.zeros((1, t)), per_example=True).shape[-1]
+    n_total = tb.values(np.zeros((1, t)), split=split, per_example=True).shape[-1]
     full_point = n_total * t
-    out = {"problem": f"testbed {kind} T = 8", "examples_per_task": n_total, "arms": {}}
+    name = f"testbed {kind} T = 8" + ("" if split == "validation" else f", {split} ({n_total:,} images per task)")
+    out = {"problem": name, "examples_per_task": n_total, "arms": {}}
+    truth = split == "validation"
 
     def measure(C):
-        return tb.values(np.atleast_2d(C))
+        return tb.values(np.atleast_2d(C), split=split)
 
     def ours(setting, budget=None, label=None):
-        run = TestbedRun(tb, setting, budget)
+        run = TestbedRun(tb, setting, budget, split=split)
         start = time.perf_counter()
         result = run_adaptive(run, budget, progress=False)
-        spent = run.examples
-        picks = judge_picks(result, prefs, measure)
-        spent += len(prefs) * full_point
-        margin = tb.real_margin(picks["C"]) * 100
-        arm = {"setting": str(setting), "points": len(run.points), "examples": int(spent),
+        points = len(run.points)
+        picks = judge_picks(result, prefs, lambda C: np.array([run.evaluate(c, "verify") for c in C]))
+        spent = run.examples  # the run's and the picks' (measured on the full sets, through the run)
+        before = judge_front(result, measure)
+        result = run.result()  # the front after the picks' full-set scores corrected the subsamples' level
+        margin = tb.real_margin(picks["C"]) * 100 if truth else np.full(len(prefs), np.nan)
+        arm = {"setting": str(setting), "points": points, "examples": int(spent),
                "share": spent / ((default_budget(t) + len(prefs)) * full_point),
                "margin_mean": float(margin.mean()), "margin_max": float(margin.max()),
-               "pick_coverage": picks["pick_coverage"], "pick_error": picks["pick_error"],
-               **judge_front(result, measure), "seconds": round(time.perf_counter() - start, 1)}
+               "pick_coverage": picks["pick_coverage"], "pick_error": picks["pick_error"], "V": picks["V"].tolist(),
+               **judge_front(result, measure), "before_picks": before,
+               "seconds": round(time.perf_counter() - start, 1)}
         out["arms"][label or f"ours, examples: {setting}"] = arm
-        log(f"{kind} {label or setting}: {arm}")
+        log(f"{name} {label or setting}: { {k: v for k, v in arm.items() if k != 'V'} }")
         return arm
 
     full = ours("full")
@@ -172,12 +183,25 @@ def testbed_arms(kind: str, settings, log) -> dict:
                                                   f"{'' if budget == points else f'; {points} would not fit a quadratic'})")
             b["bought_points"] = points
             # (c) TPE on the same subsample, same examples
-            out["arms"]["TPE, same subsample, equal examples"] = tpe_arm(tb, arm["examples"], prefs, measure, n_total, log)
+            out["arms"]["TPE, same subsample, equal examples"] = tpe_arm(tb, arm["examples"], prefs, measure, n_total,
+                                                                         log, split, truth)
     out["full_examples"] = full["examples"]
+    if not truth:
+        score_by_achievement(out, prefs)
+    for arm in out["arms"].values():
+        arm.pop("V", None)
     return out
 
 
-def tpe_arm(tb, examples: int, prefs, measure, n_total: int, log) -> dict:
+def score_by_achievement(out: dict, prefs) -> None:
+    """Each arm's mean achievement of its measured picks, on one scale for every arm (lower is better)."""
+    allv = np.vstack([np.asarray(a["V"]) for a in out["arms"].values()])
+    for arm in out["arms"].values():
+        arm["achievement"] = float(np.mean([achievement(np.asarray(arm["V"])[i][None], w, allv)[0]
+                                            for i, w in enumerate(prefs)]))
+
+
+def tpe_arm(tb, examples: int, prefs, measure, n_total: int, log, split: str = "validation", truth: bool = True) -> dict:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -190,7 +214,7 @@ def tpe_arm(tb, examples: int, prefs, measure, n_total: int, log) -> dict:
 
     def objective(trial):
         c = np.array([trial.suggest_float(f"c{i}", 0.0, 1.0) for i in range(t)])
-        scores = tb.values(c[None], per_example=True)[0]
+        scores = tb.values(c[None], split=split, per_example=True)[0]
         v = [float(scores[i, orders[i][:n]].mean()) for i in range(t)]
         C.append(c)
         V.append(v)
@@ -200,11 +224,11 @@ def tpe_arm(tb, examples: int, prefs, measure, n_total: int, log) -> dict:
     study.optimize(objective, n_trials=trials)
     C, V = np.array(C), np.array(V)
     picks = np.array([C[pick_measured(V, w, V)] for w in prefs])
-    margin = tb.real_margin(picks) * 100
+    margin = tb.real_margin(picks) * 100 if truth else np.full(len(prefs), np.nan)
     arm = {"setting": f"TPE, {n} examples per trial", "points": trials, "examples": int(trials * n * t + len(prefs) * n_total * t),
-           "margin_mean": float(margin.mean()), "margin_max": float(margin.max()),
+           "margin_mean": float(margin.mean()), "margin_max": float(margin.max()), "V": measure(picks).tolist(),
            "seconds": round(time.perf_counter() - start, 1)}
-    log(f"TPE: {arm}")
+    log(f"TPE: { {k: v for k, v in arm.items() if k != 'V'} }")
     return arm
 
 
@@ -240,11 +264,15 @@ def zoo_arms(spec: Path, store: Path, settings, log) -> dict:
             return np.array([exp.evaluate(c, "verify") for c in np.atleast_2d(X)])
 
         picks = judge_picks(result, prefs, measure)
-        fid = judge_front(result, measure)
+        # first the front after the picks' full-set scores corrected the subsamples (what a user sees
+        # once the picks are verified), then the front before: audit points are stored as verified
+        # points, and would otherwise correct the front they judge
+        fid = judge_front(exp.result(), measure)
+        before = judge_front(result, measure)
         spent = run_examples + len(prefs) * full_point  # the picks are measured on the full sets
         arm = {"setting": str(setting), "points": int(len(C)), "examples": spent,
                "share": None, **{k: picks[k] for k in ("pick_coverage", "pick_error")}, **fid,
-               "seconds": round(time.perf_counter() - start, 1), "V": picks["V"].tolist()}
+               "before_picks": before, "seconds": round(time.perf_counter() - start, 1), "V": picks["V"].tolist()}
         out["arms"][f"ours, examples: {setting}"] = arm
         every.append(picks["V"])
         log(f"zoo {setting}: { {k: v for k, v in arm.items() if k != 'V'} }")
@@ -265,10 +293,13 @@ def markdown(problems: list[dict]) -> str:
     for p in problems:
         full = p["arms"]["ours, examples: full"]["examples"]
         for name, a in p["arms"].items():
-            margin = (f"{a['margin_mean']:.2f} / {a['margin_max']:.2f}" if "margin_mean" in a
+            margin = (f"{a['margin_mean']:.2f} / {a['margin_max']:.2f}" if np.isfinite(a.get("margin_mean", np.nan))
                       else f"achievement {a['achievement']:.3f}" if "achievement" in a else "—")
             cov = f"{a['pick_coverage']:.0%}" if "pick_coverage" in a else "—"
             fid = f"{a['median']:.2f} / {a['worst_task']:.2f}, {a['coverage']:.0%}" if "median" in a else "—"
+            b = a.get("before_picks")
+            if b and a["setting"] != "full":
+                fid += f" (before the picks: {b['median']:.2f} / {b['worst_task']:.2f}, {b['coverage']:.0%})"
             lines.append(f"| {p['problem']} | {name} | {a['points']} | {a['examples']:,} ({a['examples'] / full:.2f}) | "
                          f"{margin} | {cov} | {fid} |")
     return "\n".join(lines)
@@ -292,8 +323,10 @@ def main(argv=None) -> int:
         problems = [p for p in json.loads(out.with_suffix(".json").read_text()) if p["problem"].startswith("testbed")]
     elif not args.zoo_only:
         kinds = ["hidden"] if args.quick else ["hidden", "deep"]
-        settings = ["auto", 60] if args.quick else ["auto", 150, 60, 30]
+        settings = ["auto", 60] if args.quick else ["auto", 150, 60]
         problems = [testbed_arms(k, settings, log) for k in kinds]
+        large = ["auto", 600, 300] if not args.quick else ["auto", 300]
+        problems += [testbed_arms(k, large, log, split="augmented") for k in kinds]
     if args.zoo or args.zoo_only:
         store = ROOT / "cache" / "bench-subsample" / "store.sqlite"
         store.parent.mkdir(parents=True, exist_ok=True)

@@ -113,8 +113,9 @@ def test_an_evaluator_without_indices_is_measured_on_its_full_set_and_says_so(tm
 
 
 def test_examples_for_keeps_acted_on_points_on_the_full_set():
-    assert examples_for("auto", 2000, "design") == 250 and examples_for("auto", 2000, "adaptive") == 500
-    assert examples_for("auto", 300, "design") == 64
+    assert examples_for("auto", 2000, "design") == 770 and examples_for("auto", 2000, "adaptive") == 1540
+    assert examples_for("auto", 300, "design") == 242 and examples_for("auto", 300, "adaptive") == 300
+    assert examples_for("auto", 25_000, "design") == 1191
     assert examples_for(256, 2000, "design") == 256
     for kind in ("verify", "polish", "test"):
         assert examples_for("auto", 2000, kind) == 2000 and examples_for(256, 2000, kind) == 2000

@@ -18,11 +18,16 @@ import numpy as np
 
 from explorer.errors import SpecError
 
-#: `examples: auto`: design points are measured on a share of each task's set, at least
-#: `AUTO_MIN` examples (the whole set when it is smaller); points the adaptive rounds place on the
-#: predicted front, where picks are made, on `FRONT_FACTOR` times as many.
-AUTO_SHARE = 0.125
-AUTO_MIN = 64
+#: `examples: auto` keeps the sampling noise the surrogates inherit under `AUTO_TARGET` (metric units).
+#: A quadratic in T coefficients has P = (T+1)(T+2)/2 terms, fitted to the default 2P points, so its
+#: predictions carry about σ²·P/(2P) = σ²/2 of the points' sampling variance σ² ≤ ¼·(1/n − 1/N);
+#: keeping that under AUTO_TARGET² asks n ≥ K·N/(N + K) with K = 1/(8·AUTO_TARGET²) = 1,250 at one
+#: point of accuracy: 242 of 300 examples, 556 of 1,000, 1,112 of 10,000, 1,191 of 25,000. Small
+#: sets are measured almost whole (subsampling cannot beat a full set's zero noise there; see
+#: benchmarks/results/subsample.md), large ones on a small share. Points the adaptive rounds place
+#: on the predicted front, where picks are made, get `FRONT_FACTOR` times as many.
+AUTO_TARGET = 0.01
+AUTO_K = 1.0 / (8 * AUTO_TARGET**2)
 FRONT_FACTOR = 2
 
 
@@ -55,7 +60,7 @@ def examples_for(setting, n_total: int, kind: str, task: str = "") -> int:
     if setting == "full" or kind not in ("design", "adaptive", "reference"):
         return int(n_total)
     if setting == "auto":
-        n = max(AUTO_MIN, int(np.ceil(AUTO_SHARE * n_total)))
+        n = int(np.ceil(AUTO_K * n_total / (n_total + AUTO_K)))
         if kind == "adaptive":
             n *= FRONT_FACTOR
         return int(min(n, n_total))
@@ -88,3 +93,40 @@ def link_noise(link: str, metric: np.ndarray, variance: np.ndarray) -> np.ndarra
     if link == "log":
         return var / np.maximum(m, 1e-12) ** 2
     return var
+
+
+#: Points that must share the longest prefix before it is used to correct shorter ones.
+MIN_ANCHORS = 3
+
+
+def corrected_means(scores: list[np.ndarray], n_total: int) -> tuple[np.ndarray, np.ndarray]:
+    """One task's values from per-example scores measured on prefixes of one order: (values, variances).
+
+    Why: every point sees the same first n examples, so most of a subsample's error is shared by all
+    points (an easy or hard draw lifts or lowers every merge alike): it leaves the shape of the front
+    nearly intact but shifts its level, and averaging over points cannot remove it. Points measured on
+    a longer prefix (the front's points, verified picks: the full set) show how far the shorter
+    prefix's mean sits from theirs on the same merges, so each shorter point is shifted by the mean
+    of that gap over the points of the longest prefix that at least `MIN_ANCHORS` points reached.
+    Its variance is then the spread of those gaps (the part not shared) plus their mean's
+    uncertainty and the longest prefix's own sampling variance; points on the longest prefix or
+    longer keep their plain mean and sampling variance. With too few longer points nothing is shifted.
+    """
+    lengths = np.array([len(s) for s in scores])
+    means = np.array([float(np.mean(s)) for s in scores])
+    variances = np.array([sampling_variance(s, n_total) for s in scores])
+    levels = [n for n in np.unique(lengths)[::-1] if np.sum(lengths >= n) >= MIN_ANCHORS]
+    if not levels:
+        return means, variances
+    top = int(levels[0])
+    anchors = np.flatnonzero(lengths >= top)
+    top_means = np.array([float(np.mean(scores[a][:top])) for a in anchors])
+    top_var = float(np.mean([sampling_variance(scores[a][:top], n_total) for a in anchors]))
+    values, out_var = means.copy(), variances.copy()
+    for n in np.unique(lengths[lengths < top]):
+        gaps = top_means - np.array([float(np.mean(scores[a][:n])) for a in anchors])
+        spread = float(np.var(gaps, ddof=1)) if len(gaps) > 1 else float(np.max(variances))
+        short = lengths == n
+        values[short] = means[short] + float(np.mean(gaps))
+        out_var[short] = spread * (1.0 + 1.0 / len(gaps)) + top_var
+    return values, out_var

@@ -126,6 +126,23 @@ def _digits(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+#: Copies of each validation image in the "augmented" split: a large evaluation set (3,000 images
+#: per view) for measuring what subsampling saves where sets are large (benchmarks/subsample.py).
+AUGMENTED_COPIES = 10
+
+
+@lru_cache(maxsize=4)
+def _augmented(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The validation images, `AUGMENTED_COPIES` times, each copy with seeded pixel noise and contrast."""
+    images, labels = _digits(seed)["validation"]
+    rng = np.random.default_rng([seed, 31])
+    copies = []
+    for _ in range(AUGMENTED_COPIES):
+        contrast = rng.uniform(0.85, 1.15, (len(images), 1, 1))
+        copies.append(np.clip(images * contrast + rng.normal(0.0, 0.08, images.shape), 0.0, 1.0))
+    return np.concatenate(copies).astype(np.float32), np.tile(labels, AUGMENTED_COPIES)
+
+
 def view(name: str, images: np.ndarray) -> np.ndarray:
     """The images (N, 8, 8) seen through view `name`, flattened to (N, 64) float32."""
     if name not in _TRANSFORMS:
@@ -327,9 +344,9 @@ class Testbed:
         if split not in self._splits:
             import torch
 
-            if split not in ("validation", "test"):
-                raise ValueError(f"unknown split {split!r}; use 'validation' or 'test'")
-            images, labels = _digits(self.seed)[split]
+            if split not in ("validation", "test", "augmented"):
+                raise ValueError(f"unknown split {split!r}; use 'validation', 'test' or 'augmented'")
+            images, labels = _augmented(self.seed) if split == "augmented" else _digits(self.seed)[split]
             names, merged = KINDS[self.kind].names, KINDS[self.kind].merged
             base = {k: v.double() for k, v in self.base.items()}
             deltas = {k: torch.stack([self.experts[t][k].double() - base[k] for t in self.tasks])

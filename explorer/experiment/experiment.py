@@ -28,7 +28,7 @@ from explorer.core.design import (
 )
 from explorer.core.explore import default_design
 from explorer.core.result import ExploreResult, fit_result
-from explorer.core.sampling import check_examples, example_order, examples_for, sampling_variance
+from explorer.core.sampling import check_examples, corrected_means, example_order, examples_for
 from explorer.errors import EvaluationError, ExplorerError, SpecError
 from explorer.experiment import front_cache
 from explorer.experiment.families.registry import lookup as lookup_family
@@ -499,16 +499,20 @@ class Experiment:
                 continue
             entry = by_point.setdefault(coefficient_key(row["coefficients"]), {"c": row["coefficients"], "v": {}, "kind": row["kind"]})
             entry["v"][ids[row["task_identity"]]] = row["value"]
-        for row in self.store.samples(self.key):  # subsampled measurements where the full set was not scored
-            task = ids.get(row["task_identity"]) if row["task_identity"] in self.task_identities.values() else None
-            if task is None:
-                continue
-            entry = by_point.setdefault(coefficient_key(row["coefficients"]), {"c": row["coefficients"], "v": {}, "kind": row["kind"]})
-            if task in entry["v"] and task not in entry.setdefault("n", {}):
-                continue  # the full set's value is there
-            scores = row["scores"]
-            entry["v"][task] = float(np.mean(scores))
-            entry.setdefault("n", {})[task] = (len(scores), row["n_total"], sampling_variance(scores, row["n_total"]))
+        by_task: dict[str, list[dict]] = {}
+        for row in self.store.samples(self.key):  # per-example scores: subsampled points, and anchors
+            if row["task_identity"] == self.task_identities.get(row["task"]):
+                by_task.setdefault(row["task"], []).append(row)
+        for task, found in by_task.items():
+            # a subsample's shared error corrected by points measured on longer prefixes (core.sampling)
+            values, variances = corrected_means([r["scores"] for r in found], max(r["n_total"] for r in found))
+            for row, value, variance in zip(found, values, variances):
+                entry = by_point.setdefault(coefficient_key(row["coefficients"]),
+                                            {"c": row["coefficients"], "v": {}, "kind": row["kind"]})
+                if len(row["scores"]) >= row["n_total"]:
+                    continue  # the full set's value is in the evaluations
+                entry["v"][task] = float(value)
+                entry.setdefault("n", {})[task] = (len(row["scores"]), row["n_total"], float(variance))
         base = coefficient_key(np.zeros(len(self.tasks)))
         if base not in by_point or len(by_point[base]["v"]) < len(self.tasks):  # measured by another method's run
             shared = self.shared_base()
