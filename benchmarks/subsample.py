@@ -311,9 +311,16 @@ def main(argv=None) -> int:
     ap.add_argument("--zoo-only", action="store_true", help="only the zoo; keep the testbeds' rows of the last run")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "subsample"))
+    ap.add_argument("--combine", nargs="+", metavar="JSON", help="only write the report of these runs' results together")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.combine:
+        problems = [p for f in args.combine for p in json.loads(Path(f).read_text())]
+        out.with_suffix(".json").write_text(json.dumps(problems, indent=1))
+        out.with_suffix(".md").write_text(markdown(problems) + "\n")
+        print(markdown(problems))
+        return 0
 
     def log(msg):
         print(msg, flush=True)
@@ -323,10 +330,8 @@ def main(argv=None) -> int:
         problems = [p for p in json.loads(out.with_suffix(".json").read_text()) if p["problem"].startswith("testbed")]
     elif not args.zoo_only:
         kinds = ["hidden"] if args.quick else ["hidden", "deep"]
-        settings = ["auto", 60] if args.quick else ["auto", 150, 60]
-        problems = [testbed_arms(k, settings, log) for k in kinds]
-        large = ["auto", 600, 300] if not args.quick else ["auto", 300]
-        problems += [testbed_arms(k, large, log, split="augmented") for k in kinds]
+        problems = [testbed_arms(k, ["auto", 60], log) for k in kinds]
+        problems += [testbed_arms(k, ["auto", 300], log, split="augmented") for k in kinds]
     if args.zoo or args.zoo_only:
         store = ROOT / "cache" / "bench-subsample" / "store.sqlite"
         store.parent.mkdir(parents=True, exist_ok=True)

@@ -107,10 +107,12 @@ class Engine:
             raise EvaluationError(f"evaluator of task {task!r} reports {n} examples")
         return n
 
-    def score_examples(self, coefficients: np.ndarray, indices: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray, float]]:
-        """Merge at `coefficients` (once) and yield (task, per-example scores, seconds) for the
-        examples `indices[task]` of each task (explorer.core.sampling)."""
-        self.merger.apply(coefficients)
+    def score_examples(self, coefficients: np.ndarray, indices: dict[str, np.ndarray],
+                       merged: bool = False) -> Iterator[tuple[str, np.ndarray, float]]:
+        """Merge at `coefficients` (once; not again when `merged`) and yield (task, per-example scores,
+        seconds) for the examples `indices[task]` of each task (explorer.core.sampling)."""
+        if not merged:
+            self.merger.apply(coefficients)
         for task, idx in indices.items():
             fn, kwargs = self._call(task)
             start = time.perf_counter()
@@ -422,7 +424,7 @@ class Experiment:
                 have[task] = value
         if want:
             jobs = {t: self.example_order(t)[len(scores):need] for t, (scores, n_total, need) in want.items()}
-            for task, new, seconds in self.engine.score_examples(c, jobs):
+            for task, new, seconds in self.engine.score_examples(c, jobs, merged=bool(plain)):
                 scores, n_total, _ = want[task]
                 scores = np.concatenate([scores, new])
                 self.store.put_samples(self.key, self.task_identities[task], task, c, scores, n_total, seconds, kind)
