@@ -17,8 +17,10 @@ store, and yields once per finished point (the runner's progress bar counts the 
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from collections import deque
+import time
+from collections import Counter, deque
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -122,6 +124,12 @@ class _Worker:
         values = list(exp.engine.measure(c, tasks))
         return exp.key, dict(exp.task_identities), values
 
+    def node(self) -> str:
+        """The Ray node this worker runs on (answered once it is placed and started)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 class RayExecutor:
     """Spread evaluations over a Ray cluster (or a local Ray instance).
@@ -140,12 +148,14 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, num_workers: int | None = None, gpus_per_worker: float | None = None,
                  cpus_per_worker: float = 1.0, max_retries: int = 3, threads_per_worker: int | None = 1,
-                 init_kwargs: dict | None = None):
+                 init_kwargs: dict | None = None, poll_s: float = 2.0, cluster_timeout_s: float = 60.0):
         self.address, self.num_workers, self.gpus_per_worker = address, num_workers, gpus_per_worker
         self.cpus_per_worker, self.max_retries = cpus_per_worker, max_retries
         self.threads_per_worker, self.init_kwargs = threads_per_worker, dict(init_kwargs or {})
+        self.poll_s, self.cluster_timeout_s = poll_s, cluster_timeout_s
         self.restarts = 0
         self.message: str | None = None
+        self.history: list[tuple[tuple, str | None, str]] = []  # (coefficients, node id, "measured" | "lost")
 
     def _ray(self):
         try:
@@ -155,6 +165,8 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs = {"address": self.address, "include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            # Ray ends a driver whose head is gone after this long; our own watch must speak first
+            os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(int(self.cluster_timeout_s * 2 + 60)))
             ray.init(**{k: v for k, v in kwargs.items() if v is not None})
         return ray
 
@@ -171,7 +183,8 @@ class RayExecutor:
         n, self.message = plan_workers(self.num_workers, slots, per_worker, [m for m in node_memory if m > 0])
         if self.message:
             print(f"merge-explorer: {self.message}", file=sys.stderr)
-        options = {"num_cpus": self.cpus_per_worker, "num_gpus": per_gpu, "max_restarts": 0}
+        # SPREAD: workers go round the alive nodes (not all on the first one with room)
+        options = {"num_cpus": self.cpus_per_worker, "num_gpus": per_gpu, "max_restarts": 0, "scheduling_strategy": "SPREAD"}
         if any(m >= per_worker for m in node_memory):
             options["memory"] = per_worker  # Ray places no more workers on a node than its memory holds
         return n, options
@@ -188,9 +201,8 @@ class RayExecutor:
         remote_cls = ray.remote(_Worker)
         device = experiment.device or (experiment.spec.device if experiment.spec.device != "auto" else experiment.device_kind)
         args = (str(experiment.spec_path), device, bool(experiment.spec.model.trust_pickle), self.threads_per_worker)
-
-        def spawn():
-            return remote_cls.options(**options).remote(*args)
+        lost_errors = _lost_errors(ray)
+        watch = ClusterWatch(ray, self.poll_s, self.cluster_timeout_s)
 
         def missing(c):
             have = experiment.stored(c)
@@ -198,8 +210,32 @@ class RayExecutor:
 
         queue = deque(range(len(pending)))
         attempts = [0] * len(pending)
-        idle = [spawn() for _ in range(n_workers)]
+        starting: dict = {}  # readiness ref -> actor not yet placed
+        idle: list = []
         running: dict = {}  # object ref -> (point index, actor)
+        node_of: dict = {}  # actor -> node id
+        failed_starts = 0
+
+        def spawn():
+            actor = remote_cls.options(**options).remote(*args)
+            starting[actor.node.remote()] = actor
+
+        def lose(i, actor, why):
+            """The point's worker (or its node) is gone: re-send the point first, to a fresh actor."""
+            c = pending[i][0]
+            self.history.append((tuple(c.tolist()), node_of.get(actor), "lost"))
+            attempts[i] += 1
+            if attempts[i] > self.max_retries:
+                raise ExplorerError(f"evaluation at c={np.round(c, 4).tolist()} lost its Ray worker {attempts[i]} times "
+                                    f"(last: {why}); giving up")
+            self.restarts += 1
+            queue.appendleft(i)
+            if watch.head_answers():  # with the head gone, Ray calls would block: the watch ends the run instead
+                _kill(ray, actor)
+                spawn()  # placed wherever the cluster still has room; never waited for if it has none
+
+        for _ in range(n_workers):
+            spawn()
         try:
             while queue or running:
                 while queue and idle:
@@ -211,21 +247,42 @@ class RayExecutor:
                         continue
                     actor = idle.pop()
                     running[actor.measure.remote(c.tolist(), tasks)] = (i, actor)
-                if not running:
+                done, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=self.poll_s)
+                if not done:
+                    dead = watch.dead_nodes(busy=bool(running))  # raises ClusterLost when the head is gone
+                    for ref, (i, actor) in list(running.items()):
+                        if node_of.get(actor) in dead:
+                            del running[ref]
+                            lose(i, actor, f"node {node_of[actor][:8]} died")
+                    for ref, actor in list(starting.items()):
+                        if node_of.get(actor) in dead:
+                            del starting[ref]
+                    if not running and queue and not idle and watch.stalled():
+                        raise ExplorerError(
+                            f"no Ray worker could start in {self.cluster_timeout_s:.0f} s: the cluster has no free "
+                            f"{'GPU' if options['num_gpus'] else 'CPU'} or memory for one; finished evaluations are "
+                            "stored, run the same command again to resume")
                     continue
-                done, _ = ray.wait(list(running), num_returns=1)
+                watch.progress()
                 ref = done[0]
+                if ref in starting:
+                    actor = starting.pop(ref)
+                    try:
+                        node_of[actor] = ray.get(ref)
+                    except lost_errors:  # died while starting (its node went away): try once more elsewhere
+                        failed_starts += 1
+                        if failed_starts > self.max_retries * max(1, n_workers):
+                            raise ExplorerError("Ray workers keep dying while they start; see the Ray logs") from None
+                        spawn()
+                        continue
+                    idle.append(actor)
+                    continue
                 i, actor = running.pop(ref)
                 c, kind = pending[i]
                 try:
                     key, identities, values = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):  # ActorDiedError included
-                    attempts[i] += 1
-                    if attempts[i] > self.max_retries:
-                        raise ExplorerError(f"evaluation at c={np.round(c, 4).tolist()} lost its worker {attempts[i]} times; giving up")
-                    self.restarts += 1
-                    queue.appendleft(i)  # re-run this point first, on a fresh actor
-                    idle.append(spawn())
+                except lost_errors as exc:
+                    lose(i, actor, type(exc).__name__)
                     continue
                 except ray.exceptions.RayTaskError as exc:
                     cause = getattr(exc, "cause", None)  # the worker's own exception, without Ray's traceback text
@@ -239,14 +296,83 @@ class RayExecutor:
                     )
                 for task, value, seconds in values:
                     experiment.store.put(experiment.key, experiment.task_identities[task], task, c, value, seconds, kind)
+                self.history.append((tuple(c.tolist()), node_of.get(actor), "measured"))
                 idle.append(actor)
                 yield c
         finally:
-            for actor in idle + [a for _, a in running.values()]:  # killing an actor ends its running task
-                try:
-                    ray.kill(actor)
-                except Exception:  # noqa: BLE001 - an actor already gone is fine
-                    pass
+            if watch.head_answers():  # Ray calls would wait on a head that is gone
+                for actor in idle + [a for _, a in running.values()] + list(starting.values()):
+                    _kill(ray, actor)  # killing an actor ends its running task
+            line = self.placement_summary()
+            if line:
+                print(f"merge-explorer: {line}", file=sys.stderr)
+
+    def placement_summary(self) -> str | None:
+        """One line: points measured per node, and points re-sent after their worker or node was lost."""
+        measured = [node for _, node, outcome in self.history if outcome == "measured"]
+        if not measured:
+            return None
+        counts = Counter(measured)
+        nodes = ", ".join(f"{n} on node {node[:8]}" for node, n in counts.most_common())
+        lost = sum(outcome == "lost" for _, _, outcome in self.history)
+        return f"ray: {len(measured)} points measured on {len(counts)} node(s) ({nodes}); {lost} re-sent after their worker or node was lost"
+
+
+class ClusterLost(ExplorerError):
+    """The Ray head no longer answers: the run stops with what is stored."""
+
+
+class ClusterWatch:
+    """Bounded waits on a Ray cluster: which nodes died, whether the head still answers, whether a
+    run has had no progress for too long.
+
+    The head is checked with a plain TCP connection to its GCS port (a Ray call to a dead head
+    blocks while Ray retries), so losing the whole cluster ends the run in about `timeout_s`.
+    """
+
+    def __init__(self, ray, poll_s: float, timeout_s: float):
+        self.ray, self.poll_s, self.timeout_s = ray, poll_s, timeout_s
+        self.gcs = ray.get_runtime_context().gcs_address
+        self.last_progress = self.last_head = time.monotonic()
+
+    def progress(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def stalled(self) -> bool:
+        return time.monotonic() - self.last_progress > self.timeout_s
+
+    def head_answers(self) -> bool:
+        host, _, port = self.gcs.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(5.0, self.poll_s * 2)):
+                return True
+        except OSError:
+            return False
+
+    def dead_nodes(self, busy: bool = True) -> set[str]:
+        now = time.monotonic()
+        if self.head_answers():
+            self.last_head = now
+        elif now - self.last_head > self.timeout_s:
+            raise ClusterLost(f"the Ray cluster's head at {self.gcs} has not answered for {self.timeout_s:.0f} s; "
+                              "finished evaluations are stored: run the same command again to resume")
+        else:
+            return set()
+        return {n["NodeID"] for n in self.ray.nodes() if not n.get("Alive")}
+
+
+def _lost_errors(ray) -> tuple:
+    """Ray's exceptions for 'the process or node that ran this is gone' (not: the evaluation failed)."""
+    names = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "ActorUnavailableError", "OwnerDiedError",
+             "LocalRayletDiedError")
+    return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
+
+
+def _kill(ray, actor) -> None:
+    try:
+        ray.kill(actor)
+    except Exception:  # noqa: BLE001 - an actor already gone is fine
+        pass
 
 
 def make_executor(name: str | None = None, **options):
