@@ -132,3 +132,43 @@ def test_two_node_cluster_spreads_points_and_survives_losing_the_worker_node(tmp
     print(f"\ntwo-node kill: {len(measured)} points, {killed['measured_on_b']} measured on the worker node before "
           f"the kill, {len(lost)} in flight lost and re-run on the head; undisturbed {calm_s:.1f} s, "
           f"disturbed {hurt_s:.1f} s (driver start-up included in the undisturbed CLI run only)")
+
+
+def test_losing_the_whole_cluster_stops_the_cli_with_one_line_and_a_resumable_store(tmp_path):
+    template = build(tmp_path / "toy")
+    spec = _spec(template, tmp_path / "run")
+    store = tmp_path / "run" / "store.sqlite"
+
+    def stored():
+        with sqlite3.connect(store, timeout=30) as conn:
+            try:
+                return conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+            except sqlite3.OperationalError:  # no table yet
+                return 0
+
+    cmd = [sys.executable, "-m", "explorer.cli", "run", str(spec), "--no-progress", "--executor", "ray", "--ray-timeout", "10"]
+    with LocalCluster(head_cpus=1, worker_cpus=1, env={"NODE_CALL_LOG": str(tmp_path / "calls.log")}) as cluster:
+        proc = subprocess.Popen(cmd + ["--ray-address", cluster.address], cwd=ROOT, env=node_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while stored() < 6 and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        cluster.worker.kill()
+        cluster.head.kill()
+        lost_at = time.monotonic()
+        _, err = proc.communicate(timeout=300)
+        waited = time.monotonic() - lost_at
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, err[-3000:]
+    assert len(errors) == 1 and "head" in errors[0] and "run the same command again" in errors[0], err[-3000:]
+    assert "Traceback" not in err
+    assert waited < 10 + 30  # the timeout, plus one poll and the process's exit
+    rows = stored()
+    with sqlite3.connect(store) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # resumable: the same command (here in-process, the cluster being gone) measures only what is missing
+    log = tmp_path / "rerun.log"
+    rerun = subprocess.run([sys.executable, "-m", "explorer.cli", "run", str(spec), "--no-progress"], cwd=ROOT,
+                           env=node_env({"TOY_CALL_LOG": str(log)}), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rows >= 6 and _calls(log) and len(_calls(log)) == stored() - rows

@@ -152,6 +152,8 @@ class RayExecutor:
         self.address, self.num_workers, self.gpus_per_worker = address, num_workers, gpus_per_worker
         self.cpus_per_worker, self.max_retries = cpus_per_worker, max_retries
         self.threads_per_worker, self.init_kwargs = threads_per_worker, dict(init_kwargs or {})
+        if not cluster_timeout_s > 0 or not poll_s > 0:
+            raise SpecError(f"--ray-timeout must be a positive number of seconds, got {cluster_timeout_s}")
         self.poll_s, self.cluster_timeout_s = poll_s, cluster_timeout_s
         self.restarts = 0
         self.message: str | None = None
@@ -257,7 +259,7 @@ class RayExecutor:
                     for ref, actor in list(starting.items()):
                         if node_of.get(actor) in dead:
                             del starting[ref]
-                    if not running and queue and not idle and watch.stalled():
+                    if not running and queue and not idle and watch.head_ok and watch.stalled():
                         raise ExplorerError(
                             f"no Ray worker could start in {self.cluster_timeout_s:.0f} s: the cluster has no free "
                             f"{'GPU' if options['num_gpus'] else 'CPU'} or memory for one; finished evaluations are "
@@ -334,6 +336,7 @@ class ClusterWatch:
         self.ray, self.poll_s, self.timeout_s = ray, poll_s, timeout_s
         self.gcs = ray.get_runtime_context().gcs_address
         self.last_progress = self.last_head = time.monotonic()
+        self.head_ok = True
 
     def progress(self) -> None:
         self.last_progress = time.monotonic()
@@ -351,7 +354,8 @@ class ClusterWatch:
 
     def dead_nodes(self, busy: bool = True) -> set[str]:
         now = time.monotonic()
-        if self.head_answers():
+        self.head_ok = self.head_answers()
+        if self.head_ok:
             self.last_head = now
         elif now - self.last_head > self.timeout_s:
             raise ClusterLost(f"the Ray cluster's head at {self.gcs} has not answered for {self.timeout_s:.0f} s; "
