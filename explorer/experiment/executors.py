@@ -10,9 +10,14 @@ store, and yields once per finished point (the runner's progress bar counts the 
   CPU slot when there is no GPU), no more than the nodes' memory holds. Each actor builds the
   engine once (base, task vectors, model and the evaluators' cached data) and measures points sent
   to it; it returns the values and the driver alone writes them to the store (committed per task),
-  so workers on other machines need no access to the store file. A point whose actor dies is sent
-  again to a fresh actor, so nothing is lost. Values depend only on the coefficients, so the
-  results are the same whichever executor ran.
+  so workers on other machines need no access to the store file (they do read the spec, the
+  checkpoints, the evaluators' code and data at the same paths as the driver; a worker that sees
+  other files is refused by the experiment key). Actors are SPREAD over the alive nodes. A point
+  whose actor, or whole node, dies is sent again first, to the actors left or a fresh one where
+  the cluster still has room, so only points in flight are re-run. Waits are bounded: a lost node
+  is noticed by Ray or by a poll of `ray.nodes()`, a head that stops answering ends the run after
+  `cluster_timeout_s` with what is stored. Values depend only on the coefficients, so the results
+  are the same whichever executor ran, and whichever node measured what.
 """
 from __future__ import annotations
 
@@ -140,6 +145,11 @@ class RayExecutor:
     gpus_per_worker: default 1 when the run's device is cuda, else 0.
     max_retries: how often one point may be re-sent after its actor died.
     init_kwargs: passed to `ray.init` when this executor starts Ray.
+    poll_s: how often a run waiting on results checks for dead nodes and the head (seconds).
+    cluster_timeout_s: how long a head that does not answer, or a run where no worker can start,
+        is waited for before the run stops with an ExplorerError (seconds).
+
+    After a run, `history` holds (coefficients, node id, "measured" | "lost") per point sent.
 
     Workers run on the experiment's device kind (so results are keyed for what measured them: on a
     head node without a GPU, pass --device cuda to use the cluster's GPUs), load pickled checkpoints
