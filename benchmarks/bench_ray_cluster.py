@@ -94,31 +94,38 @@ def trial(template: Path, work: Path, k: int, head_cpus: int, worker_cpus: int, 
             at_kill = {}
 
             def kill_after_k(executor):
-                while sum(n == node_b and w == "measured" for _, n, w in list(executor.history)) < k:
+                while sum(n == node_b and w == "measured" for _, n, w, _ in list(executor.history)) < k:
                     time.sleep(0.01)
-                at_kill.update(Counter(n for _, n, w in list(executor.history) if w == "measured"))
-                at_kill["t"] = time.perf_counter()
+                at_kill.update(Counter(n for _, n, w, _ in list(executor.history) if w == "measured"))
+                at_kill["t"] = time.monotonic()
                 cluster.worker.kill()
 
             hurt_exec, hurt, hurt_s = _run(_spec(template, work / "hurt"), workers, kill_after_k)
         finally:
             ray.shutdown()
     history = hurt_exec.history
-    measured = Counter(c for c, _, w in history if w == "measured")
-    lost = [c for c, _, w in history if w == "lost"]
-    calm_nodes = Counter(n for _, n, w in calm_exec.history if w == "measured")
+    measured = Counter(c for c, _, w, _ in history if w == "measured")
+    lost = [c for c, _, w, _ in history if w == "lost"]
+    calm_nodes = Counter(n for _, n, w, _ in calm_exec.history if w == "measured")
     return {
         "k": k, "points": len(measured),
         "undisturbed_points_head": calm_nodes[head], "undisturbed_points_worker_node": calm_nodes[node_b],
         "before_kill_head": at_kill.get(head, 0), "before_kill_worker_node": at_kill.get(node_b, 0),
         "in_flight_lost": len(lost),
-        "lost_rerun_on_head": sum([n for p, n, w in history if p == c and w == "measured"] == [head] for c in lost),
+        "lost_rerun_on_head": sum([n for p, n, w, _ in history if p == c and w == "measured"] == [head] for c in lost),
         "measured_twice": sum(v > 1 for v in measured.values()),
-        "measured_on_worker_node_after_kill": sum(n == node_b and w == "measured" for _, n, w in history) - at_kill.get(node_b, 0),
+        "measured_on_worker_node_after_kill": sum(n == node_b and w == "measured" for _, n, w, _ in history) - at_kill.get(node_b, 0),
+        "noticed_lost_after_s": min((t - at_kill["t"] for _, _, w, t in history if w == "lost"), default=None),
+        "lost_remeasured_after_s": max((t - at_kill["t"] for p, _, w, t in history if p in lost and w == "measured"), default=None),
+        "points_left_at_kill": len(measured) - at_kill.get(head, 0) - at_kill.get(node_b, 0),
         "same_values": _values(work / "calm" / "store.sqlite") == _values(work / "hurt" / "store.sqlite"),
         "same_front": bool(np.array_equal(calm.front_coefficients, hurt.front_coefficients)),
         "undisturbed_s": calm_s, "disturbed_s": hurt_s,
     }
+
+
+def _s(seconds) -> str:
+    return "–" if seconds is None else f"{seconds:.2f} s"
 
 
 def main(argv=None) -> int:
@@ -162,16 +169,20 @@ def main(argv=None) -> int:
         f"# Losing the worker node of a two-node Ray cluster mid-run ({len(trials)} trials, toy experiment, "
         f"{args.delay} s per evaluator call, {args.head_cpus}+{args.worker_cpus} CPUs = workers)", "",
         "| trial | points | undisturbed: head + worker node | measured before the kill: head + worker node | "
-        "in flight lost → re-run on head | measured twice | same values / front | undisturbed s | disturbed s | extra |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "in flight lost → re-run on head | lost noticed / re-measured after the kill | measured twice | "
+        "same values / front | undisturbed s | disturbed s | extra |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, t in enumerate(trials, 1):
         lines.append(f"| {i} | {t['points']} | {t['undisturbed_points_head']} + {t['undisturbed_points_worker_node']} | "
                      f"{t['before_kill_head']} + {t['before_kill_worker_node']} | {t['in_flight_lost']} → {t['lost_rerun_on_head']} | "
+                     f"{_s(t['noticed_lost_after_s'])} / {_s(t['lost_remeasured_after_s'])} | "
                      f"{t['measured_twice']} | {t['same_values']} / {t['same_front']} | {t['undisturbed_s']:.1f} | "
                      f"{t['disturbed_s']:.1f} | {t['disturbed_s'] - t['undisturbed_s']:+.1f} s (×{t['disturbed_s'] / t['undisturbed_s']:.2f}) |")
     lines += ["", f"Median: undisturbed {summary['median_undisturbed_s']:.1f} s, disturbed {summary['median_disturbed_s']:.1f} s, "
-                  f"extra {summary['median_extra_s']:+.1f} s (×{summary['median_ratio']:.2f}). Machine: {summary['machine']}."]
+                  f"extra {summary['median_extra_s']:+.1f} s (×{summary['median_ratio']:.2f}). Machine: {summary['machine']}.",
+              "", "After the kill the head alone measures the points left, so most of the extra time is the lost "
+                  "node's capacity, not recovery: the lost point is noticed and re-sent in the time shown."]
     (RESULTS / "ray_cluster.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if summary["ok"] == len(trials) else 1

@@ -88,9 +88,9 @@ def test_two_node_cluster_spreads_points_and_survives_losing_the_worker_node(tmp
             killed = {}
 
             def kill_worker_node_after_two_points():
-                while sum(node == node_b and what == "measured" for _, node, what in list(executor.history)) < 2:
+                while sum(node == node_b and what == "measured" for _, node, what, _ in list(executor.history)) < 2:
                     time.sleep(0.02)
-                killed["measured_on_b"] = sum(n == node_b and w == "measured" for _, n, w in executor.history)
+                killed["measured_on_b"] = sum(n == node_b and w == "measured" for _, n, w, _ in executor.history)
                 killed["calls_on_b"] = _calls(log, before).count(node_b)
                 cluster.worker.kill()
 
@@ -107,14 +107,14 @@ def test_two_node_cluster_spreads_points_and_survives_losing_the_worker_node(tmp
 
     assert killed, "the worker node was never killed: the run finished before it measured two points"
     history = executor.history
-    lost = [c for c, node, what in history if what == "lost"]
-    measured = Counter(c for c, _, what in history if what == "measured")
+    lost = [c for c, node, what, _ in history if what == "lost"]
+    measured = Counter(c for c, _, what, _ in history if what == "measured")
     assert lost, "no point was in flight on the worker node when it died: recovery was not tested"
-    assert all(node == node_b for _, node, what in history if what == "lost")
+    assert all(node == node_b for _, node, what, _ in history if what == "lost")
     assert max(measured.values()) == 1  # nothing measured twice ...
     for c in lost:  # ... and every point in flight on the lost node was re-run on the head
-        assert [node for p, node, what in history if p == c and what == "measured"] == [head]
-    on_b = [c for c, node, what in history if node == node_b and what == "measured"]
+        assert [node for p, node, what, _ in history if p == c and what == "measured"] == [head]
+    on_b = [c for c, node, what, _ in history if node == node_b and what == "measured"]
     assert len(on_b) == killed["measured_on_b"] and len(lost) <= 2  # after the kill: nothing on B; lost: ≤ B's workers
     calls = Counter(_calls(log, before))
     tasks = len(hurt.tasks)

@@ -149,7 +149,8 @@ class RayExecutor:
     cluster_timeout_s: how long a head that does not answer, or a run where no worker can start,
         is waited for before the run stops with an ExplorerError (seconds).
 
-    After a run, `history` holds (coefficients, node id, "measured" | "lost") per point sent.
+    After a run, `history` holds (coefficients, node id, "measured" | "lost", time.monotonic()) per
+    point sent: which node measured what, and when a point was found lost.
 
     Workers run on the experiment's device kind (so results are keyed for what measured them: on a
     head node without a GPU, pass --device cuda to use the cluster's GPUs), load pickled checkpoints
@@ -167,7 +168,7 @@ class RayExecutor:
         self.poll_s, self.cluster_timeout_s = poll_s, cluster_timeout_s
         self.restarts = 0
         self.message: str | None = None
-        self.history: list[tuple[tuple, str | None, str]] = []  # (coefficients, node id, "measured" | "lost")
+        self.history: list[tuple[tuple, str | None, str, float]] = []  # (coefficients, node id, "measured" | "lost", time.monotonic())
 
     def _ray(self):
         try:
@@ -235,7 +236,7 @@ class RayExecutor:
         def lose(i, actor, why):
             """The point's worker (or its node) is gone: re-send the point first, to a fresh actor."""
             c = pending[i][0]
-            self.history.append((tuple(c.tolist()), node_of.get(actor), "lost"))
+            self.history.append((tuple(c.tolist()), node_of.get(actor), "lost", time.monotonic()))
             attempts[i] += 1
             if attempts[i] > self.max_retries:
                 raise ExplorerError(f"evaluation at c={np.round(c, 4).tolist()} lost its Ray worker {attempts[i]} times "
@@ -308,7 +309,7 @@ class RayExecutor:
                     )
                 for task, value, seconds in values:
                     experiment.store.put(experiment.key, experiment.task_identities[task], task, c, value, seconds, kind)
-                self.history.append((tuple(c.tolist()), node_of.get(actor), "measured"))
+                self.history.append((tuple(c.tolist()), node_of.get(actor), "measured", time.monotonic()))
                 idle.append(actor)
                 yield c
         finally:
@@ -321,12 +322,12 @@ class RayExecutor:
 
     def placement_summary(self) -> str | None:
         """One line: points measured per node, and points re-sent after their worker or node was lost."""
-        measured = [node for _, node, outcome in self.history if outcome == "measured"]
+        measured = [node for _, node, outcome, _ in self.history if outcome == "measured"]
         if not measured:
             return None
         counts = Counter(measured)
         nodes = ", ".join(f"{n} on node {node[:8]}" for node, n in counts.most_common())
-        lost = sum(outcome == "lost" for _, _, outcome in self.history)
+        lost = sum(outcome == "lost" for _, _, outcome, _ in self.history)
         return f"ray: {len(measured)} points measured on {len(counts)} node(s) ({nodes}); {lost} re-sent after their worker or node was lost"
 
 
