@@ -260,16 +260,20 @@ class RayExecutor:
                         continue
                     actor = idle.pop()
                     running[actor.measure.remote(c.tolist(), tasks)] = (i, actor)
-                done, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=self.poll_s)
+                refs = list(running) + list(starting)
+                if refs:
+                    done, _ = ray.wait(refs, num_returns=1, timeout=self.poll_s)
+                else:  # every worker lost while the head did not answer: wait for it, or for the timeout
+                    done = []
+                    time.sleep(self.poll_s)
                 if not done:
-                    dead = watch.dead_nodes(busy=bool(running))  # raises ClusterLost when the head is gone
+                    dead = watch.dead_nodes()  # raises ClusterLost when the head has been gone too long
                     for ref, (i, actor) in list(running.items()):
                         if node_of.get(actor) in dead:
                             del running[ref]
                             lose(i, actor, f"node {node_of[actor][:8]} died")
-                    for ref, actor in list(starting.items()):
-                        if node_of.get(actor) in dead:
-                            del starting[ref]
+                    if watch.head_ok and not (running or starting or idle):
+                        spawn()
                     if not running and queue and not idle and watch.head_ok and watch.stalled():
                         raise ExplorerError(
                             f"no Ray worker could start in {self.cluster_timeout_s:.0f} s: the cluster has no free "
@@ -363,7 +367,8 @@ class ClusterWatch:
         except OSError:
             return False
 
-    def dead_nodes(self, busy: bool = True) -> set[str]:
+    def dead_nodes(self) -> set[str]:
+        """Ids of the nodes Ray reports dead (none while the head does not answer)."""
         now = time.monotonic()
         self.head_ok = self.head_answers()
         if self.head_ok:
