@@ -121,7 +121,7 @@ def cmd_run(args) -> int:
     exp = _experiment(args)
     from explorer.experiment.executors import make_executor  # imports torch and ray: loaded when a run starts
 
-    options = {"address": args.ray_address, "num_workers": args.workers} if getattr(args, "executor", None) == "ray" else {}
+    options = {"address": args.ray_address, "num_workers": args.workers, "cluster_timeout_s": args.ray_timeout} if getattr(args, "executor", None) == "ray" else {}
     executor = make_executor(getattr(args, "executor", None), **options)
     extra = {"tol": args.tol} if getattr(args, "adaptive", False) and args.tol is not None else {}
     for line in [*exp.check_examples(), *examples_plan(exp)]:  # before anything is measured
@@ -324,7 +324,7 @@ def cmd_compare(args) -> int:
     from explorer.experiment.executors import make_executor  # imports torch and ray
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    options = {"address": args.ray_address, "num_workers": args.workers} if args.executor == "ray" else {}
+    options = {"address": args.ray_address, "num_workers": args.workers, "cluster_timeout_s": args.ray_timeout} if args.executor == "ray" else {}
     cmp = compare(args.spec, methods, store_path=args.store, budget=args.budget, progress=not args.no_progress,
                   executor=make_executor(args.executor, **options), n_preferences=args.preferences,
                   device=args.device)
@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where evaluations run: this process (default) or a Ray cluster (pip install 'merge-explorer[ray]')")
         p.add_argument("--workers", type=int, help="--executor ray: number of workers (default one per GPU, else per CPU)")
         p.add_argument("--ray-address", help="--executor ray: cluster address (default: local Ray)")
+        p.add_argument("--ray-timeout", type=float, default=60.0,
+                       help="--executor ray: seconds to wait for a head node that stops answering, or for a worker "
+                            "the cluster has no room to start, before stopping with what is stored (default 60)")
 
     def prefs(p):
         p.add_argument("--weights", help="importance per task, e.g. a=2,b=1")

@@ -10,15 +10,22 @@ store, and yields once per finished point (the runner's progress bar counts the 
   CPU slot when there is no GPU), no more than the nodes' memory holds. Each actor builds the
   engine once (base, task vectors, model and the evaluators' cached data) and measures points sent
   to it; it returns the values and the driver alone writes them to the store (committed per task),
-  so workers on other machines need no access to the store file. A point whose actor dies is sent
-  again to a fresh actor, so nothing is lost. Values depend only on the coefficients, so the
-  results are the same whichever executor ran.
+  so workers on other machines need no access to the store file (they do read the spec, the
+  checkpoints, the evaluators' code and data at the same paths as the driver; a worker that sees
+  other files is refused by the experiment key). Actors are SPREAD over the alive nodes. A point
+  whose actor, or whole node, dies is sent again first, to the actors left or a fresh one where
+  the cluster still has room, so only points in flight are re-run. Waits are bounded: a lost node
+  is noticed by Ray or by a poll of `ray.nodes()`, a head that stops answering ends the run after
+  `cluster_timeout_s` with what is stored. Values depend only on the coefficients, so the results
+  are the same whichever executor ran, and whichever node measured what.
 """
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from collections import deque
+import time
+from collections import Counter, deque
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -122,6 +129,12 @@ class _Worker:
         values = list(exp.engine.measure(c, tasks))
         return exp.key, dict(exp.task_identities), values
 
+    def node(self) -> str:
+        """The Ray node this worker runs on (answered once it is placed and started)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 class RayExecutor:
     """Spread evaluations over a Ray cluster (or a local Ray instance).
@@ -132,6 +145,12 @@ class RayExecutor:
     gpus_per_worker: default 1 when the run's device is cuda, else 0.
     max_retries: how often one point may be re-sent after its actor died.
     init_kwargs: passed to `ray.init` when this executor starts Ray.
+    poll_s: how often a run waiting on results checks for dead nodes and the head (seconds).
+    cluster_timeout_s: how long a head that does not answer, or a run where no worker can start,
+        is waited for before the run stops with an ExplorerError (seconds).
+
+    After a run, `history` holds (coefficients, node id, "measured" | "lost", time.monotonic()) per
+    point sent: which node measured what, and when a point was found lost.
 
     Workers run on the experiment's device kind (so results are keyed for what measured them: on a
     head node without a GPU, pass --device cuda to use the cluster's GPUs), load pickled checkpoints
@@ -140,12 +159,16 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, num_workers: int | None = None, gpus_per_worker: float | None = None,
                  cpus_per_worker: float = 1.0, max_retries: int = 3, threads_per_worker: int | None = 1,
-                 init_kwargs: dict | None = None):
+                 init_kwargs: dict | None = None, poll_s: float = 2.0, cluster_timeout_s: float = 60.0):
         self.address, self.num_workers, self.gpus_per_worker = address, num_workers, gpus_per_worker
         self.cpus_per_worker, self.max_retries = cpus_per_worker, max_retries
         self.threads_per_worker, self.init_kwargs = threads_per_worker, dict(init_kwargs or {})
+        if not cluster_timeout_s > 0 or not poll_s > 0:
+            raise SpecError(f"--ray-timeout must be a positive number of seconds, got {cluster_timeout_s}")
+        self.poll_s, self.cluster_timeout_s = poll_s, cluster_timeout_s
         self.restarts = 0
         self.message: str | None = None
+        self.history: list[tuple[tuple, str | None, str, float]] = []  # (coefficients, node id, "measured" | "lost", time.monotonic())
 
     def _ray(self):
         try:
@@ -155,6 +178,8 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs = {"address": self.address, "include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            # Ray ends a driver whose head is gone after this long; our own watch must speak first
+            os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(int(self.cluster_timeout_s * 2 + 60)))
             ray.init(**{k: v for k, v in kwargs.items() if v is not None})
         return ray
 
@@ -171,7 +196,8 @@ class RayExecutor:
         n, self.message = plan_workers(self.num_workers, slots, per_worker, [m for m in node_memory if m > 0])
         if self.message:
             print(f"merge-explorer: {self.message}", file=sys.stderr)
-        options = {"num_cpus": self.cpus_per_worker, "num_gpus": per_gpu, "max_restarts": 0}
+        # SPREAD: workers go round the alive nodes (not all on the first one with room)
+        options = {"num_cpus": self.cpus_per_worker, "num_gpus": per_gpu, "max_restarts": 0, "scheduling_strategy": "SPREAD"}
         if any(m >= per_worker for m in node_memory):
             options["memory"] = per_worker  # Ray places no more workers on a node than its memory holds
         return n, options
@@ -188,9 +214,8 @@ class RayExecutor:
         remote_cls = ray.remote(_Worker)
         device = experiment.device or (experiment.spec.device if experiment.spec.device != "auto" else experiment.device_kind)
         args = (str(experiment.spec_path), device, bool(experiment.spec.model.trust_pickle), self.threads_per_worker)
-
-        def spawn():
-            return remote_cls.options(**options).remote(*args)
+        lost_errors = _lost_errors(ray)
+        watch = ClusterWatch(ray, self.poll_s, self.cluster_timeout_s)
 
         def missing(c):
             have = experiment.stored(c)
@@ -198,8 +223,32 @@ class RayExecutor:
 
         queue = deque(range(len(pending)))
         attempts = [0] * len(pending)
-        idle = [spawn() for _ in range(n_workers)]
+        starting: dict = {}  # readiness ref -> actor not yet placed
+        idle: list = []
         running: dict = {}  # object ref -> (point index, actor)
+        node_of: dict = {}  # actor -> node id
+        failed_starts = 0
+
+        def spawn():
+            actor = remote_cls.options(**options).remote(*args)
+            starting[actor.node.remote()] = actor
+
+        def lose(i, actor, why):
+            """The point's worker (or its node) is gone: re-send the point first, to a fresh actor."""
+            c = pending[i][0]
+            self.history.append((tuple(c.tolist()), node_of.get(actor), "lost", time.monotonic()))
+            attempts[i] += 1
+            if attempts[i] > self.max_retries:
+                raise ExplorerError(f"evaluation at c={np.round(c, 4).tolist()} lost its Ray worker {attempts[i]} times "
+                                    f"(last: {why}); giving up")
+            self.restarts += 1
+            queue.appendleft(i)
+            if watch.head_answers():  # with the head gone, Ray calls would block: the watch ends the run instead
+                _kill(ray, actor)
+                spawn()  # placed wherever the cluster still has room; never waited for if it has none
+
+        for _ in range(n_workers):
+            spawn()
         try:
             while queue or running:
                 while queue and idle:
@@ -211,21 +260,46 @@ class RayExecutor:
                         continue
                     actor = idle.pop()
                     running[actor.measure.remote(c.tolist(), tasks)] = (i, actor)
-                if not running:
+                refs = list(running) + list(starting)
+                if refs:
+                    done, _ = ray.wait(refs, num_returns=1, timeout=self.poll_s)
+                else:  # every worker lost while the head did not answer: wait for it, or for the timeout
+                    done = []
+                    time.sleep(self.poll_s)
+                if not done:
+                    dead = watch.dead_nodes()  # raises ClusterLost when the head has been gone too long
+                    for ref, (i, actor) in list(running.items()):
+                        if node_of.get(actor) in dead:
+                            del running[ref]
+                            lose(i, actor, f"node {node_of[actor][:8]} died")
+                    if watch.head_ok and not (running or starting or idle):
+                        spawn()
+                    if not running and queue and not idle and watch.head_ok and watch.stalled():
+                        raise ExplorerError(
+                            f"no Ray worker could start in {self.cluster_timeout_s:.0f} s: the cluster has no free "
+                            f"{'GPU' if options['num_gpus'] else 'CPU'} or memory for one; finished evaluations are "
+                            "stored, run the same command again to resume")
                     continue
-                done, _ = ray.wait(list(running), num_returns=1)
+                watch.progress()
                 ref = done[0]
+                if ref in starting:
+                    actor = starting.pop(ref)
+                    try:
+                        node_of[actor] = ray.get(ref)
+                    except lost_errors:  # died while starting (its node went away): try once more elsewhere
+                        failed_starts += 1
+                        if failed_starts > self.max_retries * max(1, n_workers):
+                            raise ExplorerError("Ray workers keep dying while they start; see the Ray logs") from None
+                        spawn()
+                        continue
+                    idle.append(actor)
+                    continue
                 i, actor = running.pop(ref)
                 c, kind = pending[i]
                 try:
                     key, identities, values = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):  # ActorDiedError included
-                    attempts[i] += 1
-                    if attempts[i] > self.max_retries:
-                        raise ExplorerError(f"evaluation at c={np.round(c, 4).tolist()} lost its worker {attempts[i]} times; giving up")
-                    self.restarts += 1
-                    queue.appendleft(i)  # re-run this point first, on a fresh actor
-                    idle.append(spawn())
+                except lost_errors as exc:
+                    lose(i, actor, type(exc).__name__)
                     continue
                 except ray.exceptions.RayTaskError as exc:
                     cause = getattr(exc, "cause", None)  # the worker's own exception, without Ray's traceback text
@@ -239,14 +313,86 @@ class RayExecutor:
                     )
                 for task, value, seconds in values:
                     experiment.store.put(experiment.key, experiment.task_identities[task], task, c, value, seconds, kind)
+                self.history.append((tuple(c.tolist()), node_of.get(actor), "measured", time.monotonic()))
                 idle.append(actor)
                 yield c
         finally:
-            for actor in idle + [a for _, a in running.values()]:  # killing an actor ends its running task
-                try:
-                    ray.kill(actor)
-                except Exception:  # noqa: BLE001 - an actor already gone is fine
-                    pass
+            if watch.head_answers():  # Ray calls would wait on a head that is gone
+                for actor in idle + [a for _, a in running.values()] + list(starting.values()):
+                    _kill(ray, actor)  # killing an actor ends its running task
+            line = self.placement_summary()
+            if line:
+                print(f"merge-explorer: {line}", file=sys.stderr)
+
+    def placement_summary(self) -> str | None:
+        """One line: points measured per node, and points re-sent after their worker or node was lost."""
+        measured = [node for _, node, outcome, _ in self.history if outcome == "measured"]
+        if not measured:
+            return None
+        counts = Counter(measured)
+        nodes = ", ".join(f"{n} on node {node[:8]}" for node, n in counts.most_common())
+        lost = sum(outcome == "lost" for _, _, outcome, _ in self.history)
+        return f"ray: {len(measured)} points measured on {len(counts)} node(s) ({nodes}); {lost} re-sent after their worker or node was lost"
+
+
+class ClusterLost(ExplorerError):
+    """The Ray head no longer answers: the run stops with what is stored."""
+
+
+class ClusterWatch:
+    """Bounded waits on a Ray cluster: which nodes died, whether the head still answers, whether a
+    run has had no progress for too long.
+
+    The head is checked with a plain TCP connection to its GCS port (a Ray call to a dead head
+    blocks while Ray retries), so losing the whole cluster ends the run in about `timeout_s`.
+    """
+
+    def __init__(self, ray, poll_s: float, timeout_s: float):
+        self.ray, self.poll_s, self.timeout_s = ray, poll_s, timeout_s
+        self.gcs = ray.get_runtime_context().gcs_address
+        self.last_progress = self.last_head = time.monotonic()
+        self.head_ok = True
+
+    def progress(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def stalled(self) -> bool:
+        return time.monotonic() - self.last_progress > self.timeout_s
+
+    def head_answers(self) -> bool:
+        host, _, port = self.gcs.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(5.0, self.poll_s * 2)):
+                return True
+        except OSError:
+            return False
+
+    def dead_nodes(self) -> set[str]:
+        """Ids of the nodes Ray reports dead (none while the head does not answer)."""
+        now = time.monotonic()
+        self.head_ok = self.head_answers()
+        if self.head_ok:
+            self.last_head = now
+        elif now - self.last_head > self.timeout_s:
+            raise ClusterLost(f"the Ray cluster's head at {self.gcs} has not answered for {self.timeout_s:.0f} s; "
+                              "finished evaluations are stored: run the same command again to resume")
+        else:
+            return set()
+        return {n["NodeID"] for n in self.ray.nodes() if not n.get("Alive")}
+
+
+def _lost_errors(ray) -> tuple:
+    """Ray's exceptions for 'the process or node that ran this is gone' (not: the evaluation failed)."""
+    names = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "ActorUnavailableError", "OwnerDiedError",
+             "LocalRayletDiedError")
+    return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
+
+
+def _kill(ray, actor) -> None:
+    try:
+        ray.kill(actor)
+    except Exception:  # noqa: BLE001 - an actor already gone is fine
+        pass
 
 
 def make_executor(name: str | None = None, **options):
