@@ -236,3 +236,39 @@ def test_lora_experiments_are_keyed_apart_from_full_experts(zoos, tmp_path):
     copies = {t: shutil.copytree(p, tmp_path / "alpha" / t) for t, p in adapters.items()}
     _break_config(copies["upper"], lora_alpha=64)
     assert Experiment.from_file(make_spec(tmp_path, base_dir, copies)).key != lora.key
+
+
+def test_lora_demo_explores_a_front(tmp_path_factory, tmp_path, capsys):
+    """The demo's LoRA builder (peft training, seeded) over a tiny base, then a real `run` with a small budget."""
+    from dataclasses import asdict
+
+    from explorer.demo import llm_lora_zoo, llm_zoo
+
+    base = llm_models.cached_build(tmp_path_factory, name="lora-demo", skills=())["base"]
+    zoo = tmp_path / "zoo"
+    shutil.copytree(base, zoo / "base")
+    skills = ("upper", "reverse")
+    for skill in skills:
+        for split, records in llm_zoo.held_out(skill, 12, seed=0).items():
+            llm_models.write_jsonl(zoo / f"{skill}.{split}.jsonl", records)
+    config = llm_zoo.llm_zoo_config("quick", skills=skills, skill_shares=(0.01, 0.01), lambdas=(0.5, 1.0))
+    (zoo / "manifest.json").write_text(json.dumps({"config": asdict(config)}))
+    small = llm_lora_zoo.LoraZooConfig(rank=4, alpha=8, steps=25, batch=16)
+    manifest = json.loads(llm_lora_zoo.ensure_lora_experts(zoo, small, progress=False).read_text())
+    assert manifest["skills"] == list(skills) and manifest["timings"]["total_s"] > 0
+    for skill in skills:  # peft's own files
+        assert {p.name for p in (zoo / "lora" / skill).iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    # current: a second call trains nothing
+    stamp = (zoo / "lora" / "upper" / "adapter_model.safetensors").stat().st_mtime_ns
+    llm_lora_zoo.ensure_lora_experts(zoo, small, progress=False)
+    assert (zoo / "lora" / "upper" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    data = {s: f"zoo/{s}.validation.jsonl" for s in skills}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(llm_models.spec_text("zoo/base", {s: f"zoo/lora/{s}" for s in skills}, data,
+                                         "  experts_format: peft\n").replace("budget: 8", "budget: 6"))
+    assert main(["run", str(spec), "--no-progress"]) == 0
+    assert "LoRA adapters" in capsys.readouterr().err
+    exp = Experiment.from_file(spec)
+    assert exp.store.count(exp.key) == 6 * len(skills)
+    result = exp.result()
+    assert len(result.front_coefficients) > 0 and np.isfinite(result.front_predicted).all()

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from explorer.demo.llm_zoo import DEFAULT_DIR, MANIFEST, LLMZooConfig, _sha256, _version, finetune, measure
+from explorer.errors import ExplorerError
+from explorer.merging.checkpoints import content_hash
 from explorer.merging.lora import LoraAdapter
 
 LORA_DIR = "lora"
@@ -36,7 +38,7 @@ class LoraZooConfig:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     steps: int = 120
     batch: int = 64
-    lr: float = 3e-3
+    lr: float = 1e-3
     seed: int = 0
 
     def hash(self, base_digest: str) -> str:
@@ -69,7 +71,7 @@ def build_lora_experts(zoo_dir: str | os.PathLike = DEFAULT_DIR, config: LoraZoo
 
     config = config or LoraZooConfig()
     zoo_dir = Path(zoo_dir)
-    zoo_manifest, zoo_config = _zoo(zoo_dir)
+    _, zoo_config = _zoo(zoo_dir)
     skills = zoo_config.skills
     out = zoo_dir / LORA_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +106,7 @@ def build_lora_experts(zoo_dir: str | os.PathLike = DEFAULT_DIR, config: LoraZoo
         torch.set_num_threads(threads)
     listed = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {
-        "kind": "llm-lora", "config_hash": config.hash(zoo_manifest["files"]["base/model.safetensors"]),
+        "kind": "llm-lora", "config_hash": config.hash(content_hash(base_dir)),
         "config": asdict(config), "base": "../base", "skills": list(skills),
         "adapter_parameters": int(sum(f.a.numel() + f.b.numel() for f in LoraAdapter(out / skills[0]).factors.values())),
         "files": {f: _sha256(out / f) for f in listed},
@@ -127,8 +129,8 @@ def ensure_lora_experts(zoo_dir: str | os.PathLike = DEFAULT_DIR, config: LoraZo
     if manifest.is_file():
         try:
             found = json.loads(manifest.read_text())
-            base_digest = json.loads((zoo_dir / MANIFEST).read_text())["files"]["base/model.safetensors"]
-        except (OSError, ValueError, KeyError):
+            base_digest = content_hash(zoo_dir / "base")
+        except (OSError, ValueError, ExplorerError):
             found, base_digest = {}, None
         files = [zoo_dir / LORA_DIR / f for f in found.get("files", {})]
         if base_digest and found.get("config_hash") == config.hash(base_digest) and files and all(f.is_file() for f in files):
