@@ -272,3 +272,25 @@ def test_lora_demo_explores_a_front(tmp_path_factory, tmp_path, capsys):
     assert exp.store.count(exp.key) == 6 * len(skills)
     result = exp.result()
     assert len(result.front_coefficients) > 0 and np.isfinite(result.front_predicted).all()
+
+
+def test_tsv_from_the_factors_equals_tsv_on_the_dense_layers():
+    """Factor SVDs (QR + r × r core) give TSV-M's pieces without a dense SVD, equal to the dense computation."""
+    from explorer.merging.lora import LoraFactors, factor_svd, tsv_factors
+    from explorer.merging.methods.tsv import tsv_pieces
+
+    gen = torch.Generator().manual_seed(0)
+    m, n, t = 96, 40, 3  # k = 40 // 3 = 13 ≤ every rank
+    fs = [LoraFactors(torch.randn(r, n, generator=gen), torch.randn(m, r, generator=gen) * 0.1, s)
+          for r, s in ((16, 2.0), (13, 0.5), (20, 1.0 / math.sqrt(20)))]
+    dense = torch.stack([f.delta(torch.float64) for f in fs])
+    for f, d in zip(fs, dense):
+        u, sv, v = factor_svd(f)
+        assert torch.allclose(u @ torch.diag(sv) @ v.T, d, atol=1e-12)
+        assert torch.allclose(sv, torch.linalg.svdvals(d)[: f.rank], atol=1e-12)
+    pieces = tsv_factors(fs, (m, n))
+    want = tsv_pieces(dense).double()
+    for p, w in zip(pieces, want):
+        assert torch.allclose(p.delta(torch.float64), w, atol=1e-6)
+    small = [LoraFactors(f.a[:4], f.b[:, :4], f.scale) for f in fs]
+    assert tsv_factors(small, (m, n)) is None  # rank below k: left to the densified path

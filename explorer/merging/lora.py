@@ -9,10 +9,14 @@ dense τᵢ is never held for more than one layer:
 
 - task arithmetic: θ₀ + Σ cᵢ sᵢ Bᵢ Aᵢ is one matmul of the concatenated factors,
   [c₁s₁B₁ | … | c_T s_T B_T] @ [A₁; …; A_T], added in place to θ₀'s float32 copy: one dense layer;
-- every other method (TIES, DARE, TSV-M, CART, consensus, Iso-C, LiNeS) needs dense τᵢ entries
-  (top-k, masks, SVDs of the layer): one layer's T pieces are densified, preprocessed by the method
-  exactly as for full experts, and merged, at every merge point (nothing is written to disk, so a
-  merge costs the preprocessing again: T dense layers at a time, the memory bar's "× T").
+- TSV-M, where every task's rank reaches its k = max(1, ⌊min(m, n)/T⌋): each τᵢ's SVD from its
+  factors (QR of Bᵢ and Aᵢᵀ, then an r × r core), the stacked top-k vectors orthogonalised as TSV-M
+  does, and the pieces τᵢ′ = U⊥,ᵢ Sᵢ V⊥,ᵢᵀ kept as factors (computed once): merged like task arithmetic;
+- every other method (TIES, DARE, CART, consensus, Iso-C, LiNeS, and TSV-M where a rank is below k)
+  needs dense τᵢ entries (top-k, masks, SVDs of the layer): one layer's T pieces are densified,
+  preprocessed by the method exactly as for full experts, and merged, at every merge point (nothing
+  is written to disk, so a merge costs the preprocessing again: T dense layers at a time, the
+  memory bar's "× T").
 
 Exactness: a merged adapter (`write_merged_adapter`) reproduces task arithmetic exactly, rank
 Σ rᵢ, zero-padded where experts target different modules or ranks.
@@ -32,6 +36,7 @@ import torch
 from explorer.errors import CheckpointError
 from explorer.merging.methods import get_method
 from explorer.merging.methods.lines import apply_lines, layer_depths
+from explorer.merging.methods.tsv import nearest_orthonormal, tsv_rank
 from explorer.merging.safetensors_file import SafetensorsCheckpoint
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -67,6 +72,31 @@ class LoraFactors:
         """The dense update s·B·A in `dtype` (one layer)."""
         b = self.b.to(device=device, dtype=dtype)
         return (b @ self.a.to(device=device, dtype=dtype)).mul_(self.scale)
+
+
+def factor_svd(f: LoraFactors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of s·B·A from the factors, in float64: U (out, r), S (r,), V (in, r) with s·B·A = U diag(S) Vᵀ.
+
+    QR of B and of Aᵀ leave an r × r core s·R_B·R_Aᵀ whose SVD gives the rest: no dense SVD of the layer."""
+    qb, rb = torch.linalg.qr(f.b.to(torch.float64))
+    qa, ra = torch.linalg.qr(f.a.to(torch.float64).T)
+    u, sv, vh = torch.linalg.svd(f.scale * (rb @ ra.T))
+    return qb @ u, sv, qa @ vh.T
+
+
+def tsv_factors(fs: list[LoraFactors], shape: tuple[int, int]) -> list[LoraFactors] | None:
+    """TSV-M's per-task pieces τᵢ′ = U⊥,ᵢ Sᵢ V⊥,ᵢᵀ of one layer as factors (B′ = U⊥,ᵢ Sᵢ, A′ = V⊥,ᵢᵀ, scale 1),
+    from the factor SVDs; None when a task's rank is below TSV-M's k (its dense SVD would add null-space
+    vectors that the SVD routine chooses: that case is left to the densified path, as for full experts)."""
+    m, n = shape
+    k = tsv_rank(min(m, n), len(fs))
+    if any(f.rank < k for f in fs):
+        return None
+    svds = [factor_svd(f) for f in fs]
+    u_orth = nearest_orthonormal(torch.cat([u[:, :k] for u, _, _ in svds], dim=1))
+    v_orth = nearest_orthonormal(torch.cat([v[:, :k] for _, _, v in svds], dim=1))
+    return [LoraFactors((v_orth[:, i * k:(i + 1) * k]).T.contiguous(), u_orth[:, i * k:(i + 1) * k] * sv[:k], 1.0)
+            for i, (_, sv, _) in enumerate(svds)]
 
 
 def _read_config(folder: Path, what: str) -> dict:
@@ -212,8 +242,11 @@ class LoraMerger:
         self.base, self.experts, self.keys = base, adapters, list(keys)
         self.device = torch.device(device)
         self.depths = layer_depths(self.keys) if self.params.get("lines") else {}
-        #: plain task arithmetic merges from the factors; anything else densifies one layer's T pieces
+        #: plain task arithmetic merges from the factors; anything else densifies one layer's T pieces,
+        #: except TSV-M where every task's rank reaches its k (factor SVDs, pieces kept as factors)
         self.factor_level = self.params["method"] == "task_arithmetic" and not self.depths
+        self.tsv = self.params["method"] == "tsv" and not self.depths
+        self._tsv_pieces: dict[str, list[LoraFactors] | None] = {}
         for ad in adapters:
             ad.check_base(base, self.keys)
         merged = set(self.keys)
@@ -252,7 +285,18 @@ class LoraMerger:
                 stack[i] = fs[key].delta(dtype, self.device)
         return stack
 
+    def _tsv_factors(self, key: str) -> list[LoraFactors] | None:
+        """TSV-M's pieces of one layer as factors, computed once and kept (no larger than the adapters')."""
+        if key not in self._tsv_pieces:
+            fs = [f.get(key) for f in self._factors]
+            shape = tuple(self.base.entries[key].shape)
+            self._tsv_pieces[key] = None if any(f is None for f in fs) or len(shape) != 2 else tsv_factors(fs, shape)
+        return self._tsv_pieces[key]
+
     def _preprocessed(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        pieces = self._tsv_factors(key) if self.tsv else None
+        if pieces is not None:
+            return torch.stack([f.delta(torch.float32, self.device) for f in pieces]).to(dtype)
         stack = self.merge_method.preprocess(self._pieces(key, dtype), key, self.params)
         return apply_lines(stack, key, self.depths, self.params["lines"]) if self.depths else stack
 
@@ -267,6 +311,10 @@ class LoraMerger:
                 a = torch.cat([f.a.to(dtype) for f, _ in used], dim=0)
                 out.addmm_(b, a)
             return out
+        pieces = self._tsv_factors(key) if self.tsv else None
+        if pieces is not None:  # Σ cᵢ B′ᵢ A′ᵢ as one matmul, like task arithmetic
+            b = torch.cat([f.b.to(dtype) * float(ci) for f, ci in zip(pieces, c)], dim=1)
+            return out.addmm_(b, torch.cat([f.a.to(dtype) for f in pieces], dim=0))
         stack = self._preprocessed(key, dtype)
         ct = torch.as_tensor(c, dtype=stack.dtype, device=self.device)
         delta = torch.einsum("t,t...->...", ct, stack)

@@ -1,0 +1,170 @@
+"""Memory and time of merging LoRA experts (`model.experts_format: peft`) into a Llama-shaped bf16 model.
+
+The base is bench_llm_memory.py's generated Llama shape (`--layers`: 20 is ≈1.0B parameters, the
+default 6 is ≈0.39B, to fit this shared 2-core VM's minutes), written tensor by tensor; T = 3 peft
+adapters (rank `--rank` on q, k, v, o, gate, up and down of every block, bf16 factors, peft's key
+names and adapter_config.json) are generated beside it. Each method runs in a fresh subprocess: load
+the base with transformers (family hf_causal_lm's loader), read the adapters, reset the peak RSS
+(/proc/self/clear_refs, so the loader's own transient peak is not counted), then merge `--points`
+points with `explorer.merging.lora.LoraMerger`, and read the peak (VmHWM).
+
+Bar (issue #17): peak RSS ≤ base + adapters + one dense layer × T, where "base" is the RSS after
+loading the model (the process with its base model), "adapters" the factors' bytes and "one dense
+layer" the largest target tensor in float32. Writes benchmarks/results/lora_memory.{json,md}.
+
+    .venv/bin/python benchmarks/bench_lora_memory.py [--layers 6] [--rank 16] [--out /tmp/lora-bench]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+METHODS = ("task_arithmetic", "ties", "dare")
+MB = 2 ** 20
+
+
+def generate_adapters(out: Path, layers: int, rank: int, experts: int = 3, seed: int = 0) -> None:
+    """T peft adapter folders over the generated base: random bf16 factors of rank `rank`."""
+    import torch
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_llm_memory import llama_config
+
+    config = llama_config(layers)
+    shapes = {"self_attn.q_proj": (config.hidden_size, config.hidden_size),
+              "self_attn.k_proj": (config.num_key_value_heads * config.hidden_size // config.num_attention_heads, config.hidden_size),
+              "mlp.gate_proj": (config.intermediate_size, config.hidden_size),
+              "mlp.down_proj": (config.hidden_size, config.intermediate_size)}
+    shapes["self_attn.v_proj"] = shapes["self_attn.k_proj"]
+    shapes["self_attn.o_proj"] = shapes["self_attn.q_proj"]
+    shapes["mlp.up_proj"] = shapes["mlp.gate_proj"]
+    for m in range(1, experts + 1):
+        folder = out / f"lora{m}"
+        if (folder / "done").exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        g = torch.Generator().manual_seed(seed * 7919 + m)
+        tensors = {}
+        for layer in range(layers):
+            for module in MODULES:
+                rows, cols = shapes[module]
+                name = f"base_model.model.model.layers.{layer}.{module}"
+                tensors[f"{name}.lora_A.weight"] = (torch.randn(rank, cols, generator=g) / cols ** 0.5).to(torch.bfloat16)
+                tensors[f"{name}.lora_B.weight"] = (torch.randn(rows, rank, generator=g) * 0.002).to(torch.bfloat16)
+        save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (folder / "adapter_config.json").write_text(json.dumps({
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank, "use_rslora": False,
+            "target_modules": [m.split(".")[-1] for m in MODULES], "bias": "none", "use_dora": False}))
+        (folder / "done").write_text("ok\n")
+        print(f"generated {folder}", flush=True)
+
+
+def vm(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def child(method: str, out: Path, points: int) -> dict:
+    """One method measured in this (fresh) process."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from explorer.experiment.families.hf_causal_lm import load_model
+    from explorer.merging.lora import LoraAdapter, LoraMerger
+    from explorer.merging.methods.registry import merge_parameters
+    from explorer.merging.safetensors_file import SafetensorsCheckpoint
+
+    torch.set_num_threads(2)
+    base = SafetensorsCheckpoint(out / "base")
+    keys = [k for k, e in base.entries.items() if e.dtype.is_floating_point]
+    start = time.perf_counter()
+    model = load_model(out / "base", torch.device("cpu"))
+    load_s = time.perf_counter() - start
+    with torch.no_grad():  # every page of the model resident (transformers may leave them mapped, untouched)
+        for p in model.parameters():
+            float(p.view(-1)[::1024].float().sum())
+    rss_loaded = vm("VmRSS")
+    adapters = [LoraAdapter(d) for d in sorted(out.glob("lora*"))]
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS: the loader's transient peak is not ours
+    rss_start = vm("VmRSS")
+    merger = LoraMerger(model, base, adapters, keys, merge_parameters({"method": method}), log=lambda m: None)
+    rng = np.random.default_rng(0)
+    seconds = []
+    for _ in range(points):
+        c = rng.uniform(0.0, 1.0, len(adapters))
+        begin = time.perf_counter()
+        merger.apply(c)
+        seconds.append(time.perf_counter() - begin)
+    largest = max(base.entries[k].numel for k in merger.targets)
+    return {"method": method, "base_bytes": base.nbytes(keys), "rss_loaded": rss_loaded, "rss_start": rss_start,
+            "peak_rss": vm("VmHWM"), "adapter_bytes": sum(a.nbytes for a in adapters), "experts": len(adapters),
+            "dense_layer_bytes": largest * 4, "targets": len(merger.targets), "load_seconds": load_s,
+            "seconds_per_point": seconds, "describe": merger.describe(), "load_average": os.getloadavg()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=6, help="6 layers: 0.39B parameters; 20: 1.01B")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--points", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/lora-bench"))
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated merge methods")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.out, args.points)))
+        return
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_llm_memory import generate
+
+    generate(args.out, args.layers, experts=0)
+    generate_adapters(args.out, args.layers, args.rank)
+    runs = []
+    for method in args.methods.split(","):
+        proc = subprocess.run([sys.executable, __file__, "--child", method, "--out", str(args.out),
+                               "--points", str(args.points)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{method}: {proc.stderr.strip().splitlines()[-1]}")
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    r0 = runs[0]
+    lines = [f"# LoRA merge memory: Llama-shaped bf16 base of {r0['base_bytes'] / 1e9:.2f} GB ({args.layers} layers), "
+             f"{r0['experts']} adapters of rank {args.rank} on {r0['targets']} tensors",
+             "",
+             f"adapters {r0['adapter_bytes'] / MB:.1f} MiB in all; one dense layer (largest target, float32) "
+             f"{r0['dense_layer_bytes'] / MB:.1f} MiB; RSS with the base loaded {r0['rss_loaded'] / MB:.0f} MiB "
+             f"(the same model's full experts would be {r0['experts']} × {r0['base_bytes'] / MB:.0f} MiB on disk, "
+             f"and their task vectors that much in RAM in resident mode)",
+             "",
+             "| method | peak RSS | bar: base + adapters + dense layer × T | peak − RSS with base loaded | s per point | ok |",
+             "|---|---|---|---|---|---|"]
+    for r in runs:
+        bar = r["rss_loaded"] + r["adapter_bytes"] + r["dense_layer_bytes"] * r["experts"]
+        r["bar"] = bar
+        r["ok"] = r["peak_rss"] <= bar
+        lines.append(f"| {r['method']} | {r['peak_rss'] / MB:.0f} MiB | {bar / MB:.0f} MiB | "
+                     f"{(r['peak_rss'] - r['rss_loaded']) / MB:.0f} MiB | {np.median(r['seconds_per_point']):.2f} | "
+                     f"{'yes' if r['ok'] else 'NO'} |")
+    lines += ["", *(f"{r['method']}: {r['describe']}; load average {tuple(round(x, 1) for x in r['load_average'])}"
+                    for r in runs)]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "lora_memory.json").write_text(json.dumps(runs, indent=2) + "\n")
+    (RESULTS / "lora_memory.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
