@@ -294,3 +294,20 @@ def test_tsv_from_the_factors_equals_tsv_on_the_dense_layers():
         assert torch.allclose(p.delta(torch.float64), w, atol=1e-6)
     small = [LoraFactors(f.a[:4], f.b[:, :4], f.scale) for f in fs]
     assert tsv_factors(small, (m, n)) is None  # rank below k: left to the densified path
+
+
+def test_tsv_on_full_rank_adapters_merges_from_the_factors_like_dense_tsv(zoos, tmp_path, capfd):
+    """Both adapters on the same modules with rank 16 = TSV-M's k: the engine takes the factor route
+    (no dense SVD, nothing preprocessed to disk) and merges what TSV-M on densified experts merges."""
+    base_dir, _ = zoos["f64"]
+    same = {"r": 16, "lora_alpha": 16, "target_modules": ["q_proj", "down_proj"], "use_rslora": False,
+            "save_dtype": torch.float32}
+    adapters = {t: train_adapter(base_dir, tmp_path / f"ad-{t}", t, seed=i + 5, **same) for i, t in enumerate(PROMPTS)}
+    dense = {t: write_dense_expert(base_dir, p, tmp_path / f"dense-{t}") for t, p in adapters.items()}
+    c = [0.8, 1.1]
+    lora = merged_state(make_spec(tmp_path, base_dir, adapters, "peft", "{method: tsv}"), c)
+    err = capfd.readouterr().err
+    assert "TSV-M from the factors" in err and "preprocessing" not in err
+    full = merged_state(make_spec(tmp_path, base_dir, dense, "full", "{method: tsv}"), c)
+    for k in lora:
+        assert torch.allclose(lora[k], full[k], rtol=0, atol=1e-6), k

@@ -9,14 +9,17 @@ dense τᵢ is never held for more than one layer:
 
 - task arithmetic: θ₀ + Σ cᵢ sᵢ Bᵢ Aᵢ is one matmul of the concatenated factors,
   [c₁s₁B₁ | … | c_T s_T B_T] @ [A₁; …; A_T], added in place to θ₀'s float32 copy: one dense layer;
-- TSV-M, where every task's rank reaches its k = max(1, ⌊min(m, n)/T⌋): each τᵢ's SVD from its
-  factors (QR of Bᵢ and Aᵢᵀ, then an r × r core), the stacked top-k vectors orthogonalised as TSV-M
-  does, and the pieces τᵢ′ = U⊥,ᵢ Sᵢ V⊥,ᵢᵀ kept as factors (computed once): merged like task arithmetic;
-- every other method (TIES, DARE, CART, consensus, Iso-C, LiNeS, and TSV-M where a rank is below k)
-  needs dense τᵢ entries (top-k, masks, SVDs of the layer): one layer's T pieces are densified,
-  preprocessed by the method exactly as for full experts, and merged, at every merge point (nothing
-  is written to disk, so a merge costs the preprocessing again: T dense layers at a time, the
-  memory bar's "× T").
+- TSV-M, where every task's rank reaches its k = max(1, ⌊min(m, n)/T⌋) on every target: each τᵢ's
+  SVD from its factors (QR of Bᵢ and Aᵢᵀ, then an r × r core), the stacked top-k vectors
+  orthogonalised as TSV-M does, and the pieces τᵢ′ = U⊥,ᵢ Sᵢ V⊥,ᵢᵀ kept as factors (computed once,
+  no larger than the adapters): merged like task arithmetic;
+- Iso-C (not linear: each merge's Σ cᵢ τᵢ is transformed): one layer's T pieces densified at every
+  point, as full experts are read whole at every point;
+- every other method (TIES, DARE, CART, consensus, LiNeS, TSV-M with a rank below k) needs dense τᵢ
+  entries (top-k, masks, SVDs of the layer): `DensifiedAdapter` hands θ₀ + sᵢBᵢAᵢ to the
+  preprocessed-experts cache (preprocessed.py) one tensor at a time, so τᵢ′ is computed once, as for
+  full experts, with one layer's T pieces dense at a time; later merges read that cache like full
+  experts (StreamingMerger, `model.memory` as for them).
 
 Exactness: a merged adapter (`write_merged_adapter`) reproduces task arithmetic exactly, rank
 Σ rᵢ, zero-padded where experts target different modules or ranks.
@@ -226,6 +229,48 @@ class LoraAdapter:
                                       "(fully trained modules are not supported: only LoRA factors)")
 
 
+class DensifiedAdapter:
+    """An adapter seen as a full checkpoint θ₀ + s·B·A, one tensor at a time (`read`), for the
+    preprocessed-experts cache (preprocessed.py): the methods that need dense τᵢ′ compute them once."""
+
+    def __init__(self, base: SafetensorsCheckpoint, adapter: LoraAdapter):
+        self.base, self.adapter, self.name = base, adapter, adapter.name
+        self.entries = base.entries
+
+    def read(self, key: str) -> torch.Tensor:
+        t = self.base.read(key)
+        f = self.adapter.factors.get(key)
+        if f is None:
+            return t
+        wide = torch.float64 if t.dtype == torch.float64 else torch.float32
+        return t.to(wide).add_(f.delta(wide))
+
+
+def route(params: Mapping, adapters: list[LoraAdapter], base: SafetensorsCheckpoint, keys: list[str]) -> str:
+    """How LoRA experts are merged under `params`:
+
+    'factors': task arithmetic, or TSV-M where every target's ranks reach k, from the factors (LoraMerger);
+    'per_point': a method that is not linear (Iso-C) transforms each merge: one densified layer at a
+    time at every point (LoraMerger), as full experts do;
+    'preprocess': every other method's τᵢ′ computed once, one densified layer at a time, into the
+    preprocessed-experts cache, then merged as full experts are (StreamingMerger)."""
+    method = get_method(params["method"])
+    if params.get("lines"):
+        return "preprocess" if method.linear else "per_point"
+    if params["method"] == "task_arithmetic":
+        return "factors"
+    if not method.linear:
+        return "per_point"
+    if params["method"] == "tsv":
+        merged = set(keys)
+        targets = {k for ad in adapters for k in ad.factors if k in merged}
+        t = len(adapters)
+        if all(k in ad.factors and ad.factors[k].rank >= tsv_rank(min(base.entries[k].shape), t)
+               for k in targets for ad in adapters):
+            return "factors"
+    return "preprocess"
+
+
 class LoraMerger:
     """Writes θ₀ + Σ cᵢ τᵢ′ into a loaded model from LoRA factors, one layer at a time.
 
@@ -265,6 +310,7 @@ class LoraMerger:
 
     def describe(self) -> str:
         how = ("task arithmetic from the factors, one dense layer at a time" if self.factor_level else
+               "TSV-M from the factors' SVDs (QR + r × r core), its pieces kept as factors" if self.tsv else
                f"{self.merge_method.title} on one layer's {len(self.experts)} densified pieces at a time")
         return (f"merge memory: {len(self.experts)} LoRA adapters ({self.adapter_bytes / 1e6:.1f} MB of factors, "
                 f"{len(self.targets)} target tensors) held; {how}")

@@ -23,7 +23,15 @@ from explorer.errors import CheckpointError, SpecError
 from explorer.experiment.families.registry import register
 from explorer.merging.devices import pick_device
 from explorer.merging.hf_folder import write_merged_folder
-from explorer.merging.lora import ADAPTER_CONFIG, LoraAdapter, LoraMerger, check_adapter_folder, write_merged_adapter
+from explorer.merging.lora import (
+    ADAPTER_CONFIG,
+    DensifiedAdapter,
+    LoraAdapter,
+    LoraMerger,
+    check_adapter_folder,
+    write_merged_adapter,
+)
+from explorer.merging.lora import route as lora_route
 from explorer.merging.preprocessed import needs_preprocessing, preprocessed_experts
 from explorer.merging.safetensors_file import SafetensorsCheckpoint
 from explorer.merging.streaming import StreamingMerger
@@ -174,9 +182,12 @@ class HFCausalLM:
         engine.device = pick_device(experiment.device or spec.device)
         engine.model = load_model(base_dir, engine.device)
         params = experiment.merge_parameters()
-        if peft:  # factors in memory; τᵢ densified one layer at a time where the method needs it
+        if peft and lora_route(params, experts, base, keys) != "preprocess":
+            # factors in memory: task arithmetic (and TSV-M where it can) from them, Iso-C one densified layer at a time
             engine.merger = LoraMerger(engine.model, base, experts, keys, params, device=engine.device, log=_stderr)
         else:
+            if peft:  # the other methods read θ₀ + sᵢBᵢAᵢ one tensor at a time, to preprocess it once
+                experts = [DensifiedAdapter(base, ad) for ad in experts]
             if needs_preprocessing(params):  # τᵢ′ once, tensor by tensor, then plain task arithmetic over them
                 experts = preprocessed_experts(base, experts, keys, params, experiment.cache_dir / experiment.key[:24],
                                                experiment.key, log=_stderr)
@@ -193,7 +204,7 @@ class HFCausalLM:
         base_dir, _ = self.folders(experiment)
         merger = experiment.engine.merger
         out = {"merged": write_merged_folder(merger, base_dir, coefficients, Path(out_dir) / "merged")}
-        if isinstance(merger, LoraMerger) and merger.factor_level:  # task arithmetic: exactly one adapter too
+        if isinstance(merger, LoraMerger) and merger.factor_level:  # plain task arithmetic: exactly one adapter too
             out["merged_adapter"] = write_merged_adapter(merger.experts, coefficients, Path(out_dir) / "merged-adapter",
                                                          base_model=str(base_dir))
         return out
