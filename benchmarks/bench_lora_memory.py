@@ -111,12 +111,13 @@ def child(method: str, out: Path, points: int) -> dict:
         folder = out / "preprocessed" / method
         shutil.rmtree(folder, ignore_errors=True)
         begin = time.perf_counter()
-        experts = preprocessed_experts(base, [DensifiedAdapter(base, a) for a in adapters], keys, params, folder,
-                                       method, log=lambda m: None)
+        targets = [k for k in keys if any(k in a.factors for a in adapters)]
+        experts = preprocessed_experts(base, [DensifiedAdapter(base, a) for a in adapters], targets, params, folder,
+                                       method, log=lambda m: None, depth_keys=keys)
         extra = {"preprocess_seconds": time.perf_counter() - begin, "preprocess_peak_rss": vm("VmHWM"),
                  "preprocessed_bytes": sum(p.stat().st_size for p in folder.glob("*.safetensors"))}
         Path("/proc/self/clear_refs").write_text("5")
-        merger = StreamingMerger(model, base, experts, keys, mode="streaming",
+        merger = StreamingMerger(model, base, experts, targets, mode="streaming",
                                  params={"method": "task_arithmetic", "preprocessed": True}, log=lambda m: None)
     else:
         merger = LoraMerger(model, base, adapters, keys, params, log=lambda m: None)

@@ -380,8 +380,7 @@ class LoraMerger:
         """Set every target parameter to θ₀ + Σ cᵢ τᵢ′ (rounded once to its dtype); the others stay θ₀."""
         c = self._coefficients(coefficients)
         for key in self.targets:
-            slot = self.slots[key]
-            slot.copy_(self.merged_tensor(key, c).to(slot.dtype))
+            self.slots[key].copy_(self.merged_tensor(key, c))  # rounded once to the slot's dtype, no other copy
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.coefficients = c.copy()

@@ -186,11 +186,15 @@ class HFCausalLM:
             # factors in memory: task arithmetic (and TSV-M where it can) from them, Iso-C one densified layer at a time
             engine.merger = LoraMerger(engine.model, base, experts, keys, params, device=engine.device, log=_stderr)
         else:
-            if peft:  # the other methods read θ₀ + sᵢBᵢAᵢ one tensor at a time, to preprocess it once
+            depth_keys = keys
+            if peft:  # the other methods read θ₀ + sᵢBᵢAᵢ one tensor at a time, to preprocess it once;
+                # only the adapters' targets move (τ = 0 elsewhere, and every method keeps a zero τ at zero)
+                targets = {k for ad in experts for k in ad.factors}
+                keys = [k for k in keys if k in targets]
                 experts = [DensifiedAdapter(base, ad) for ad in experts]
             if needs_preprocessing(params):  # τᵢ′ once, tensor by tensor, then plain task arithmetic over them
                 experts = preprocessed_experts(base, experts, keys, params, experiment.cache_dir / experiment.key[:24],
-                                               experiment.key, log=_stderr)
+                                               experiment.key, log=_stderr, depth_keys=depth_keys)
                 params = {"method": "task_arithmetic", "preprocessed": True}
             engine.merger = StreamingMerger(engine.model, base, experts, keys, device=engine.device,
                                             mode=getattr(spec.model, "memory", "auto"), params=params)
