@@ -272,6 +272,19 @@ def test_lora_demo_explores_a_front(tmp_path_factory, tmp_path, capsys):
     assert exp.store.count(exp.key) == 6 * len(skills)
     result = exp.result()
     assert len(result.front_coefficients) > 0 and np.isfinite(result.front_predicted).all()
+    # export: the merged model, the merged adapter, and a mergekit config over densified inputs (exact)
+    assert main(["export", str(spec), "--weights", "upper=1,reverse=1", "--out", str(tmp_path / "export")]) == 0
+    doc = json.loads((tmp_path / "export" / "coefficients.json").read_text())
+    assert doc["mergekit"]["exact"] and (tmp_path / "export" / "mergekit.yaml").is_file()
+    c = np.array([doc["coefficients"][s] for s in skills])
+    merged = weights(tmp_path / "export" / "merged")
+    ref = {k: v.double() for k, v in weights(zoo / "base").items()}
+    for s_, ci in zip(skills, c):
+        for k, tau in dense_reference(zoo / "base", zoo / "lora" / s_).items():
+            ref[k] = ref[k] + ci * tau
+    for k, v in merged.items():
+        assert torch.all((v.double() - ref[k]).abs() <= ref[k].abs().clamp_min(2 ** -20) * 2 ** -7), k
+    assert (tmp_path / "export" / "merged-adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_tsv_from_the_factors_equals_tsv_on_the_dense_layers():
