@@ -89,7 +89,6 @@ def child(method: str, out: Path, points: int) -> dict:
     from explorer.merging.methods.registry import merge_parameters
     from explorer.merging.preprocessed import preprocessed_experts
     from explorer.merging.safetensors_file import SafetensorsCheckpoint
-    from explorer.merging.streaming import StreamingMerger
 
     torch.set_num_threads(2)
     base = SafetensorsCheckpoint(out / "base")
@@ -117,8 +116,7 @@ def child(method: str, out: Path, points: int) -> dict:
         extra = {"preprocess_seconds": time.perf_counter() - begin, "preprocess_peak_rss": vm("VmHWM"),
                  "preprocessed_bytes": sum(p.stat().st_size for p in folder.glob("*.safetensors"))}
         Path("/proc/self/clear_refs").write_text("5")
-        merger = StreamingMerger(model, base, experts, targets, mode="streaming",
-                                 params={"method": "task_arithmetic", "preprocessed": True}, log=lambda m: None)
+        merger = LoraMerger(model, base, adapters, keys, params, log=lambda m: None, preprocessed=experts)
     else:
         merger = LoraMerger(model, base, adapters, keys, params, log=lambda m: None)
     rng = np.random.default_rng(0)

@@ -18,8 +18,8 @@ dense τᵢ is never held for more than one layer:
 - every other method (TIES, DARE, CART, consensus, LiNeS, TSV-M with a rank below k) needs dense τᵢ
   entries (top-k, masks, SVDs of the layer): `DensifiedAdapter` hands θ₀ + sᵢBᵢAᵢ to the
   preprocessed-experts cache (preprocessed.py) one tensor at a time, so τᵢ′ is computed once, as for
-  full experts, with one layer's T pieces dense at a time; later merges read that cache like full
-  experts (StreamingMerger, `model.memory` as for them).
+  full experts, with one layer's T pieces dense at a time (the adapters' targets only); each merge
+  then reads it back one target tensor of one expert at a time.
 
 Exactness: a merged adapter (`write_merged_adapter`) reproduces task arithmetic exactly, rank
 Σ rᵢ, zero-padded where experts target different modules or ranks.
@@ -281,16 +281,19 @@ class LoraMerger:
 
     def __init__(self, target: torch.nn.Module, base: SafetensorsCheckpoint, adapters: list[LoraAdapter],
                  keys: list[str], params: Mapping, device: str | torch.device = "cpu",
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, preprocessed: list[SafetensorsCheckpoint] | None = None):
+        """`preprocessed`: θ₀ + τᵢ′ per expert from the preprocessed-experts cache (route 'preprocess'),
+        read one target tensor at a time at each merge."""
         self.params = dict(params)
+        self.preprocessed = preprocessed
         self.merge_method = get_method(self.params["method"])
         self.base, self.experts, self.keys = base, adapters, list(keys)
         self.device = torch.device(device)
         self.depths = layer_depths(self.keys) if self.params.get("lines") else {}
         #: plain task arithmetic merges from the factors; anything else densifies one layer's T pieces,
         #: except TSV-M where every task's rank reaches its k (factor SVDs, pieces kept as factors)
-        self.factor_level = self.params["method"] == "task_arithmetic" and not self.depths
-        self.tsv = self.params["method"] == "tsv" and not self.depths
+        self.factor_level = self.params["method"] == "task_arithmetic" and not self.depths and preprocessed is None
+        self.tsv = self.params["method"] == "tsv" and not self.depths and preprocessed is None
         self._tsv_pieces: dict[str, list[LoraFactors] | None] = {}
         for ad in adapters:
             ad.check_base(base, self.keys)
@@ -311,6 +314,8 @@ class LoraMerger:
     def describe(self) -> str:
         how = ("task arithmetic from the factors, one dense layer at a time" if self.factor_level else
                "TSV-M from the factors' SVDs (QR + r × r core), its pieces kept as factors" if self.tsv else
+               f"{self.merge_method.title}'s τᵢ′ (computed once) read back one layer at a time"
+               if self.preprocessed is not None else
                f"{self.merge_method.title} on one layer's {len(self.experts)} densified pieces at a time")
         return (f"merge memory: {len(self.experts)} LoRA adapters ({self.adapter_bytes / 1e6:.1f} MB of factors, "
                 f"{len(self.targets)} target tensors) held; {how}")
@@ -361,6 +366,12 @@ class LoraMerger:
         if pieces is not None:  # Σ cᵢ B′ᵢ A′ᵢ as one matmul, like task arithmetic
             b = torch.cat([f.b.to(dtype) * float(ci) for f, ci in zip(pieces, c)], dim=1)
             return out.addmm_(b, torch.cat([f.a.to(dtype) for f in pieces], dim=0))
+        if self.preprocessed is not None:  # (1 − Σcᵢ) θ₀ + Σ cᵢ (θ₀ + τᵢ′), one expert's tensor in memory at a time
+            out.mul_(1.0 - float(np.sum(c)))
+            for ck, ci in zip(self.preprocessed, c):
+                if float(ci) != 0.0:
+                    out.add_(ck.read(key).to(device=self.device, dtype=dtype), alpha=float(ci))
+            return out
         stack = self._preprocessed(key, dtype)
         ct = torch.as_tensor(c, dtype=stack.dtype, device=self.device)
         delta = torch.einsum("t,t...->...", ct, stack)
@@ -415,12 +426,16 @@ class LoraMerger:
             if key not in targets:
                 yield key, b, [b] * n
                 continue
+            if self.preprocessed is not None:
+                yield key, b, [ck.read(key).to(torch.float32) for ck in self.preprocessed]
+                continue
             stack = self._preprocessed(key, torch.float32).cpu()
             yield key, b, [b + stack[i] for i in range(n)]
 
     def close(self) -> None:
         self._factors = []
-        self.base.close()
+        for ck in [self.base, *(self.preprocessed or [])]:
+            ck.close()
 
 
 def write_merged_adapter(adapters: list[LoraAdapter], coefficients, out_dir: str | Path,

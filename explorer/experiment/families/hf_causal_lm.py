@@ -182,19 +182,19 @@ class HFCausalLM:
         engine.device = pick_device(experiment.device or spec.device)
         engine.model = load_model(base_dir, engine.device)
         params = experiment.merge_parameters()
-        if peft and lora_route(params, experts, base, keys) != "preprocess":
-            # factors in memory: task arithmetic (and TSV-M where it can) from them, Iso-C one densified layer at a time
-            engine.merger = LoraMerger(engine.model, base, experts, keys, params, device=engine.device, log=_stderr)
+        folder = experiment.cache_dir / experiment.key[:24]
+        if peft:  # factors in memory (merging/lora.py routes: from the factors, per point, or τᵢ′ once)
+            pre = None
+            if lora_route(params, experts, base, keys) == "preprocess":  # θ₀ + sᵢBᵢAᵢ densified one tensor at a time;
+                # only the targets move (τ = 0 elsewhere, and every method keeps a zero τ at zero)
+                targets = [k for k in keys if any(k in ad.factors for ad in experts)]
+                pre = preprocessed_experts(base, [DensifiedAdapter(base, ad) for ad in experts], targets, params,
+                                           folder, experiment.key, log=_stderr, depth_keys=keys)
+            engine.merger = LoraMerger(engine.model, base, experts, keys, params, device=engine.device, log=_stderr,
+                                       preprocessed=pre)
         else:
-            depth_keys = keys
-            if peft:  # the other methods read θ₀ + sᵢBᵢAᵢ one tensor at a time, to preprocess it once;
-                # only the adapters' targets move (τ = 0 elsewhere, and every method keeps a zero τ at zero)
-                targets = {k for ad in experts for k in ad.factors}
-                keys = [k for k in keys if k in targets]
-                experts = [DensifiedAdapter(base, ad) for ad in experts]
             if needs_preprocessing(params):  # τᵢ′ once, tensor by tensor, then plain task arithmetic over them
-                experts = preprocessed_experts(base, experts, keys, params, experiment.cache_dir / experiment.key[:24],
-                                               experiment.key, log=_stderr, depth_keys=depth_keys)
+                experts = preprocessed_experts(base, experts, keys, params, folder, experiment.key, log=_stderr)
                 params = {"method": "task_arithmetic", "preprocessed": True}
             engine.merger = StreamingMerger(engine.model, base, experts, keys, device=engine.device,
                                             mode=getattr(spec.model, "memory", "auto"), params=params)
