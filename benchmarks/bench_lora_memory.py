@@ -128,6 +128,13 @@ def child(method: str, out: Path, points: int) -> dict:
         seconds.append(time.perf_counter() - begin)
     targets = sorted({k for a in adapters for k in a.factors})
     largest = max(base.entries[k].numel for k in targets)
+    if how == "preprocess":  # the chunked read-back merged what one whole-tensor read would (largest target)
+        key = max(targets, key=lambda k: base.entries[k].numel)
+        want = base.read(key).float() * (1.0 - float(c.sum()))
+        for ck, ci in zip(experts, c):
+            want += float(ci) * ck.read(key).float()
+        got = dict(model.named_parameters())[key].detach().float()
+        extra["readback_max_error_in_bf16_steps"] = float(((got - want).abs() / (want.abs().clamp_min(1e-30) * 2 ** -7)).max())
     return {"method": method, "base_bytes": base.nbytes(keys), "rss_loaded": rss_loaded, "rss_start": rss_start,
             "peak_rss": vm("VmHWM"), "adapter_bytes": sum(a.nbytes for a in adapters), "experts": len(adapters),
             "dense_layer_bytes": largest * 4, "targets": len(targets), "load_seconds": load_s, "route": how,

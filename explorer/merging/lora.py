@@ -44,6 +44,8 @@ from explorer.merging.safetensors_file import SafetensorsCheckpoint
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+#: Elements read at a time from the preprocessed cache (16 MB of float32): one reused buffer.
+READ_CHUNK = 1 << 22
 #: peft's prefix of a wrapped model's keys (PeftModel.base_model.model is the transformers model).
 PEFT_PREFIX = "base_model.model."
 FACTOR_SUFFIXES = {".lora_A.weight": "a", ".lora_B.weight": "b"}
@@ -308,6 +310,7 @@ class LoraMerger:
         self._factors = [{k: LoraFactors(f.a.to(self.device), f.b.to(self.device), f.scale)
                           for k, f in ad.factors.items() if k in merged} for ad in adapters]
         self.coefficients: np.ndarray | None = None
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}
         self.adapter_bytes = sum(ad.nbytes for ad in adapters)
         (log or _stderr)(self.describe())
 
@@ -366,11 +369,17 @@ class LoraMerger:
         if pieces is not None:  # Σ cᵢ B′ᵢ A′ᵢ as one matmul, like task arithmetic
             b = torch.cat([f.b.to(dtype) * float(ci) for f, ci in zip(pieces, c)], dim=1)
             return out.addmm_(b, torch.cat([f.a.to(dtype) for f in pieces], dim=0))
-        if self.preprocessed is not None:  # (1 − Σcᵢ) θ₀ + Σ cᵢ (θ₀ + τᵢ′), one expert's tensor in memory at a time
+        if self.preprocessed is not None:  # (1 − Σcᵢ) θ₀ + Σ cᵢ (θ₀ + τᵢ′), read in chunks into one reused buffer
             out.mul_(1.0 - float(np.sum(c)))
+            flat = out.view(-1)
             for ck, ci in zip(self.preprocessed, c):
-                if float(ci) != 0.0:
-                    out.add_(ck.read(key).to(device=self.device, dtype=dtype), alpha=float(ci))
+                if float(ci) == 0.0:
+                    continue
+                n = ck.entries[key].numel
+                buf = self._read_buffer(ck.entries[key].dtype, min(n, READ_CHUNK))
+                for start in range(0, n, READ_CHUNK):
+                    part = ck.read_into(key, buf[: min(READ_CHUNK, n - start)], start)
+                    flat[start:start + part.numel()].add_(part.to(device=self.device, dtype=dtype), alpha=float(ci))
             return out
         stack = self._preprocessed(key, dtype)
         ct = torch.as_tensor(c, dtype=stack.dtype, device=self.device)
@@ -378,6 +387,12 @@ class LoraMerger:
         if not self.merge_method.linear:
             delta = self.merge_method.combine(delta, key, self.params)
         return out.add_(delta.to(dtype))
+
+    def _read_buffer(self, dtype: torch.dtype, n: int) -> torch.Tensor:
+        buf = self._buffers.get(dtype)
+        if buf is None or buf.numel() < n:
+            buf = self._buffers[dtype] = torch.empty(n, dtype=dtype)
+        return buf
 
     # --- the merger's interface ----------------------------------------------------------------
     def _coefficients(self, coefficients) -> np.ndarray:
