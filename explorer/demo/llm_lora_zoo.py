@@ -66,7 +66,11 @@ def _reserved(zoo_dir: Path, skills) -> set[str]:
 def build_lora_experts(zoo_dir: str | os.PathLike = DEFAULT_DIR, config: LoraZooConfig | None = None,
                        progress: bool = True) -> Path:
     """Train and save one adapter per skill of the demo in `zoo_dir` (its base and prompts must exist)."""
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ExplorerError("the LoRA demo trains its adapters with peft, which is not installed: "
+                            "pip install 'merge-explorer[lora]'") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = config or LoraZooConfig()
