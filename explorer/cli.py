@@ -313,6 +313,15 @@ def cmd_demo(args) -> int:
         ensure_llm_zoo(root / LLM_DIR, progress=not args.no_progress)
         args.spec = str(root / "examples" / "demo_llm.yaml") if args.spec is None else args.spec
         return cmd_run(args)
+    if args.kind == "llm-lora":  # the same base and skills, one LoRA adapter per skill (explorer/demo/llm_lora_zoo.py)
+        from explorer.demo.llm_lora_zoo import ensure_lora_experts  # imports torch, transformers and peft
+        from explorer.demo.llm_zoo import DEFAULT_DIR as LLM_DIR
+        from explorer.demo.llm_zoo import ensure_llm_zoo
+
+        ensure_llm_zoo(root / LLM_DIR, progress=not args.no_progress)
+        ensure_lora_experts(root / LLM_DIR, progress=not args.no_progress)
+        args.spec = str(root / "examples" / "demo_llm_lora.yaml") if args.spec is None else args.spec
+        return cmd_run(args)
     ensure_zoo(root / DEFAULT_DIRS[args.tasks], progress=not args.no_progress, n_tasks=args.tasks)
     name = "demo.yaml" if args.tasks == 4 else f"demo{args.tasks}.yaml"
     args.spec = str(root / "examples" / name) if args.spec is None else args.spec
@@ -438,8 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tasks", type=int, choices=[4, 8], default=4,
                    help="4: cache/demo-zoo + examples/demo.yaml (default); 8: cache/demo-zoo-8 + examples/demo8.yaml")
-    p.add_argument("--kind", choices=["clip", "llm"], default="clip",
-                   help="clip: the CLIP zoo (default); llm: cache/llm-zoo (tiny Llama, 4 skills) + examples/demo_llm.yaml")
+    p.add_argument("--kind", choices=["clip", "llm", "llm-lora"], default="clip",
+                   help="clip: the CLIP zoo (default); llm: cache/llm-zoo (tiny Llama, 4 skills) + examples/demo_llm.yaml; "
+                        "llm-lora: the same base with one LoRA adapter per skill (cache/llm-zoo/lora) + "
+                        "examples/demo_llm_lora.yaml")
     p.add_argument("--budget", type=int)
     p.add_argument("--no-progress", action="store_true")
     run_options(p)

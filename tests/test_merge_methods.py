@@ -137,12 +137,12 @@ def test_tsv_pieces_are_orthogonal_and_keep_each_tasks_singular_values():
 
 
 def test_tsv_orthogonalised_stack_is_orthonormal():
-    from explorer.merging.methods.tsv import _nearest_orthonormal
+    from explorer.merging.methods.tsv import nearest_orthonormal
 
     stack = _stack((12, 9), 9).double()
     k = 9 // T
     u_hat = torch.cat([torch.linalg.svd(stack[i], full_matrices=False)[0][:, :k] for i in range(T)], dim=1)
-    u_orth = _nearest_orthonormal(u_hat).numpy()
+    u_orth = nearest_orthonormal(u_hat).numpy()
     _close("tsv module U⊥ᵀU⊥ = I", u_orth.T @ u_orth, np.eye(T * k))
     _close("tsv module U⊥ = polar(Û)", u_orth, _polar(u_hat.numpy()))
 

@@ -46,6 +46,7 @@ from explorer.experiment.spec import Spec, load_spec, resolve
 from explorer.experiment.store import FIT_KINDS, Store
 from explorer.merging.checkpoints import checkpoint_files, content_hash
 from explorer.merging.devices import device_kind
+from explorer.merging.lora import check_adapter_folder
 from explorer.merging.methods.registry import merge_parameters
 
 DEFAULT_STORE = Path("cache") / "store.sqlite"
@@ -175,6 +176,8 @@ class Experiment:
             "checkpoints": [self.checkpoint_hashes["base"]] + [self.checkpoint_hashes[t] for t in self.tasks],
             **self._family_identity(),
         }
+        if spec.model.experts_format != "full":  # LoRA experts: another model than full ones (same keys as before otherwise)
+            model["experts_format"] = spec.model.experts_format
         self.key = digest({**model, "merge": self.merge_parameters()})
         # the checkpoints without the merge method: experiments sharing it share the base (c = 0 is θ₀)
         self.model_key = digest(model)
@@ -225,7 +228,10 @@ class Experiment:
     def _check_paths(self) -> None:
         checkpoint_files(resolve(self.spec_dir, self.spec.model.base))
         for t in self.tasks:
-            checkpoint_files(resolve(self.spec_dir, self.spec.tasks[t].checkpoint))
+            path = resolve(self.spec_dir, self.spec.tasks[t].checkpoint)
+            if self.spec.model.experts_format == "peft":
+                check_adapter_folder(path, f"tasks.{t}.checkpoint")
+            checkpoint_files(path)
 
     def merge_parameters(self) -> dict:
         """The merge method and the parameters it reads (part of the content key and of exports)."""

@@ -28,6 +28,8 @@ class ModelSpec(_Strict):
     merge_prefix: Optional[str] = None
     trust_pickle: bool = False
     memory: Literal["auto", "resident", "streaming"] = "auto"  # hf_causal_lm: where task vectors live
+    # hf_causal_lm: `peft` reads each task's checkpoint as a LoRA adapter folder over `base` (merging/lora.py)
+    experts_format: Literal["full", "peft"] = "full"
 
     @field_validator("family")
     @classmethod
@@ -37,6 +39,13 @@ class ModelSpec(_Strict):
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown family {v!r}{hint} (families: {', '.join(names())}, or 'package.module:factory')")
         return v
+
+    @model_validator(mode="after")
+    def _peft_needs_hf(self) -> "ModelSpec":
+        if self.experts_format == "peft" and self.family != "hf_causal_lm":
+            raise ValueError(f"experts_format 'peft' (LoRA adapter folders) needs family 'hf_causal_lm', "
+                             f"not {self.family!r}")
+        return self
 
 
 class TaskSpec(_Strict):

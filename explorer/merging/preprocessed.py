@@ -33,9 +33,12 @@ def needs_preprocessing(params: Mapping) -> bool:
 
 
 def preprocessed_experts(base: SafetensorsCheckpoint, experts: list[SafetensorsCheckpoint], keys: list[str],
-                         params: Mapping, folder: Path, key: str, log=None) -> list[SafetensorsCheckpoint]:
+                         params: Mapping, folder: Path, key: str, log=None,
+                         depth_keys: list[str] | None = None) -> list[SafetensorsCheckpoint]:
     """θ₀ + τᵢ′ per expert (float32 where merged, θ₀ as it is elsewhere) under `folder`, written once
-    for the content key `key` and reused after; returns them as checkpoints a streaming merge reads."""
+    for the content key `key` and reused after; returns them as checkpoints a streaming merge reads.
+    `depth_keys`: the tensors LiNeS depths are counted over, when not `keys` (LoRA experts merge only
+    their targets, at the depths full experts would have)."""
     folder = Path(folder)
     paths = [folder / f"expert-{i}.safetensors" for i in range(len(experts))]
     done = folder / DONE
@@ -44,14 +47,14 @@ def preprocessed_experts(base: SafetensorsCheckpoint, experts: list[SafetensorsC
     except (OSError, ValueError):
         complete = False
     if not complete:
-        _write(base, experts, keys, params, folder, paths, key, log)
+        _write(base, experts, keys, params, folder, paths, key, log, depth_keys)
     return [SafetensorsCheckpoint(p, f"{ex.name} (preprocessed: {params['method']})") for p, ex in zip(paths, experts)]
 
 
-def _write(base, experts, keys, params, folder: Path, paths: list[Path], key: str, log) -> None:
+def _write(base, experts, keys, params, folder: Path, paths: list[Path], key: str, log, depth_keys=None) -> None:
     method = get_method(params["method"])
     merged = set(keys)
-    depths = layer_depths(keys) if params.get("lines") else {}
+    depths = layer_depths(depth_keys or keys) if params.get("lines") else {}
     order = sorted(base.entries, key=lambda k: (str(base.entries[k].file), base.entries[k].offset))
     specs = [(k, torch.float32 if k in merged else base.entries[k].dtype, tuple(base.entries[k].shape)) for k in order]
     tmp = folder.with_name(folder.name + f".partial{os.getpid()}")

@@ -6,7 +6,9 @@ sharded safetensors). The base is loaded once with transformers from its local p
 written into that model by `explorer.merging.streaming.StreamingMerger`, which reads θ₀ and the experts in
 their own dtype (resident or streaming, chosen from free memory). Checks that a merge makes sense
 come first and each names the folder at fault in one line: a folder that is not a model, an
-architecture that differs from the base's, a tokenizer whose vocabulary differs.
+architecture that differs from the base's, a tokenizer whose vocabulary differs. With
+`model.experts_format: peft` the experts are LoRA adapter folders over the base, merged from their
+factors by `explorer.merging.lora.LoraMerger` (exports add a merged adapter for task arithmetic).
 """
 from __future__ import annotations
 
@@ -21,6 +23,15 @@ from explorer.errors import CheckpointError, SpecError
 from explorer.experiment.families.registry import register
 from explorer.merging.devices import pick_device
 from explorer.merging.hf_folder import write_merged_folder
+from explorer.merging.lora import (
+    ADAPTER_CONFIG,
+    DensifiedAdapter,
+    LoraAdapter,
+    LoraMerger,
+    check_adapter_folder,
+    write_merged_adapter,
+)
+from explorer.merging.lora import route as lora_route
 from explorer.merging.preprocessed import needs_preprocessing, preprocessed_experts
 from explorer.merging.safetensors_file import SafetensorsCheckpoint
 from explorer.merging.streaming import StreamingMerger
@@ -120,12 +131,15 @@ class HFCausalLM:
     def identity(self, experiment) -> str:
         """SHA-256 of the base's config and tokenizer files: they change what a merge computes and
         how it is evaluated, yet are not weights (the checkpoint hashes cover those)."""
-        base_dir, _ = self.folders(experiment)
+        base_dir, expert_dirs = self.folders(experiment)
         h = hashlib.sha256()
         for name in ("config.json", "generation_config.json", *TOKENIZER_FILES, "special_tokens_map.json"):
             path = base_dir / name
             if path.is_file():
                 h.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        if experiment.spec.model.experts_format == "peft":  # r, lora_alpha, use_rslora set each τᵢ's scale
+            for folder in expert_dirs:
+                h.update(ADAPTER_CONFIG.encode() + b"\0" + hashlib.sha256((folder / ADAPTER_CONFIG).read_bytes()).digest())
         return h.hexdigest()
 
     def check(self, experiment) -> None:
@@ -135,9 +149,13 @@ class HFCausalLM:
         base_tok = load_tokenizer(base_dir) if has_tokenizer(base_dir) else None
         if base_tok is None:
             raise CheckpointError(f"model.base {base_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
+        peft = experiment.spec.model.experts_format == "peft"
         for task, folder in zip(experiment.tasks, expert_dirs):
             what = f"tasks.{task}.checkpoint"
-            check_same_architecture(base_config, read_config(folder, what), f"{what} {folder}", str(base_dir))
+            if peft:  # an adapter folder has no config.json: its factors are checked against the base's tensors
+                check_adapter_folder(folder, what)
+            else:
+                check_same_architecture(base_config, read_config(folder, what), f"{what} {folder}", str(base_dir))
             if has_tokenizer(folder):
                 diff = tokenizer_difference(base_tok, load_tokenizer(folder))
                 if diff:
@@ -151,21 +169,35 @@ class HFCausalLM:
         self.check(experiment)
         base_dir, expert_dirs = self.folders(experiment)
         base = SafetensorsCheckpoint(base_dir, f"model.base {base_dir}")
-        experts = [SafetensorsCheckpoint(d, f"tasks.{t}.checkpoint {d}") for t, d in zip(experiment.tasks, expert_dirs)]
+        peft = spec.model.experts_format == "peft"
+        experts = [(LoraAdapter if peft else SafetensorsCheckpoint)(d, f"tasks.{t}.checkpoint {d}")
+                   for t, d in zip(experiment.tasks, expert_dirs)]
         prefix = spec.model.merge_prefix
         keys = [k for k, e in base.entries.items() if e.dtype.is_floating_point and (not prefix or k.startswith(prefix))]
         if not keys:
             where = f" under prefix {prefix!r}" if prefix else ""
             raise SpecError(f"the base checkpoint has no floating tensors{where} to merge")
+        for ex in experts if peft else []:  # before the model is loaded: a wrong target fails fast
+            ex.check_base(base, keys)
         engine.device = pick_device(experiment.device or spec.device)
         engine.model = load_model(base_dir, engine.device)
         params = experiment.merge_parameters()
-        if needs_preprocessing(params):  # τᵢ′ once, tensor by tensor, then plain task arithmetic over them
-            experts = preprocessed_experts(base, experts, keys, params, experiment.cache_dir / experiment.key[:24],
-                                           experiment.key, log=_stderr)
-            params = {"method": "task_arithmetic", "preprocessed": True}
-        engine.merger = StreamingMerger(engine.model, base, experts, keys, device=engine.device,
-                                        mode=getattr(spec.model, "memory", "auto"), params=params)
+        folder = experiment.cache_dir / experiment.key[:24]
+        if peft:  # factors in memory (merging/lora.py routes: from the factors, per point, or τᵢ′ once)
+            pre = None
+            if lora_route(params, experts, base, keys) == "preprocess":  # θ₀ + sᵢBᵢAᵢ densified one tensor at a time;
+                # only the targets move (τ = 0 elsewhere, and every method keeps a zero τ at zero)
+                targets = [k for k in keys if any(k in ad.factors for ad in experts)]
+                pre = preprocessed_experts(base, [DensifiedAdapter(base, ad) for ad in experts], targets, params,
+                                           folder, experiment.key, log=_stderr, depth_keys=keys)
+            engine.merger = LoraMerger(engine.model, base, experts, keys, params, device=engine.device, log=_stderr,
+                                       preprocessed=pre)
+        else:
+            if needs_preprocessing(params):  # τᵢ′ once, tensor by tensor, then plain task arithmetic over them
+                experts = preprocessed_experts(base, experts, keys, params, folder, experiment.key, log=_stderr)
+                params = {"method": "task_arithmetic", "preprocessed": True}
+            engine.merger = StreamingMerger(engine.model, base, experts, keys, device=engine.device,
+                                            mode=getattr(spec.model, "memory", "auto"), params=params)
         # θ₀ is never held as a state dict (the merger reads it from its files): only its tensors' metadata
         engine.base = {k: torch.empty(e.shape, dtype=e.dtype, device="meta") for k, e in base.entries.items()}
         engine.task_vectors = None
@@ -174,7 +206,12 @@ class HFCausalLM:
         """A merged Hugging Face folder (config and tokenizer copied, shards streamed to disk).
         The streaming merge already rounds as mergekit does, so `via_inputs` changes nothing."""
         base_dir, _ = self.folders(experiment)
-        return {"merged": write_merged_folder(experiment.engine.merger, base_dir, coefficients, Path(out_dir) / "merged")}
+        merger = experiment.engine.merger
+        out = {"merged": write_merged_folder(merger, base_dir, coefficients, Path(out_dir) / "merged")}
+        if isinstance(merger, LoraMerger) and merger.factor_level:  # plain task arithmetic: exactly one adapter too
+            out["merged_adapter"] = write_merged_adapter(merger.experts, coefficients, Path(out_dir) / "merged-adapter",
+                                                         base_model=str(base_dir))
+        return out
 
 
 def _stderr(message: str) -> None:

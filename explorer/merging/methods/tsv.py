@@ -31,7 +31,7 @@ def tsv_rank(r: int, n_tasks: int) -> int:
     return max(1, r // n_tasks)
 
 
-def _nearest_orthonormal(a: torch.Tensor) -> torch.Tensor:
+def nearest_orthonormal(a: torch.Tensor) -> torch.Tensor:
     """PQᵀ for a = PΣQᵀ (thin SVD): the orthogonal polar factor of `a`."""
     p, _, qh = torch.linalg.svd(a, full_matrices=False)
     return p @ qh
@@ -49,8 +49,8 @@ def tsv_pieces(stack: torch.Tensor) -> torch.Tensor:
         lefts.append(u[:, :k])
         values.append(s[:k])
         rights.append(vh[:k].T)
-    u_orth = _nearest_orthonormal(torch.cat(lefts, dim=1))   # (m, Tk), task i's block at columns ik..(i+1)k
-    v_orth = _nearest_orthonormal(torch.cat(rights, dim=1))  # (n, Tk)
+    u_orth = nearest_orthonormal(torch.cat(lefts, dim=1))   # (m, Tk), task i's block at columns ik..(i+1)k
+    v_orth = nearest_orthonormal(torch.cat(rights, dim=1))  # (n, Tk)
     u_blocks = u_orth.reshape(m, t, k).permute(1, 0, 2)      # (T, m, k)
     v_blocks = v_orth.reshape(n, t, k).permute(1, 0, 2)      # (T, n, k)
     s = torch.stack(values)                                  # (T, k)

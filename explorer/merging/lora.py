@@ -1,0 +1,500 @@
+"""LoRA experts: task vectors kept as peft adapters' low-rank factors, τᵢ[W] = sᵢ Bᵢ Aᵢ.
+
+A peft adapter folder (adapter_config.json + adapter_model.safetensors, keys such as
+`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` (r, in) and `…lora_B.weight`
+(out, r)) fine-tunes a few linear layers of one base by a low-rank update scaled by
+sᵢ = lora_alpha / r (lora_alpha / √r with `use_rslora`), as peft's `LoraLayer.update_layer` does.
+The factors are a few MB even for a 7B model, so they stay in memory in their own dtype and the
+dense τᵢ is never held for more than one layer:
+
+- task arithmetic: θ₀ + Σ cᵢ sᵢ Bᵢ Aᵢ is one matmul of the concatenated factors,
+  [c₁s₁B₁ | … | c_T s_T B_T] @ [A₁; …; A_T], added in place to θ₀'s float32 copy: one dense layer;
+- TSV-M, where every task's rank reaches its k = max(1, ⌊min(m, n)/T⌋) on every target: each τᵢ's
+  SVD from its factors (QR of Bᵢ and Aᵢᵀ, then an r × r core), the stacked top-k vectors
+  orthogonalised as TSV-M does, and the pieces τᵢ′ = U⊥,ᵢ Sᵢ V⊥,ᵢᵀ kept as factors (computed once,
+  no larger than the adapters): merged like task arithmetic;
+- Iso-C (not linear: each merge's Σ cᵢ τᵢ is transformed): one layer's T pieces densified at every
+  point, as full experts are read whole at every point;
+- every other method (TIES, DARE, CART, consensus, LiNeS, TSV-M with a rank below k) needs dense τᵢ
+  entries (top-k, masks, SVDs of the layer): `DensifiedAdapter` hands θ₀ + sᵢBᵢAᵢ to the
+  preprocessed-experts cache (preprocessed.py) one tensor at a time, so τᵢ′ is computed once, as for
+  full experts, with one layer's T pieces dense at a time (the adapters' targets only); each merge
+  then reads it back one target tensor of one expert at a time.
+
+Exactness: a merged adapter (`write_merged_adapter`) reproduces task arithmetic exactly, rank
+Σ rᵢ, zero-padded where experts target different modules or ranks.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from explorer.errors import CheckpointError
+from explorer.merging.methods import get_method
+from explorer.merging.methods.lines import apply_lines, layer_depths
+from explorer.merging.methods.tsv import nearest_orthonormal, tsv_rank
+from explorer.merging.safetensors_file import SafetensorsCheckpoint
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+#: Elements read at a time from the preprocessed cache (16 MB of float32): one reused buffer.
+READ_CHUNK = 1 << 22
+#: peft's prefix of a wrapped model's keys (PeftModel.base_model.model is the transformers model).
+PEFT_PREFIX = "base_model.model."
+FACTOR_SUFFIXES = {".lora_A.weight": "a", ".lora_B.weight": "b"}
+#: adapter_config.json options that change what the adapter computes beyond s·B·A on a weight:
+#: (key, value that is fine, why it is refused).
+UNSUPPORTED = (
+    ("use_dora", False, "DoRA rescales each column by a learned magnitude: not a low-rank τ"),
+    ("bias", "none", "trained biases are not low-rank factors"),
+    ("lora_bias", False, "a trained lora_B bias is not a low-rank factor"),
+    ("fan_in_fan_out", False, "transposed (Conv1D) weights are not supported"),
+    ("modules_to_save", None, "fully trained modules are not low-rank factors"),
+    ("alpha_pattern", {}, "per-module lora_alpha is not supported"),
+)
+
+
+@dataclass(frozen=True)
+class LoraFactors:
+    """One target weight's update s·B·A: a (r, in), b (out, r) in the file's dtype, s a float."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.a.shape[0])
+
+    def delta(self, dtype: torch.dtype = torch.float32, device="cpu") -> torch.Tensor:
+        """The dense update s·B·A in `dtype` (one layer)."""
+        b = self.b.to(device=device, dtype=dtype)
+        return (b @ self.a.to(device=device, dtype=dtype)).mul_(self.scale)
+
+
+def factor_svd(f: LoraFactors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of s·B·A from the factors, in float64: U (out, r), S (r,), V (in, r) with s·B·A = U diag(S) Vᵀ.
+
+    QR of B and of Aᵀ leave an r × r core s·R_B·R_Aᵀ whose SVD gives the rest: no dense SVD of the layer."""
+    qb, rb = torch.linalg.qr(f.b.to(torch.float64))
+    qa, ra = torch.linalg.qr(f.a.to(torch.float64).T)
+    u, sv, vh = torch.linalg.svd(f.scale * (rb @ ra.T))
+    return qb @ u, sv, qa @ vh.T
+
+
+def tsv_factors(fs: list[LoraFactors], shape: tuple[int, int]) -> list[LoraFactors] | None:
+    """TSV-M's per-task pieces τᵢ′ = U⊥,ᵢ Sᵢ V⊥,ᵢᵀ of one layer as factors (B′ = U⊥,ᵢ Sᵢ, A′ = V⊥,ᵢᵀ, scale 1),
+    from the factor SVDs; None when a task's rank is below TSV-M's k (its dense SVD would add null-space
+    vectors that the SVD routine chooses: that case is left to the densified path, as for full experts)."""
+    m, n = shape
+    k = tsv_rank(min(m, n), len(fs))
+    if any(f.rank < k for f in fs):
+        return None
+    svds = [factor_svd(f) for f in fs]
+    u_orth = nearest_orthonormal(torch.cat([u[:, :k] for u, _, _ in svds], dim=1))
+    v_orth = nearest_orthonormal(torch.cat([v[:, :k] for _, _, v in svds], dim=1))
+    return [LoraFactors((v_orth[:, i * k:(i + 1) * k]).T.contiguous(), u_orth[:, i * k:(i + 1) * k] * sv[:k], 1.0)
+            for i, (_, sv, _) in enumerate(svds)]
+
+
+def _read_config(folder: Path, what: str) -> dict:
+    path = folder / ADAPTER_CONFIG
+    if not folder.is_dir():
+        raise CheckpointError(f"{what} {folder}: model.experts_format peft expects an adapter folder "
+                              f"({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS})")
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {folder}: no {ADAPTER_CONFIG} (not a peft adapter folder)") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable adapter config ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: unreadable adapter config (not a mapping)")
+    return config
+
+
+def check_adapter_folder(folder: Path, what: str) -> dict:
+    """The adapter's config, checked without reading any tensor: one line naming the file or key at fault."""
+    folder = Path(folder)
+    config = _read_config(folder, what)
+    path = folder / ADAPTER_CONFIG
+    if config.get("peft_type", "LORA") != "LORA":
+        raise CheckpointError(f"{path}: peft_type is {config.get('peft_type')!r}; only LORA adapters are supported")
+    for key, fine, why in UNSUPPORTED:
+        value = config.get(key)
+        if value is None or value == fine or (isinstance(value, (dict, list)) and not value):
+            continue
+        raise CheckpointError(f"{path}: {key} = {json.dumps(value)} is not supported ({why})")
+    for key in ("r", "lora_alpha"):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise CheckpointError(f"{path}: {key} must be a positive number, got {json.dumps(value)}")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise CheckpointError(f"{what} {folder}: no {ADAPTER_WEIGHTS} (peft adapters in .bin are not read: "
+                              "they would need unpickling)")
+    return config
+
+
+def scaling(config: Mapping, rank: int) -> float:
+    """peft's LoRA scaling: lora_alpha / r, or lora_alpha / √r with use_rslora."""
+    alpha = float(config["lora_alpha"])
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+class LoraAdapter:
+    """A peft LoRA adapter folder read as factors per base tensor key (`factors[key]`, key as in the base)."""
+
+    def __init__(self, folder: str | Path, name: str | None = None):
+        self.folder = Path(folder)
+        self.name = name or str(folder)
+        self.config = check_adapter_folder(self.folder, self.name)
+        path = self.folder / ADAPTER_WEIGHTS
+        from safetensors import SafetensorError, safe_open
+
+        pieces: dict[str, dict[str, torch.Tensor]] = {}
+        #: whole tensors peft saved beside the factors (`save_embedding_layers`: the embeddings or lm_head of
+        #: an adapter that targets them); allowed only as unchanged copies of the base's (check_base)
+        self.copies: dict[str, torch.Tensor] = {}
+        try:
+            with safe_open(str(path), framework="pt") as st:
+                for raw in st.keys():
+                    key, part = self._base_key(raw, path)
+                    if part == "copy":
+                        self.copies[key] = st.get_tensor(raw)
+                    else:
+                        pieces.setdefault(key, {})[part] = st.get_tensor(raw)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:200]})") from None
+        if not pieces:
+            raise CheckpointError(f"{path}: the adapter holds no LoRA factors")
+        fixed_rank = not self.config.get("rank_pattern")
+        self.factors: dict[str, LoraFactors] = {}
+        for key, got in pieces.items():
+            if set(got) != {"a", "b"}:
+                missing = "lora_B" if "a" in got else "lora_A"
+                raise CheckpointError(f"{path}: {key!r} has no {missing} factor")
+            a, b = got["a"], got["b"]
+            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+                raise CheckpointError(f"{path}: {key!r} has lora_A of shape {tuple(a.shape)} and lora_B of shape "
+                                      f"{tuple(b.shape)}; expected (r, in) and (out, r)")
+            if not (a.dtype.is_floating_point and b.dtype.is_floating_point):
+                raise CheckpointError(f"{path}: {key!r} has non-floating factors ({a.dtype}, {b.dtype})")
+            if fixed_rank and a.shape[0] != int(self.config["r"]):
+                raise CheckpointError(f"{path}: {key!r} has rank {a.shape[0]}; {ADAPTER_CONFIG} says r = "
+                                      f"{self.config['r']} (and has no rank_pattern)")
+            if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+                raise CheckpointError(f"{path}: {key!r} has NaN or inf in its factors")
+            self.factors[key] = LoraFactors(a, b, scaling(self.config, int(a.shape[0])))
+
+    @staticmethod
+    def _base_key(raw: str, path: Path) -> tuple[str, str]:
+        """('model.layers.0.self_attn.q_proj.weight', 'a') for peft's `base_model.model.….lora_A.weight`."""
+        for suffix, part in FACTOR_SUFFIXES.items():
+            if raw.endswith(suffix):
+                module = raw[: -len(suffix)]
+                module = module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else module
+                return module + ".weight", part
+        if raw.startswith(PEFT_PREFIX) and not any(p in raw for p in (".lora_", "modules_to_save", "original_module")):
+            return raw[len(PEFT_PREFIX):].replace(".base_layer.", "."), "copy"
+        raise CheckpointError(f"{path}: tensor {raw!r} is not a LoRA factor of a linear layer "
+                              "(embedding LoRA, DoRA magnitudes and saved modules are not supported)")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.a.numel() * f.a.element_size() + f.b.numel() * f.b.element_size() for f in self.factors.values())
+
+    def check_base(self, base: SafetensorsCheckpoint, keys: list[str] | None = None) -> None:
+        """Every target exists in the base, floating, with shape (out, in) = (B rows, A columns); inside `keys`."""
+        allowed = set(keys) if keys is not None else None
+        for key, f in self.factors.items():
+            entry = base.entries.get(key)
+            if entry is None:
+                raise CheckpointError(f"{self.name}: the adapter targets {key!r}, which the base {base.name} has not")
+            want = (int(f.b.shape[0]), int(f.a.shape[1]))
+            if tuple(entry.shape) != want:
+                raise CheckpointError(f"{self.name}: the adapter's update of {key!r} has shape {want}; "
+                                      f"the base has {tuple(entry.shape)}")
+            if allowed is not None and key not in allowed:
+                raise CheckpointError(f"{self.name}: the adapter targets {key!r}, outside the merged tensors "
+                                      "(model.merge_prefix)")
+        for key, t in self.copies.items():
+            entry = base.entries.get(key)
+            if entry is None or tuple(entry.shape) != tuple(t.shape) or not torch.equal(base.read(key).to(t.dtype), t):
+                raise CheckpointError(f"{self.name}: the adapter saves its own {key!r}, unlike the base's "
+                                      "(fully trained modules are not supported: only LoRA factors)")
+
+
+class DensifiedAdapter:
+    """An adapter seen as a full checkpoint θ₀ + s·B·A, one tensor at a time (`read`), for the
+    preprocessed-experts cache (preprocessed.py): the methods that need dense τᵢ′ compute them once."""
+
+    def __init__(self, base: SafetensorsCheckpoint, adapter: LoraAdapter):
+        self.base, self.adapter, self.name = base, adapter, adapter.name
+        self.entries = base.entries
+
+    def read(self, key: str) -> torch.Tensor:
+        t = self.base.read(key)
+        f = self.adapter.factors.get(key)
+        if f is None:
+            return t
+        wide = torch.float64 if t.dtype == torch.float64 else torch.float32
+        return t.to(wide).add_(f.delta(wide))
+
+
+def route(params: Mapping, adapters: list[LoraAdapter], base: SafetensorsCheckpoint, keys: list[str]) -> str:
+    """How LoRA experts are merged under `params`:
+
+    'factors': task arithmetic, or TSV-M where every target's ranks reach k, from the factors (LoraMerger);
+    'per_point': a method that is not linear (Iso-C) transforms each merge: one densified layer at a
+    time at every point (LoraMerger), as full experts do;
+    'preprocess': every other method's τᵢ′ computed once, one densified layer at a time, into the
+    preprocessed-experts cache, then merged as full experts are (StreamingMerger)."""
+    method = get_method(params["method"])
+    if params.get("lines"):
+        return "preprocess" if method.linear else "per_point"
+    if params["method"] == "task_arithmetic":
+        return "factors"
+    if not method.linear:
+        return "per_point"
+    if params["method"] == "tsv":
+        merged = set(keys)
+        targets = {k for ad in adapters for k in ad.factors if k in merged}
+        t = len(adapters)
+        if all(k in ad.factors and ad.factors[k].rank >= tsv_rank(min(base.entries[k].shape), t)
+               for k in targets for ad in adapters):
+            return "factors"
+    return "preprocess"
+
+
+class LoraMerger:
+    """Writes θ₀ + Σ cᵢ τᵢ′ into a loaded model from LoRA factors, one layer at a time.
+
+    Same interface as `streaming.StreamingMerger` (`apply`, `iter_merged`, `merged_state_dict`,
+    `iter_preprocessed`, `keys`, `base`, `close`). `keys`: every tensor merged (as for full experts,
+    so LiNeS depths agree); only those some adapter targets ever differ from θ₀.
+    """
+
+    def __init__(self, target: torch.nn.Module, base: SafetensorsCheckpoint, adapters: list[LoraAdapter],
+                 keys: list[str], params: Mapping, device: str | torch.device = "cpu",
+                 log: Callable[[str], None] | None = None, preprocessed: list[SafetensorsCheckpoint] | None = None):
+        """`preprocessed`: θ₀ + τᵢ′ per expert from the preprocessed-experts cache (route 'preprocess'),
+        read one target tensor at a time at each merge."""
+        self.params = dict(params)
+        self.preprocessed = preprocessed
+        self.merge_method = get_method(self.params["method"])
+        self.base, self.experts, self.keys = base, adapters, list(keys)
+        self.device = torch.device(device)
+        self.depths = layer_depths(self.keys) if self.params.get("lines") else {}
+        #: plain task arithmetic merges from the factors; anything else densifies one layer's T pieces,
+        #: except TSV-M where every task's rank reaches its k (factor SVDs, pieces kept as factors)
+        self.factor_level = self.params["method"] == "task_arithmetic" and not self.depths and preprocessed is None
+        self.tsv = self.params["method"] == "tsv" and not self.depths and preprocessed is None
+        self._tsv_pieces: dict[str, list[LoraFactors] | None] = {}
+        for ad in adapters:
+            ad.check_base(base, self.keys)
+        merged = set(self.keys)
+        self.targets = [k for k in self.keys if any(k in ad.factors for ad in adapters)]
+        named = dict(target.state_dict(keep_vars=True))
+        missing = [k for k in self.targets if k not in named]
+        if missing:
+            raise CheckpointError(f"{base.name}: tensor {missing[0]!r} has no parameter of that name in the loaded model")
+        self.slots = {k: named[k].data for k in self.targets}
+        self.target = target
+        self._factors = [{k: LoraFactors(f.a.to(self.device), f.b.to(self.device), f.scale)
+                          for k, f in ad.factors.items() if k in merged} for ad in adapters]
+        self.coefficients: np.ndarray | None = None
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}
+        self.adapter_bytes = sum(ad.nbytes for ad in adapters)
+        (log or _stderr)(self.describe())
+
+    def describe(self) -> str:
+        how = ("task arithmetic from the factors, one dense layer at a time" if self.factor_level else
+               "TSV-M from the factors' SVDs (QR + r × r core), its pieces kept as factors" if self.tsv else
+               f"{self.merge_method.title}'s τᵢ′ (computed once) read back one layer at a time"
+               if self.preprocessed is not None else
+               f"{self.merge_method.title} on one layer's {len(self.experts)} densified pieces at a time")
+        return (f"merge memory: {len(self.experts)} LoRA adapters ({self.adapter_bytes / 1e6:.1f} MB of factors, "
+                f"{len(self.targets)} target tensors) held; {how}")
+
+    # --- one layer -----------------------------------------------------------------------------
+    def _acc_dtype(self, key: str) -> torch.dtype:
+        return torch.float64 if self.base.entries[key].dtype == torch.float64 else torch.float32
+
+    def _base(self, key: str) -> torch.Tensor:
+        return self.base.read(key).to(device=self.device, dtype=self._acc_dtype(key))
+
+    def _pieces(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        """τᵢ of one layer for every task, densified (T, out, in); zeros where an adapter leaves it alone."""
+        shape = tuple(self.base.entries[key].shape)
+        stack = torch.zeros((len(self.experts), *shape), dtype=dtype, device=self.device)
+        for i, fs in enumerate(self._factors):
+            if key in fs:
+                stack[i] = fs[key].delta(dtype, self.device)
+        return stack
+
+    def _tsv_factors(self, key: str) -> list[LoraFactors] | None:
+        """TSV-M's pieces of one layer as factors, computed once and kept (no larger than the adapters')."""
+        if key not in self._tsv_pieces:
+            fs = [f.get(key) for f in self._factors]
+            shape = tuple(self.base.entries[key].shape)
+            self._tsv_pieces[key] = None if any(f is None for f in fs) or len(shape) != 2 else tsv_factors(fs, shape)
+        return self._tsv_pieces[key]
+
+    def _preprocessed(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        pieces = self._tsv_factors(key) if self.tsv else None
+        if pieces is not None:
+            return torch.stack([f.delta(torch.float32, self.device) for f in pieces]).to(dtype)
+        stack = self.merge_method.preprocess(self._pieces(key, dtype), key, self.params)
+        return apply_lines(stack, key, self.depths, self.params["lines"]) if self.depths else stack
+
+    def merged_tensor(self, key: str, c: np.ndarray) -> torch.Tensor:
+        """θ₀ + Σ cᵢ τᵢ′ of one target tensor in float32 (float64 for a float64 base)."""
+        out = self._base(key)
+        dtype = out.dtype
+        if self.factor_level:
+            used = [(fs[key], float(ci)) for fs, ci in zip(self._factors, c) if key in fs and float(ci) != 0.0]
+            if used:  # [c₁s₁B₁ | …] @ [A₁; …]: one matmul, accumulated into θ₀'s copy
+                b = torch.cat([f.b.to(dtype) * (ci * f.scale) for f, ci in used], dim=1)
+                a = torch.cat([f.a.to(dtype) for f, _ in used], dim=0)
+                out.addmm_(b, a)
+            return out
+        pieces = self._tsv_factors(key) if self.tsv else None
+        if pieces is not None:  # Σ cᵢ B′ᵢ A′ᵢ as one matmul, like task arithmetic
+            b = torch.cat([f.b.to(dtype) * float(ci) for f, ci in zip(pieces, c)], dim=1)
+            return out.addmm_(b, torch.cat([f.a.to(dtype) for f in pieces], dim=0))
+        if self.preprocessed is not None:  # (1 − Σcᵢ) θ₀ + Σ cᵢ (θ₀ + τᵢ′), read in chunks into one reused buffer
+            out.mul_(1.0 - float(np.sum(c)))
+            flat = out.view(-1)
+            for ck, ci in zip(self.preprocessed, c):
+                if float(ci) == 0.0:
+                    continue
+                n = ck.entries[key].numel
+                buf = self._read_buffer(ck.entries[key].dtype, min(n, READ_CHUNK))
+                for start in range(0, n, READ_CHUNK):
+                    part = ck.read_into(key, buf[: min(READ_CHUNK, n - start)], start)
+                    flat[start:start + part.numel()].add_(part.to(device=self.device, dtype=dtype), alpha=float(ci))
+            return out
+        stack = self._preprocessed(key, dtype)
+        ct = torch.as_tensor(c, dtype=stack.dtype, device=self.device)
+        delta = torch.einsum("t,t...->...", ct, stack)
+        if not self.merge_method.linear:
+            delta = self.merge_method.combine(delta, key, self.params)
+        return out.add_(delta.to(dtype))
+
+    def _read_buffer(self, dtype: torch.dtype, n: int) -> torch.Tensor:
+        buf = self._buffers.get(dtype)
+        if buf is None or buf.numel() < n:
+            buf = self._buffers[dtype] = torch.empty(n, dtype=dtype)
+        return buf
+
+    # --- the merger's interface ----------------------------------------------------------------
+    def _coefficients(self, coefficients) -> np.ndarray:
+        c = np.asarray(coefficients, dtype=np.float64).reshape(-1)
+        if c.shape != (len(self.experts),):
+            raise ValueError(f"expected {len(self.experts)} coefficients, got shape {np.shape(coefficients)}")
+        return c
+
+    @torch.no_grad()
+    def apply(self, coefficients) -> None:
+        """Set every target parameter to θ₀ + Σ cᵢ τᵢ′ (rounded once to its dtype); the others stay θ₀."""
+        c = self._coefficients(coefficients)
+        for key in self.targets:
+            self.slots[key].copy_(self.merged_tensor(key, c))  # rounded once to the slot's dtype, no other copy
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.coefficients = c.copy()
+
+    @torch.no_grad()
+    def iter_merged(self, coefficients) -> Iterator[tuple[str, torch.Tensor]]:
+        """(key, CPU tensor in the base's dtype) for every base tensor in file order (for exports)."""
+        c = self._coefficients(coefficients)
+        targets = set(self.targets)
+        order = sorted(self.base.entries, key=lambda k: (str(self.base.entries[k].file), self.base.entries[k].offset))
+        for key in order:
+            if key in targets:
+                yield key, self.merged_tensor(key, c).to(device="cpu", dtype=self.base.entries[key].dtype)
+            else:
+                yield key, self.base.read(key)
+
+    def merged_state_dict(self, coefficients, base=None) -> dict[str, torch.Tensor]:
+        return dict(self.iter_merged(coefficients))
+
+    @torch.no_grad()
+    def iter_preprocessed(self) -> Iterator[tuple[str, torch.Tensor | None, list[torch.Tensor]]]:
+        """(key, θ₀ in float32, [θ₀ + τᵢ′]) per merged tensor, (key, None, [θ₀] * T) for the others: the
+        densified experts mergekit reads, one tensor at a time."""
+        merged, targets = set(self.keys), set(self.targets)
+        n = len(self.experts)
+        for key in self.base.entries:
+            t = self.base.read(key)
+            if key not in merged:
+                yield key, None, [t] * n
+                continue
+            b = t.to(torch.float32)
+            if key not in targets:
+                yield key, b, [b] * n
+                continue
+            if self.preprocessed is not None:
+                yield key, b, [ck.read(key).to(torch.float32) for ck in self.preprocessed]
+                continue
+            stack = self._preprocessed(key, torch.float32).cpu()
+            yield key, b, [b + stack[i] for i in range(n)]
+
+    def close(self) -> None:
+        self._factors = []
+        for ck in [self.base, *(self.preprocessed or [])]:
+            ck.close()
+
+
+def write_merged_adapter(adapters: list[LoraAdapter], coefficients, out_dir: str | Path,
+                         base_model: str | None = None) -> Path:
+    """Task arithmetic's Σ cᵢ sᵢ Bᵢ Aᵢ as one peft adapter folder, exactly (float32 factors).
+
+    Per target: lora_A = [A₁; …], lora_B = [c₁s₁B₁ | …] over the experts with cᵢ ≠ 0, zero-padded to
+    the largest concatenated rank R (zeros add nothing), with r = lora_alpha = R so peft's scaling is 1.
+    """
+    from safetensors.torch import save_file
+
+    from explorer.version import __version__
+
+    c = np.asarray(coefficients, dtype=np.float64).reshape(-1)
+    used = [(ad, float(ci)) for ad, ci in zip(adapters, c) if ci != 0.0]
+    keys = sorted({k for ad, _ in used for k in ad.factors})
+    pieces = {}
+    for key in keys:
+        fs = [(ad.factors[key], ci) for ad, ci in used if key in ad.factors]
+        pieces[key] = (torch.cat([f.b.to(torch.float32) * float(ci * f.scale) for f, ci in fs], dim=1),
+                       torch.cat([f.a.to(torch.float32) for f, _ in fs], dim=0))
+    rank = max((a.shape[0] for _, a in pieces.values()), default=1)
+    tensors = {}
+    for key, (b, a) in pieces.items():
+        pad = rank - a.shape[0]
+        module = PEFT_PREFIX + key[: -len(".weight")]
+        tensors[module + ".lora_A.weight"] = torch.nn.functional.pad(a, (0, 0, 0, pad)).contiguous()
+        tensors[module + ".lora_B.weight"] = torch.nn.functional.pad(b, (0, pad)).contiguous()
+    first = adapters[0].config
+    config = {
+        "peft_type": "LORA", "task_type": first.get("task_type"),
+        "base_model_name_or_path": base_model if base_model is not None else first.get("base_model_name_or_path"),
+        "r": int(rank), "lora_alpha": int(rank), "use_rslora": False, "lora_dropout": 0.0, "bias": "none",
+        "target_modules": [k[: -len(".weight")] for k in keys], "fan_in_fan_out": False, "use_dora": False,
+        "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+        "rank_pattern": {}, "alpha_pattern": {},
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={
+        "format": "pt", "merge-explorer": __version__, "coefficients": json.dumps([float(x) for x in c])})
+    (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
