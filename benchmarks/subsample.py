@@ -136,7 +136,8 @@ def judge_picks(result, prefs, measure) -> dict:
             "pick_error": float(np.median(np.abs(pred - V)) * 100)}
 
 
-def testbed_arms(kind: str, settings, log, split: str = "validation") -> dict:
+def testbed_arms(kind: str, settings, log, split: str = "validation", done: dict | None = None, save=None,
+                 equal_map: bool = True) -> dict:
     """One testbed: its validation split (300 images per task; picks judged by their real margin) or the
     "augmented" split (3,000 per task; no dense truth there: picks judged by the achievement on
     measured values, one scale for every arm, as on the zoo)."""
@@ -146,13 +147,15 @@ def testbed_arms(kind: str, settings, log, split: str = "validation") -> dict:
     n_total = tb.values(np.zeros((1, t)), split=split, per_example=True).shape[-1]
     full_point = n_total * t
     name = f"testbed {kind} T = 8" + ("" if split == "validation" else f", {split} ({n_total:,} images per task)")
-    out = {"problem": name, "examples_per_task": n_total, "arms": {}}
+    out = done or {"problem": name, "examples_per_task": n_total, "arms": {}}
     truth = split == "validation"
 
     def measure(C):
         return tb.values(np.atleast_2d(C), split=split)
 
     def ours(setting, budget=None, label=None):
+        if (label or f"ours, examples: {setting}") in out["arms"]:  # measured by an interrupted run
+            return out["arms"][label or f"ours, examples: {setting}"]
         run = TestbedRun(tb, setting, budget, split=split)
         start = time.perf_counter()
         result = run_adaptive(run, budget, progress=False)
@@ -170,6 +173,8 @@ def testbed_arms(kind: str, settings, log, split: str = "validation") -> dict:
                "seconds": round(time.perf_counter() - start, 1)}
         out["arms"][label or f"ours, examples: {setting}"] = arm
         log(f"{name} {label or setting}: { {k: v for k, v in arm.items() if k != 'V'} }")
+        if save:
+            save(out)
         return arm
 
     full = ours("full")
@@ -179,12 +184,16 @@ def testbed_arms(kind: str, settings, log, split: str = "validation") -> dict:
             # (b) full-set MAP at equal examples: as many full points as the subsampled run's examples buy
             points = int(arm["examples"] // full_point) - len(prefs)
             budget = max(points, n_quadratic_terms(t))
-            b = ours("full", budget=budget, label=f"full-set MAP at equal examples ({budget} points"
-                                                  f"{'' if budget == points else f'; {points} would not fit a quadratic'})")
-            b["bought_points"] = points
+            if equal_map:
+                b = ours("full", budget=budget, label=f"full-set MAP at equal examples ({budget} points"
+                                                      f"{'' if budget == points else f'; {points} would not fit a quadratic'})")
+                b["bought_points"] = points
             # (c) TPE on the same subsample, same examples
-            out["arms"]["TPE, same subsample, equal examples"] = tpe_arm(tb, arm["examples"], prefs, measure, n_total,
-                                                                         log, split, truth)
+            if "TPE, same subsample, equal examples" not in out["arms"]:
+                out["arms"]["TPE, same subsample, equal examples"] = tpe_arm(tb, arm["examples"], prefs, measure,
+                                                                             n_total, log, split, truth)
+                if save:
+                    save(out)
     out["full_examples"] = full["examples"]
     if not truth:
         score_by_achievement(out, prefs)
@@ -329,9 +338,24 @@ def main(argv=None) -> int:
     if args.zoo_only and out.with_suffix(".json").exists():
         problems = [p for p in json.loads(out.with_suffix(".json").read_text()) if p["problem"].startswith("testbed")]
     elif not args.zoo_only:
-        kinds = ["hidden"] if args.quick else ["hidden", "deep"]
-        problems = [testbed_arms(k, ["auto", 60], log) for k in kinds]
-        problems += [testbed_arms(k, ["auto", 300], log, split="augmented") for k in kinds]
+        # most informative first; every arm is saved as it finishes, and a rerun skips finished arms
+        plan = [("hidden", "augmented", ["auto", 300], True), ("deep", "validation", ["auto"], False),
+                ("hidden", "validation", ["auto", 60], False), ("deep", "augmented", ["auto"], True)]
+        if args.quick:
+            plan = plan[:1]
+        partial = out.with_suffix(".partial.json")
+        saved = json.loads(partial.read_text()) if partial.exists() else []
+
+        def save(problem):
+            others = [p for p in saved if p["problem"] != problem["problem"]]
+            saved[:] = others + [problem]
+            partial.write_text(json.dumps(saved, indent=1))
+
+        for kind, split, settings, equal in plan:
+            label = f"testbed {kind} T = 8" + ("" if split == "validation" else f", {split}")
+            done = next((p for p in saved if p["problem"].startswith(label) and
+                         (split != "validation" or "," not in p["problem"])), None)
+            problems.append(testbed_arms(kind, settings, log, split, done, save, equal))
     if args.zoo or args.zoo_only:
         store = ROOT / "cache" / "bench-subsample" / "store.sqlite"
         store.parent.mkdir(parents=True, exist_ok=True)
