@@ -384,7 +384,7 @@
       ? "<table><tr><th>merge</th><th>c</th>" + D.tasks.map((t, k) => "<th>" + esc(t) + unitOf(k) + "</th>").join("") + "</tr>" +
         v.map((m) => "<tr><td>" + esc(m.label) + "</td><td>" + m.coefficients.map((c) => c.toFixed(3)).join(", ") + "</td>" +
           m.metrics.map((x, k) => "<td>" + value(k, x, 2) + "</td>").join("") + "</tr>").join("") + "</table>"
-      : "<p class=\"meta\">None yet: the orange stars appear once a choice is verified (merge-explorer verify).</p>";
+      : "<p class=\"meta\">No merge verified yet: verified merges appear here and as orange stars once a choice is measured (merge-explorer verify).</p>";
     const refs = D.references.map((m) => "<tr><td>" + esc(m.label) + "</td>" + m.metrics.map((x, k) => "<td>" + value(k, x, 2) + "</td>").join("") + "</tr>").join("");
     document.getElementById("about").innerHTML =
       "<p>Measured references (real evaluations):</p><table><tr><th>merge</th>" + D.tasks.map((t, k) => "<th>" + esc(t) + unitOf(k) + "</th>").join("") + "</tr>" + refs + "</table>" +
@@ -415,5 +415,5 @@
     if (navigator.clipboard) navigator.clipboard.writeText(text).catch(() => {});
   });
   window.addEventListener("hashchange", () => { if (readHash()) { renderAbout(); update(); } });
-  window.mergeExplorer = { decide: decide, update: update, timings: timings, data: D };
+  window.mergeExplorer = { decide: decide, update: update, sum: sum, timings: timings, data: D };
 })();
