@@ -29,6 +29,7 @@ from explorer import app_state as S
 from explorer import figures as F
 from explorer.errors import ExplorerError
 from explorer.experiment.store import CHECK_KINDS
+from explorer.html_explorer import explorer_bytes
 from explorer.vouch import decision_reason
 
 LOG = logging.getLogger("merge-explorer.app")
@@ -361,6 +362,10 @@ def export_buttons(handle, result, decision, weights, minimums, figs, rows, summ
     cols[1].download_button("report.html", lambda: S.report_bytes(title, figs(), rows, notes, summary=summary),
                             "report.html", "text/html", key="dl_report", on_click="ignore",
                             help="The plots and the chosen point in one file that opens in any browser.")
+    cols[0].download_button("explorer.html", lambda: explorer_bytes(exp, result, w, m), "explorer.html", "text/html",
+                            key="dl_explorer", on_click="ignore",
+                            help="The explorer in one file for people without this server: sliders, front and chosen "
+                                 "merge, opened offline in any browser; it starts from the current choice.")
     if args.present:
         st.caption("The merged checkpoint is built where the server runs: "
                    "`merge-explorer export SPEC --weights ... --out DIR` with these preferences.")

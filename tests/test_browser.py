@@ -170,6 +170,16 @@ def test_present_mode_in_browser(toy_spec):
         shown = re.findall(r"-?\d+\.\d+", after)
         assert [f"{doc['coefficients'][t]:.3f}" for t in ("low", "mid", "high")] == shown
         assert doc["preferences"]["weights"]["high"] == 10.0
+        # the offline explorer: downloaded in present mode, it opens on the page's choice with no server
+        with page.expect_download(timeout=60_000) as info:
+            page.get_by_role("button", name="explorer.html").click()
+        saved = ARTIFACTS / "present-explorer.html"
+        info.value.save_as(saved)
+        offline = page.context.browser.new_page()
+        offline.goto(saved.as_uri())
+        offline.wait_for_selector("#front .main-svg", timeout=60_000)
+        assert re.findall(r"-?\d+\.\d+", offline.locator("#coefficients").inner_text()) == shown
+        offline.close()
         page.screenshot(path=str(ARTIFACTS / "browser-present-mode.png"), full_page=False)
         assert not page.locator('[data-testid="stException"]').count()
 
