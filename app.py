@@ -37,10 +37,9 @@ PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "sele
 
 
 # --- caches ------------------------------------------------------------------------------------
-@st.cache_resource
 def workspace() -> S.Workspace:
-    """Per process: the demo build job."""
-    return S.Workspace()
+    """Per process: loaded experiments and the demo build job (warmed by scripts/serve.py before the first visitor)."""
+    return S.process_workspace()
 
 
 @st.cache_resource(show_spinner="Loading the experiment…")
