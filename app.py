@@ -277,7 +277,8 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
                    "a measurement settles it.")
     lines = glance(result, decision, measured, units, refs)
     st.markdown("\n".join(f"- {line}" for line in lines))
-    rows = S.choice_rows(result.tasks, metrics, decision, measured, minimums)
+    rows = S.choice_rows(result.tasks, metrics, decision, measured, minimums,
+                         [units.is_fraction(t) for t in result.tasks])
     # a markdown table and no HTML: the first page loads no data-grid, Arrow or raw-HTML scripts
     # (together ~0.3 s of a 3 s page load on a 2-core machine, benchmarks/bench_page_load.py)
     st.markdown(S.markdown_table(rows, S.CHOICE_HEADERS))
