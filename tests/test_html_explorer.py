@@ -208,3 +208,16 @@ def test_no_fit_yet_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "run `merge-explorer run` first" in err
     assert not out.exists()
+
+
+def test_exported_files_get_the_usual_permissions(toy_run, tmp_path):
+    """merged.safetensors (safetensors writes 0600) gets the umask's permissions like its siblings."""
+    out = tmp_path / "export"
+    old = os.umask(0o027)
+    try:
+        assert main(["export", str(toy_run), "--out", str(out), "--html", str(out / "explorer.html")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert {"merged.safetensors", "coefficients.json", "mergekit.yaml", "explorer.html"} <= set(modes)
+    assert set(modes.values()) == {0o640}, modes
