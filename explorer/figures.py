@@ -244,11 +244,14 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
     xrange, yrange = _padded(allx, 0.1), _padded(ally, 0.12)
     drawn = np.column_stack([allx, ally])  # every marker a label could cover
     kinds = {m.kind for m in list(markers) + list(verified)}
-    entries = len(fig.data) + len(kinds) + (0 if chosen is None else 1 + (chosen.measured is not None))
+    names = [tr.name for tr in fig.data] + [STYLE.get(k, STYLE["verified"])[2] for k in kinds]
+    entries = len(names) + (0 if chosen is None else 1 + (chosen.measured is not None))
+    columns = 2 if max(len(n or "") for n in names) <= LEGEND_TWO_COLUMNS_CHARS else 1
     _add_markers_2d(fig, list(markers) + list(verified), i, j, tasks, hover, (xrange, yrange, drawn))
     if chosen is not None:
         _add_chosen_2d(fig, chosen, i, j, tasks, hover)
-    _layout(fig, f"Front: {tasks[i]} vs {tasks[j]}", height=HEIGHT + legend_growth_px(entries))
+    _layout(fig, f"Front: {tasks[i]} vs {tasks[j]}", height=HEIGHT + legend_growth_px(entries, columns))
+    fig.update_layout(legend_entrywidth=1.0 / columns)
     fig.update_xaxes(title=units.title(tasks[i], xs), tickformat=units.tickformat(tasks[i], xs), range=xrange)
     fig.update_yaxes(title=units.title(tasks[j], ys), tickformat=units.tickformat(tasks[j], ys), range=yrange)
     fig.update_layout(clickmode="event+select", dragmode="zoom")
@@ -261,12 +264,13 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
 #: hide no marker.
 PLOT_AREA_PX = (377, 217)
 LEGEND_ROW_PX = 19
+LEGEND_TWO_COLUMNS_CHARS = 38  # longer legend names overlap their neighbours two a row: one a row then
 LABEL_FONT_PX = 11
 
 
-def legend_growth_px(legend_entries: int) -> int:
+def legend_growth_px(legend_entries: int, columns: int = 2) -> int:
     """How much taller than HEIGHT the 2-D front is drawn so that its legend leaves the plot its size."""
-    return LEGEND_ROW_PX * max(-(-legend_entries // 2) - 5, 0)
+    return LEGEND_ROW_PX * max(-(-legend_entries // columns) - 5, 0)
 
 
 def label_offsets(anchors: np.ndarray, labels: Sequence[str], drawn: np.ndarray, xrange, yrange,
