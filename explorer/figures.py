@@ -13,6 +13,7 @@ views read the same everywhere:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -242,7 +243,10 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
     allx = np.concatenate([xs, [e[i] for e in extra]])
     ally = np.concatenate([ys, [e[j] for e in extra]])
     xrange, yrange = _padded(allx, 0.1), _padded(ally, 0.12)
-    drawn = np.column_stack([allx, ally])  # every marker a label could cover
+    # every marker a label could cover, but the chosen merge's: it lies on the front, which labels avoid, and
+    # leaving it out keeps the placement (cached) the same while a slider moves it
+    drawn = np.column_stack([np.concatenate([xs, [m.metrics[i] for m in list(markers) + list(verified)]]),
+                             np.concatenate([ys, [m.metrics[j] for m in list(markers) + list(verified)]])])
     kinds = {m.kind for m in list(markers) + list(verified)}
     names = [tr.name for tr in fig.data] + [STYLE.get(k, STYLE["verified"])[2] for k in kinds]
     entries = len(names) + (0 if chosen is None else 1 + (chosen.measured is not None))
@@ -275,6 +279,21 @@ def legend_growth_px(legend_entries: int, columns: int = 2) -> int:
 
 def label_offsets(anchors: np.ndarray, labels: Sequence[str], drawn: np.ndarray, xrange, yrange,
                   area=PLOT_AREA_PX, font_px: int = LABEL_FONT_PX) -> list[tuple[float, float]]:
+    """See `_label_offsets`; the same inputs (by content) give the cached answer: a slider move redraws the
+    front with the same markers."""
+    anchors, drawn = np.ascontiguousarray(anchors, dtype=float), np.ascontiguousarray(drawn, dtype=float)
+    return list(_cached_label_offsets(anchors.tobytes(), anchors.shape, tuple(labels), drawn.tobytes(), drawn.shape,
+                                      tuple(map(float, xrange)), tuple(map(float, yrange)), tuple(area), font_px))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_label_offsets(anchors: bytes, a_shape, labels, drawn: bytes, d_shape, xrange, yrange, area, font_px):
+    return tuple(_label_offsets(np.frombuffer(anchors).reshape(a_shape), labels, np.frombuffer(drawn).reshape(d_shape),
+                                xrange, yrange, area, font_px))
+
+
+def _label_offsets(anchors: np.ndarray, labels: Sequence[str], drawn: np.ndarray, xrange, yrange,
+                   area=PLOT_AREA_PX, font_px: int = LABEL_FONT_PX) -> list[tuple[float, float]]:
     """Per label, the offset (dx, dy) in pixels, y up, of its centre from its marker: the spot nearest
     the marker whose box covers the fewest drawn markers and earlier labels and stays in the plot.
     Greedy over rings of candidate spots, in pixels of `area` (at other sizes the boxes scale with the plot)."""
@@ -283,25 +302,24 @@ def label_offsets(anchors: np.ndarray, labels: Sequence[str], drawn: np.ndarray,
     P = np.column_stack([(drawn[:, 0] - xrange[0]) * sx, (drawn[:, 1] - yrange[0]) * sy]) if len(drawn) else np.zeros((0, 2))
     h, dot = 1.5 * font_px, 6.0  # text box height; a drawn point's radius plus a margin (reference markers: 13 px)
     angles = np.linspace(0, 2 * np.pi, 16, endpoint=False) + np.pi / 2  # straight up first
-    placed: list[tuple] = []
+    radii = np.repeat([20, 28, 40, 56, 76, 100, 128, 160, 200], len(angles))  # nearest ring first
+    turns = np.tile(angles, len(radii) // len(angles))
+    placed = np.zeros((0, 4))
     out = []
-    for (x, y), text in zip(anchors, labels):
+    for (x, y), text in zip(anchors, labels):  # every candidate spot of a label at once (the page reruns per slider move)
         ax, ay = (x - xrange[0]) * sx, (y - yrange[0]) * sy
         w = 0.6 * font_px * len(text) + 4
-        best = None
-        for radius in (20, 28, 40, 56, 76, 100, 128, 160, 200):
-            for t in angles:
-                dx, dy = radius * np.cos(t) * max(1.0, w / (2 * h)) ** 0.5, radius * np.sin(t)
-                box = (ax + dx - w / 2, ay + dy - h / 2, ax + dx + w / 2, ay + dy + h / 2)
-                covered = int(np.sum((P[:, 0] > box[0] - dot) & (P[:, 0] < box[2] + dot) & (P[:, 1] > box[1] - dot)
-                                     & (P[:, 1] < box[3] + dot)))
-                clash = sum(not (box[2] < b[0] or b[2] < box[0] or box[3] < b[1] or b[3] < box[1]) for b in placed)
-                outside = box[0] < 2 or box[1] < 4 or box[2] > W - 2 or box[3] > H - 2
-                cost = covered + 1000 * clash + 500 * outside + radius / 200  # labels never on labels or off the plot
-                if best is None or cost < best[0]:
-                    best = (cost, (float(dx), float(dy)), box)
-        placed.append(best[2])
-        out.append(best[1])
+        dx, dy = radii * np.cos(turns) * max(1.0, w / (2 * h)) ** 0.5, radii * np.sin(turns)
+        x0, y0, x1, y1 = ax + dx - w / 2, ay + dy - h / 2, ax + dx + w / 2, ay + dy + h / 2
+        covered = np.sum((P[None, :, 0] > x0[:, None] - dot) & (P[None, :, 0] < x1[:, None] + dot)
+                         & (P[None, :, 1] > y0[:, None] - dot) & (P[None, :, 1] < y1[:, None] + dot), axis=1)
+        clash = np.sum(~((x1[:, None] < placed[None, :, 0]) | (placed[None, :, 2] < x0[:, None])
+                         | (y1[:, None] < placed[None, :, 1]) | (placed[None, :, 3] < y0[:, None])), axis=1)
+        outside = (x0 < 2) | (y0 < 4) | (x1 > W - 2) | (y1 > H - 2)
+        cost = covered + 1000 * clash + 500 * outside + radii / 200  # labels never on labels or off the plot
+        k = int(np.argmin(cost))
+        placed = np.vstack([placed, [x0[k], y0[k], x1[k], y1[k]]])
+        out.append((float(dx[k]), float(dy[k])))
     return out
 
 

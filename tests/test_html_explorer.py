@@ -221,3 +221,8 @@ def test_exported_files_get_the_usual_permissions(toy_run, tmp_path):
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
     assert {"merged.safetensors", "coefficients.json", "mergekit.yaml", "explorer.html"} <= set(modes)
     assert set(modes.values()) == {0o640}, modes
+
+
+def test_export_needs_something_to_write(toy_run, capsys):
+    assert main(["export", str(toy_run)]) == 2
+    assert capsys.readouterr().err.strip() == "error: export: nothing to write: give --out DIR, --html FILE, or both"
