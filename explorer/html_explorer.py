@@ -25,13 +25,15 @@ from explorer.app_state.handle import ExperimentHandle
 from explorer.app_state.tables import slider_range, slider_step
 from explorer.core.decision import RHO
 from explorer.experiment.store import CHECK_KINDS
-from explorer.figures import BAND_STD, STYLE, frontier_2d, units_for
+from explorer.figures import BAND_STD, STYLE, frontier_2d, label_offsets, units_for
 from explorer.merging.methods import get_method
 from explorer.version import __version__
 from explorer.vouch import surrogate_family
 
 #: A front whose embedded table is larger than this is thinned to the points choices come from.
 MAX_EMBED_BYTES = 20 * 2**20
+#: The page's plot area in pixels at 1280×800 (measured in Chromium): where reference labels are placed.
+PLOT_AREA_PX = (468, 351)
 PREDICTION_NOTE = ("Predictions are predictions: every value on the front comes from surrogates fitted to the "
                    "measured points, with its ± std. Only the base, the experts, task arithmetic and the verified "
                    "merges were measured. Measure the chosen merge (merge-explorer verify or export) before relying "
@@ -107,6 +109,7 @@ def explorer_data(experiment, result, weights: Mapping[str, float] | None = None
     }
     data["front"] = front_part(shown)
     data["edges"] = _edges(F, shown, candidates, senses)
+    data["label_offsets"] = _label_offsets(F, S, refs, verified, data["band_std"])
     size = len(json.dumps(_clean(data)))
     if size > max_bytes:
         data["front"] = front_part(candidates)
@@ -134,6 +137,34 @@ def _edges(F: np.ndarray, shown: np.ndarray, candidates: np.ndarray, senses: np.
         for j in range(i + 1, T):
             edge = candidates[frontier_2d(F[candidates][:, [i, j]], senses[[i, j]])]
             out[f"{i},{j}"] = [position[int(r)] for r in edge if int(r) in position]
+    return out
+
+
+def _axis_range(values: np.ndarray, bars: np.ndarray) -> tuple[float, float]:
+    """The page's fixed axis range (explorer.js `range`): every value and ± bar, padded by 6 %."""
+    lo, hi = np.nanmin(values - bars), np.nanmax(values + bars)
+    pad = max(0.06 * (hi - lo), 1e-9)
+    return float(lo - pad), float(hi + pad)
+
+
+def _label_offsets(F: np.ndarray, S: np.ndarray, refs, verified, band: float) -> dict:
+    """Per ordered pair of tasks 'i,j', the pixel offset of each reference's label (figures.label_offsets:
+    where it hides no marker) in the page's plot area."""
+    if not refs:
+        return {}
+    M = np.array([m.metrics for m in list(refs) + list(verified)], dtype=float)
+    bars = np.vstack([np.nan_to_num(band * S, nan=0.0), np.zeros_like(M)])
+    values = np.vstack([F, M])
+    out = {}
+    T = F.shape[1]
+    for i in range(T):
+        for j in range(T):
+            if i == j:
+                continue
+            xr, yr = _axis_range(values[:, i], bars[:, i]), _axis_range(values[:, j], bars[:, j])
+            anchors = np.array([[m.metrics[i], m.metrics[j]] for m in refs], dtype=float)
+            offsets = label_offsets(anchors, [m.label for m in refs], values[:, [i, j]], xr, yr, PLOT_AREA_PX)
+            out[f"{i},{j}"] = [[round(dx, 1), round(dy, 1)] for dx, dy in offsets]
     return out
 
 

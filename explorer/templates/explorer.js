@@ -310,7 +310,15 @@
   function layout(i, j) {
     const axis = (k) => ({ title: { text: D.tasks[k] + ": " + (D.metrics[D.tasks[k]] || "metric") + unitOf(k) }, zeroline: false,
                            range: range(k), autorange: false, hoverformat: ".2f", automargin: true });
-    return { margin: { l: 60, r: 10, t: 10, b: 10 }, xaxis: axis(i), yaxis: axis(j), hovermode: "closest",
+    // each reference named where it hides no marker (offsets placed by explorer/figures.py for this plot size)
+    const offsets = D.label_offsets[i + "," + j] || [];
+    const annotations = D.references.map((m, n) => {
+      const colour = (D.style[m.kind] || D.style.verified)[0], o = offsets[n] || [0, 16];
+      return { x: m.metrics[i] * scaleOf(i), y: m.metrics[j] * scaleOf(j), xref: "x", yref: "y", text: esc(m.label),
+               showarrow: true, ax: o[0], ay: -o[1], arrowhead: 0, arrowwidth: 1, arrowcolor: colour, standoff: 7,
+               font: { size: 11, color: colour }, bgcolor: "rgba(255,255,255,0.8)" };
+    });
+    return { margin: { l: 60, r: 10, t: 10, b: 10 }, xaxis: axis(i), yaxis: axis(j), hovermode: "closest", annotations: annotations,
              legend: { orientation: "h", y: -0.18, font: { size: 11 } }, font: { family: "Inter, Helvetica, Arial, sans-serif", size: 12 },
              plot_bgcolor: "#fff", paper_bgcolor: "#fff" };
   }
