@@ -132,7 +132,8 @@ def test_choice_equals_pick_offline_for_random_preferences(toy_run, explorer_fil
 
     timings = page.evaluate("window.mergeExplorer.timings")[1:]  # the first is the page's own start
     assert len(timings) >= 20 * 2 * len(tasks) * 0.5
-    assert max(timings) < LATENCY_BUDGET_MS, sorted(timings)[-5:]
+    # every move but the odd one a loaded 2-core VM preempts (quiet: all under 20 ms; at load 13 one of 160 took 52 ms)
+    assert np.percentile(timings, 95) < LATENCY_BUDGET_MS / 2 and np.median(timings) < LATENCY_BUDGET_MS / 5, sorted(timings)[-5:]
     print(f"slider moves: {len(timings)}, median {np.median(timings):.1f} ms, max {max(timings):.1f} ms")
 
     link, before = page.url, _choice(page)
