@@ -29,6 +29,7 @@ from explorer import app_state as S
 from explorer import figures as F
 from explorer.errors import ExplorerError
 from explorer.experiment.store import CHECK_KINDS
+from explorer.html_explorer import explorer_bytes
 from explorer.vouch import decision_reason
 
 LOG = logging.getLogger("merge-explorer.app")
@@ -36,10 +37,9 @@ PLOT_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "sele
 
 
 # --- caches ------------------------------------------------------------------------------------
-@st.cache_resource
 def workspace() -> S.Workspace:
-    """Per process: the demo build job."""
-    return S.Workspace()
+    """Per process: loaded experiments and the demo build job (warmed by scripts/serve.py before the first visitor)."""
+    return S.process_workspace()
 
 
 @st.cache_resource(show_spinner="Loading the experiment…")
@@ -277,7 +277,8 @@ def chosen_panel(handle, result, decision, measured, minimums, units, weights, f
                    "a measurement settles it.")
     lines = glance(result, decision, measured, units, refs)
     st.markdown("\n".join(f"- {line}" for line in lines))
-    rows = S.choice_rows(result.tasks, metrics, decision, measured, minimums)
+    rows = S.choice_rows(result.tasks, metrics, decision, measured, minimums,
+                         [units.is_fraction(t) for t in result.tasks])
     # a markdown table and no HTML: the first page loads no data-grid, Arrow or raw-HTML scripts
     # (together ~0.3 s of a 3 s page load on a 2-core machine, benchmarks/bench_page_load.py)
     st.markdown(S.markdown_table(rows, S.CHOICE_HEADERS))
@@ -361,6 +362,10 @@ def export_buttons(handle, result, decision, weights, minimums, figs, rows, summ
     cols[1].download_button("report.html", lambda: S.report_bytes(title, figs(), rows, notes, summary=summary),
                             "report.html", "text/html", key="dl_report", on_click="ignore",
                             help="The plots and the chosen point in one file that opens in any browser.")
+    cols[0].download_button("explorer.html", lambda: explorer_bytes(exp, result, w, m), "explorer.html", "text/html",
+                            key="dl_explorer", on_click="ignore",
+                            help="The explorer in one file for people without this server: sliders, front and chosen "
+                                 "merge, opened offline in any browser; it starts from the current choice.")
     if args.present:
         st.caption("The merged checkpoint is built where the server runs: "
                    "`merge-explorer export SPEC --weights ... --out DIR` with these preferences.")

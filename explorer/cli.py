@@ -114,7 +114,7 @@ def _reads_only(args) -> bool:
     """pick, and export of the coefficients alone, only read the store (no --polish): opened read-only."""
     if getattr(args, "polish", None) is not None:
         return False
-    return args.command == "pick" or (args.command == "export" and args.no_checkpoint)
+    return args.command == "pick" or (args.command == "export" and (args.no_checkpoint or args.out is None))
 
 
 def cmd_run(args) -> int:
@@ -259,7 +259,15 @@ def cmd_pick(args) -> int:
 def cmd_export(args) -> int:
     from explorer.export import export  # imports torch: loaded after the options are checked
 
+    if args.out is None and args.html is None:
+        raise SpecError("export: nothing to write: give --out DIR, --html FILE, or both")
+    if args.html is not None and args.out is None and args.polish is not None:
+        raise SpecError("--polish: needs --out DIR (the polished point is exported there)")
     exp, result, decision, weights, minimums = _decide(args)
+    if args.html is not None:
+        _write_html(args.html, exp, result, weights, minimums)
+        if args.out is None:
+            return 0
     _print_decision(exp, result, decision)
     polished = None
     if args.polish is not None:
@@ -275,6 +283,17 @@ def cmd_export(args) -> int:
     for p in paths.values():
         print(f"wrote {p}")
     return 0
+
+
+def _write_html(path: str, exp, result, weights, minimums) -> None:
+    """The offline explorer (explorer/html_explorer.py): one file, the sliders' choice made in the page."""
+    from explorer.html_explorer import write_explorer_html  # imports plotly: only when a file is written
+
+    written, data = write_explorer_html(path, exp, result, weights, minimums)
+    for note in data["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {written} ({written.stat().st_size / 2**20:.1f} MB, {len(data['front']['index'])} front points, "
+          f"plotly.js embedded; opens offline in any browser)")
 
 
 def _print_export_metrics(path: Path) -> None:
@@ -417,11 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     polish_options(p)
     p.set_defaults(func=cmd_pick)
 
-    p = sub.add_parser("export", help="write coefficients.json (with measured and test-split metrics), mergekit.yaml, merged.safetensors")
+    p = sub.add_parser("export", help="write coefficients.json (with measured and test-split metrics), mergekit.yaml, "
+                                      "merged.safetensors; --html FILE: the explorer as one offline HTML file")
     common(p)
     prefs(p)
     polish_options(p)
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", help="output directory (coefficients.json, mergekit.yaml, the merged checkpoint)")
+    p.add_argument("--html", metavar="FILE",
+                   help="also (or only) write the explorer as one offline HTML file: sliders, front, chosen merge; "
+                        "opens in any browser with no server or network (--weights/--min set its starting choice)")
     p.add_argument("--no-checkpoint", action="store_true",
                    help="skip the merged checkpoint (merged.safetensors or merged/) and mergekit-inputs/ (the "
                         "preprocessed experts an exact TIES/DARE mergekit.yaml needs: without them it is not exact)")

@@ -13,6 +13,7 @@ views read the same everywhere:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -147,8 +148,9 @@ def _layout(fig: go.Figure, title: str, height: int = HEIGHT, legend_below: bool
         hoverlabel=dict(font_size=12),
     )
     if legend_below:
-        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0.0,
-                                      font=dict(size=11)))
+        # two entries a row, below the axis title: one entry a row took half the height at 1280×800
+        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.26, xanchor="left", x=0.0,
+                                      font=dict(size=11), entrywidth=0.5, entrywidthmode="fraction"))
     return fig
 
 
@@ -235,35 +237,121 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
         x=M[:, i], y=M[:, j], mode="markers", name=name,
         marker=dict(color=colour, size=8, symbol=symbol, line=dict(color="white", width=0.5)),
         customdata=C, hovertemplate=hover + "<extra>evaluated</extra>"))
-    _add_markers_2d(fig, list(markers) + list(verified), i, j, tasks, hover)
-    if chosen is not None:
-        _add_chosen_2d(fig, chosen, i, j, tasks, hover)
-    _layout(fig, f"Front: {tasks[i]} vs {tasks[j]}")
     extra = [m.metrics for m in list(markers) + list(verified)]
     if chosen is not None:
         extra += [chosen.predicted] + ([chosen.measured] if chosen.measured is not None else [])
     allx = np.concatenate([xs, [e[i] for e in extra]])
     ally = np.concatenate([ys, [e[j] for e in extra]])
-    fig.update_xaxes(title=units.title(tasks[i], xs), tickformat=units.tickformat(tasks[i], xs), range=_padded(allx, 0.1))
-    fig.update_yaxes(title=units.title(tasks[j], ys), tickformat=units.tickformat(tasks[j], ys), range=_padded(ally, 0.12))
+    xrange, yrange = _padded(allx, 0.1), _padded(ally, 0.12)
+    # every marker a label could cover, but the chosen merge's: it lies on the front, which labels avoid, and
+    # leaving it out keeps the placement (cached) the same while a slider moves it
+    drawn = np.column_stack([np.concatenate([xs, [m.metrics[i] for m in list(markers) + list(verified)]]),
+                             np.concatenate([ys, [m.metrics[j] for m in list(markers) + list(verified)]])])
+    kinds = {m.kind for m in list(markers) + list(verified)}
+    names = [tr.name for tr in fig.data] + [STYLE.get(k, STYLE["verified"])[2] for k in kinds]
+    entries = len(names) + (0 if chosen is None else 1 + (chosen.measured is not None))
+    columns = 2 if max(len(n or "") for n in names) <= LEGEND_TWO_COLUMNS_CHARS else 1
+    _add_markers_2d(fig, list(markers) + list(verified), i, j, tasks, hover, (xrange, yrange, drawn))
+    if chosen is not None:
+        _add_chosen_2d(fig, chosen, i, j, tasks, hover)
+    _layout(fig, f"Front: {tasks[i]} vs {tasks[j]}", height=HEIGHT + legend_growth_px(entries, columns))
+    fig.update_layout(legend_entrywidth=1.0 / columns)
+    fig.update_xaxes(title=units.title(tasks[i], xs), tickformat=units.tickformat(tasks[i], xs), range=xrange)
+    fig.update_yaxes(title=units.title(tasks[j], ys), tickformat=units.tickformat(tasks[j], ys), range=yrange)
     fig.update_layout(clickmode="event+select", dragmode="zoom")
     return fig
 
 
-def _add_markers_2d(fig: go.Figure, markers: Sequence[Marker], i: int, j: int, tasks, hover: str) -> None:
+#: The 2-D front's plot area in pixels in the app's left column at 1280×800 with a legend of up to 10
+#: entries (two a row) below it, measured in Chromium; the figure grows by LEGEND_ROW_PX per further
+#: legend row, so the plot keeps this size. Reference labels are placed in these pixels so that they
+#: hide no marker.
+PLOT_AREA_PX = (377, 217)
+LEGEND_ROW_PX = 19
+LEGEND_TWO_COLUMNS_CHARS = 38  # longer legend names overlap their neighbours two a row: one a row then
+LABEL_FONT_PX = 11
+
+
+def legend_growth_px(legend_entries: int, columns: int = 2) -> int:
+    """How much taller than HEIGHT the 2-D front is drawn so that its legend leaves the plot its size."""
+    return LEGEND_ROW_PX * max(-(-legend_entries // columns) - 5, 0)
+
+
+def label_offsets(anchors: np.ndarray, labels: Sequence[str], drawn: np.ndarray, xrange, yrange,
+                  area=PLOT_AREA_PX, font_px: int = LABEL_FONT_PX) -> list[tuple[float, float]]:
+    """See `_label_offsets`; the same inputs (by content) give the cached answer: a slider move redraws the
+    front with the same markers."""
+    anchors, drawn = np.ascontiguousarray(anchors, dtype=float), np.ascontiguousarray(drawn, dtype=float)
+    return list(_cached_label_offsets(anchors.tobytes(), anchors.shape, tuple(labels), drawn.tobytes(), drawn.shape,
+                                      tuple(map(float, xrange)), tuple(map(float, yrange)), tuple(area), font_px))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_label_offsets(anchors: bytes, a_shape, labels, drawn: bytes, d_shape, xrange, yrange, area, font_px):
+    return tuple(_label_offsets(np.frombuffer(anchors).reshape(a_shape), labels, np.frombuffer(drawn).reshape(d_shape),
+                                xrange, yrange, area, font_px))
+
+
+def _label_offsets(anchors: np.ndarray, labels: Sequence[str], drawn: np.ndarray, xrange, yrange,
+                   area=PLOT_AREA_PX, font_px: int = LABEL_FONT_PX) -> list[tuple[float, float]]:
+    """Per label, the offset (dx, dy) in pixels, y up, of its centre from its marker: the spot nearest
+    the marker whose box covers the fewest drawn markers and earlier labels and stays in the plot.
+    Greedy over rings of candidate spots, in pixels of `area` (at other sizes the boxes scale with the plot)."""
+    W, H = area
+    sx, sy = W / (xrange[1] - xrange[0]), H / (yrange[1] - yrange[0])
+    P = np.column_stack([(drawn[:, 0] - xrange[0]) * sx, (drawn[:, 1] - yrange[0]) * sy]) if len(drawn) else np.zeros((0, 2))
+    h, dot = 1.5 * font_px, 6.0  # text box height; a drawn point's radius plus a margin (reference markers: 13 px)
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False) + np.pi / 2  # straight up first
+    radii = np.repeat([20, 28, 40, 56, 76, 100, 128, 160, 200], len(angles))  # nearest ring first
+    turns = np.tile(angles, len(radii) // len(angles))
+    placed = np.zeros((0, 4))
+    out = []
+    for (x, y), text in zip(anchors, labels):  # every candidate spot of a label at once (the page reruns per slider move)
+        ax, ay = (x - xrange[0]) * sx, (y - yrange[0]) * sy
+        w = 0.6 * font_px * len(text) + 4
+        dx, dy = radii * np.cos(turns) * max(1.0, w / (2 * h)) ** 0.5, radii * np.sin(turns)
+        x0, y0, x1, y1 = ax + dx - w / 2, ay + dy - h / 2, ax + dx + w / 2, ay + dy + h / 2
+        covered = np.sum((P[None, :, 0] > x0[:, None] - dot) & (P[None, :, 0] < x1[:, None] + dot)
+                         & (P[None, :, 1] > y0[:, None] - dot) & (P[None, :, 1] < y1[:, None] + dot), axis=1)
+        clash = np.sum(~((x1[:, None] < placed[None, :, 0]) | (placed[None, :, 2] < x0[:, None])
+                         | (y1[:, None] < placed[None, :, 1]) | (placed[None, :, 3] < y0[:, None])), axis=1)
+        outside = (x0 < 2) | (y0 < 4) | (x1 > W - 2) | (y1 > H - 2)
+        cost = covered + 1000 * clash + 500 * outside + radii / 200  # labels never on labels or off the plot
+        k = int(np.argmin(cost))
+        placed = np.vstack([placed, [x0[k], y0[k], x1[k], y1[k]]])
+        out.append((float(dx[k]), float(dy[k])))
+    return out
+
+
+def _add_markers_2d(fig: go.Figure, markers: Sequence[Marker], i: int, j: int, tasks, hover: str,
+                    placing: tuple | None = None) -> None:
+    """Reference markers, each labelled by an annotation placed where it hides no marker (`placing`: x
+    range, y range, every drawn point); verified ones unlabelled (the hover names them)."""
     groups: dict[str, list[Marker]] = {}
     for m in markers:
         groups.setdefault(m.kind, []).append(m)
     for kind, items in groups.items():
         colour, symbol, name = STYLE.get(kind, STYLE["verified"])
-        fig.add_trace(_trace("scatter", 
-            x=[m.metrics[i] for m in items], y=[m.metrics[j] for m in items],
-            mode="markers+text" if kind != "verified" else "markers", name=name,
-            text=[m.label for m in items], textposition="top center", textfont=dict(size=11, color=colour),
+        fig.add_trace(_trace("scatter",
+            x=[m.metrics[i] for m in items], y=[m.metrics[j] for m in items], mode="markers", name=name,
+            text=[m.label for m in items],
             marker=dict(color=colour, size=13 if kind != "verified" else 14, symbol=symbol,
                         line=dict(color="white", width=1)),
             customdata=np.array([m.coefficients for m in items]),
             hovertemplate="%{text}<br>" + hover + "<extra></extra>"))
+    labelled = [m for m in markers if m.kind != "verified"]
+    if not labelled:
+        return
+    anchors = np.array([[m.metrics[i], m.metrics[j]] for m in labelled])
+    if placing is None:
+        offsets = [(0.0, 16.0)] * len(labelled)
+    else:
+        offsets = label_offsets(anchors, [m.label for m in labelled], placing[2], placing[0], placing[1])
+    for m, (dx, dy) in zip(labelled, offsets):
+        colour = STYLE.get(m.kind, STYLE["verified"])[0]
+        fig.add_annotation(x=m.metrics[i], y=m.metrics[j], xref="x", yref="y", text=m.label, showarrow=True,
+                           ax=dx, ay=-dy, arrowhead=0, arrowwidth=1, arrowcolor=colour, standoff=7,
+                           font=dict(size=LABEL_FONT_PX, color=colour), bgcolor="rgba(255,255,255,0.8)")
 
 
 def _add_chosen_2d(fig: go.Figure, chosen: Chosen, i: int, j: int, tasks, hover: str) -> None:

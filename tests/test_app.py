@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_loads_without_exceptions(app):
     assert chosen_table(at)["task"].tolist() == ["low (accuracy)", "mid (accuracy)", "high (accuracy)"]
     assert at.query_params.get("w")  # the choice is in the URL
     labels = {b.label for b in at.get("download_button")}
-    assert labels == {"coefficients.json", "mergekit.yaml", "merged.safetensors", "report.html"}
+    assert labels == {"coefficients.json", "mergekit.yaml", "merged.safetensors", "report.html", "explorer.html"}
 
 
 def test_importance_slider_changes_choice(app):
@@ -301,7 +302,8 @@ def test_present_mode_is_read_only(app, monkeypatch):
     assert not labels & {"Start evaluation", "Continue evaluation", "Evaluate the real merged model here",
                          "Load spec", "Build the demo now"}
     assert not [label for label in labels if label.startswith("Polish")] and not at.number_input  # polishing measures
-    assert {b.label for b in at.get("download_button")} == {"coefficients.json", "mergekit.yaml", "report.html"}
+    assert {b.label for b in at.get("download_button")} == {"coefficients.json", "mergekit.yaml", "report.html",
+                                                            "explorer.html"}
     before = chosen(at)
     slider(at, "w", "high").set_value(10.0).run()  # exploring still works
     no_errors(at)
@@ -362,3 +364,35 @@ def test_other_methods_fronts_are_overlaid_with_a_legend(toy_spec, tmp_path, mon
     assert "front of TIES (predicted)" in names and "front of task arithmetic (predicted)" in names
     assert any("Dashed lines: the fronts of TIES" in c.value for c in at.caption)
     assert any("Merge method: task arithmetic" in c.value for c in at.caption)
+
+
+def test_one_unit_on_the_page(app):
+    """Accuracies read in percent in the table, on the sliders and in the lines, the ± in the same
+    unit; no Python literal (None, nan) reaches the page."""
+    at = app.run()
+    slider(at, "min", "mid").set_value(slider(at, "min", "mid").min + 1.0).run()
+    no_errors(at)
+    table = next(m.value for m in at.markdown if m.value.startswith("| task |"))
+    rows = [r for r in table.splitlines()[2:]]
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        assert cells[2].endswith(" %") and cells[3].endswith(" %"), r  # predicted, ± std
+    assert "%" in rows[1].split("|")[-2]  # the minimum of mid, in percent like its slider
+    assert all("(%)" in s.label for s in at.slider if s.key.startswith("min:"))
+    lines = next(m.value for m in at.markdown if m.value.startswith("- ")).splitlines()
+    predicted_cells = [float(r.strip("|").split("|")[2].strip().removesuffix(" %")) for r in rows]
+    for line, value in zip(lines, predicted_cells):
+        assert f"{value:.1f} %" in line or f"{round(value, 1):.1f} %" in line, (line, value)
+    text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert not re.search(r"\b(nan|None|NaN)\b", text)
+
+
+def test_choice_rows_units():
+    from explorer.core.decision import Decision
+
+    d = Decision(0, np.array([0.3, 0.7]), np.array([0.6308, 1.25]), True, np.zeros(2), std=np.array([0.0055, np.nan]))
+    rows = app_state.choice_rows(["digits", "loss"], {"digits": "accuracy", "loss": "loss"}, d, None, {"digits": 0.6},
+                                 [True, False])
+    assert rows[0]["predicted"] == "63.08 %" and rows[0]["± std"] == "0.55 %" and rows[0]["minimum"] == "60.00 %"
+    assert rows[1]["predicted"] == 1.25 and rows[1]["± std"] is None and rows[1]["minimum"] is None
+    assert "nan" not in app_state.markdown_table(rows) and "None" not in app_state.markdown_table(rows)

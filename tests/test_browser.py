@@ -97,6 +97,26 @@ def wait_idle(page, timeout_ms: int = 60_000) -> None:
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
 
 
+#: (label, marker) pairs of the first plot whose boxes on screen overlap by more than a pixel each way (a label
+#: against its own marker does not count): what a reader sees as a label hiding a marker.
+LABEL_OVERLAPS_JS = """() => {
+  const plot = document.querySelector('.js-plotly-plot');
+  const markers = [], labels = [];
+  plot.querySelectorAll('.scatterlayer .trace').forEach((trace, t) => {
+    trace.querySelectorAll('.points path.point').forEach((p, k) => markers.push([t, k, p.getBoundingClientRect()]));
+    trace.querySelectorAll('.textpoint text').forEach((x, k) => { if (x.textContent) labels.push([t, k, x.textContent, x.getBoundingClientRect()]); });
+  });
+  plot.querySelectorAll('.annotation .annotation-text').forEach((x) => labels.push([-1, -1, x.textContent, x.getBoundingClientRect()]));
+  const out = [];
+  for (const [t, k, text, a] of labels) for (const [u, j, b] of markers) {
+    if (t === u && k === j) continue;
+    const w = Math.min(a.right, b.right) - Math.max(a.left, b.left), h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+    if (w > 1 && h > 1) out.push(text);
+  }
+  return {labels: labels.length, markers: markers.length, overlaps: out};
+}"""
+
+
 def chosen_text(page) -> str:
     return page.locator(".st-key-chosen-coefficients").inner_text()
 
@@ -125,6 +145,8 @@ def test_slider_moves_chosen_point_in_browser(toy_spec):
         page.goto(url, wait_until="domcontentloaded")
         wait_for_plots(page)
         assert page.locator(".js-plotly-plot").count() >= 1
+        labels = page.evaluate(LABEL_OVERLAPS_JS)  # the front view at 1280x800: no label hides a marker
+        assert labels["labels"] >= 5 and labels["overlaps"] == [], labels["overlaps"]
         before = chosen_text(page)
         assert re.match(r"c = \[[-0-9., ]+\]", before)
         move_slider(page, "Importance of high")
@@ -170,6 +192,16 @@ def test_present_mode_in_browser(toy_spec):
         shown = re.findall(r"-?\d+\.\d+", after)
         assert [f"{doc['coefficients'][t]:.3f}" for t in ("low", "mid", "high")] == shown
         assert doc["preferences"]["weights"]["high"] == 10.0
+        # the offline explorer: downloaded in present mode, it opens on the page's choice with no server
+        with page.expect_download(timeout=60_000) as info:
+            page.get_by_role("button", name="explorer.html").click()
+        saved = ARTIFACTS / "present-explorer.html"
+        info.value.save_as(saved)
+        offline = page.context.browser.new_page()
+        offline.goto(saved.as_uri())
+        offline.wait_for_selector("#front .main-svg", timeout=60_000)
+        assert re.findall(r"-?\d+\.\d+", offline.locator("#coefficients").inner_text()) == shown
+        offline.close()
         page.screenshot(path=str(ARTIFACTS / "browser-present-mode.png"), full_page=False)
         assert not page.locator('[data-testid="stException"]').count()
 
@@ -179,11 +211,11 @@ TABS = {"front": "Front", "all-tasks": "All tasks", "radar": "Radar", "landscape
         "surrogate-quality": "Surrogate quality"}
 
 
-def screenshots(spec: Path, out: Path) -> list[Path]:
-    """One 1280x800 screenshot per view of the app on `spec`."""
+def screenshots(spec: Path, out: Path, app_args: tuple[str, ...] = ()) -> list[Path]:
+    """One 1280x800 screenshot per view of the app on `spec` (scripts/screenshots.py takes the whole set)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    with serve(spec, ARTIFACTS / "streamlit-screenshots.log") as url, browser_page() as page:
+    with serve(spec, ARTIFACTS / "streamlit-screenshots.log", app_args=app_args) as url, browser_page() as page:
         page.goto(url, wait_until="domcontentloaded")
         wait_for_plots(page)
         page.wait_for_timeout(1500)

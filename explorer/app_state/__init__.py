@@ -31,7 +31,14 @@ from explorer.app_state.arguments import (
     spec_refusal,
 )
 from explorer.app_state.choice import choose, chosen_view
-from explorer.app_state.handle import DEMO_COMMAND, SERVER_EXPORTS_DIR, ExperimentHandle, Workspace, demo_ready
+from explorer.app_state.handle import (
+    DEMO_COMMAND,
+    SERVER_EXPORTS_DIR,
+    ExperimentHandle,
+    Workspace,
+    demo_ready,
+    process_workspace,
+)
 from explorer.app_state.jobs import Job, format_seconds
 from explorer.app_state.share_links import WEIGHT_RANGE, decode_preferences, encode_preferences
 from explorer.app_state.tables import (
@@ -56,6 +63,6 @@ __all__ = [
     "STORE_ENV", "TRUST_PICKLE_ENV", "WEIGHT_RANGE", "WORKSPACE_ENV", "Workspace", "app_args", "choice_rows",
     "choose", "chosen_view", "decode_preferences", "demo_ready", "encode_preferences", "file_signature",
     "format_bytes", "format_seconds", "glance_lines", "markdown_table", "parse_size", "polish_progress_text",
-    "polish_rows", "polish_summary", "poor_fits", "report_bytes", "slider_range", "slider_step", "spec_refusal",
+    "polish_rows", "polish_summary", "poor_fits", "process_workspace", "report_bytes", "slider_range", "slider_step", "spec_refusal",
     "to_buffer",
 ]

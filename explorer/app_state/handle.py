@@ -339,6 +339,21 @@ class Workspace:
             return job
 
 
+_PROCESS_WORKSPACE: Workspace | None = None
+_PROCESS_LOCK = threading.Lock()
+
+
+def process_workspace() -> Workspace:
+    """The one Workspace of this server process: the app's sessions share it, and the launcher
+    (scripts/serve.py) opens the experiment into it before the server listens, so that the first
+    visitor finds it loaded."""
+    global _PROCESS_WORKSPACE
+    with _PROCESS_LOCK:
+        if _PROCESS_WORKSPACE is None:
+            _PROCESS_WORKSPACE = Workspace()
+        return _PROCESS_WORKSPACE
+
+
 def demo_ready(spec: Path = DEFAULT_SPEC) -> tuple[bool, str]:
     """Whether the demo spec and its zoo exist; otherwise a message saying how to build them."""
     if not Path(spec).is_file():

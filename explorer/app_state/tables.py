@@ -62,18 +62,29 @@ def poor_fits(result, threshold: float = 0.8) -> dict[str, float]:
 
 
 def choice_rows(tasks: Sequence[str], metrics: Mapping[str, str], decision: Decision,
-                measured: np.ndarray | None, minimums: Mapping[str, float]) -> list[dict]:
-    """The chosen-point table: one row per task."""
+                measured: np.ndarray | None, minimums: Mapping[str, float],
+                fractions: Sequence[bool] | None = None) -> list[dict]:
+    """The chosen-point table: one row per task. Tasks in `fractions` (accuracies) read in percent,
+    their ± std and minimum too, as on the sliders and in the lines above the table; other metrics
+    in their own units. A value that is unknown is None (shown as —), never nan."""
     rows = []
     std = decision.std if decision.std is not None else np.full(len(tasks), np.nan)
+    fractions = list(fractions) if fractions is not None else [False] * len(tasks)
+
+    def shown(i: int, v, signed: bool = False):
+        if v is None or not np.isfinite(v):
+            return None
+        if fractions[i]:
+            return f"{100 * float(v):{'+' if signed else ''}.2f} %"
+        return round(float(v), 4)
+
     for i, t in enumerate(tasks):
         row = {"task": f"{t} ({metrics.get(t, 'metric')})", "coefficient": round(float(decision.coefficients[i]), 4),
-               "predicted": round(float(decision.predicted[i]), 4),
-               "± std": round(float(std[i]), 4) if np.isfinite(std[i]) else None}
+               "predicted": shown(i, decision.predicted[i]), "± std": shown(i, std[i])}
         if measured is not None:
-            row["measured"] = round(float(measured[i]), 4)
-            row["measured − predicted"] = round(float(measured[i] - decision.predicted[i]), 4)
-        row["minimum"] = round(float(minimums[t]), 4) if t in minimums else None
+            row["measured"] = shown(i, measured[i])
+            row["measured − predicted"] = shown(i, measured[i] - decision.predicted[i], signed=True)
+        row["minimum"] = shown(i, minimums[t]) if t in minimums else None
         rows.append(row)
     return rows
 

@@ -10,6 +10,7 @@ factories ("package.module:factory") subclass this and build a real module inste
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,21 @@ class StateDictMerge:
         state = merged_state_dict(experiment.engine, coefficients, via_inputs)
         save_file(state, str(path), metadata={"format": "pt", "merge-explorer": __version__,
                                               "coefficients": json.dumps([float(c) for c in coefficients])})
-        path.chmod(0o644)  # safetensors writes 0600; exports are shared like their sibling files
+        path.chmod(0o666 & ~current_umask())  # safetensors writes 0600; exports get the umask's like their siblings
         return {"merged": path}
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it, racing other threads' files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def merged_state_dict(engine, coefficients, via_inputs: bool = False) -> dict[str, torch.Tensor]:
