@@ -104,7 +104,8 @@ def test_over_the_limit_the_state_dict_merge_is_written_under_the_workspace(toy_
 
     at = app_for(toy_spec, tmp_path, monkeypatch).run()
     no_errors(at)
-    assert {b.label for b in at.get("download_button")} == {"coefficients.json", "mergekit.yaml", "report.html"}
+    assert {b.label for b in at.get("download_button")} == {"coefficients.json", "mergekit.yaml", "report.html",
+                                                             "explorer.html"}
     assert [c.value for c in at.caption if "over this server's download limit (1000 B" in c.value]
     at.button(key="write_ckpt").click().run()
     no_errors(at)
