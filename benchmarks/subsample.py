@@ -255,7 +255,9 @@ def zoo_arms(spec: Path, store: Path, settings, log) -> dict:
         path = store.parent / f"subsample-{setting}.yaml"
         d = dict(doc)
         d["evaluation"] = {"examples": setting}
-        d["store"] = str(store)
+        # one store per arm: the evaluation setting is not part of the experiment's key (values on the
+        # full set are the same whatever the setting), so a shared store would serve one arm the other's
+        d["store"] = str(store.parent / f"subsample-{setting}.sqlite")
         d["model"] = {**doc["model"], **{k: str((spec.parent / v).resolve()) for k, v in doc["model"].items()
                                          if k in ("base", "config_dir")}}
         d["tasks"] = {t: {**ts, "checkpoint": str((spec.parent / ts["checkpoint"]).resolve())} for t, ts in doc["tasks"].items()}
@@ -266,8 +268,9 @@ def zoo_arms(spec: Path, store: Path, settings, log) -> dict:
         n = {t: exp.n_examples(t) for t in exp.tasks}
         full_point = sum(n.values())
         C, _, kinds, how = exp.measured_examples()
+        run = [i for i, k in enumerate(kinds) if k in ("design", "adaptive", "reference")]  # not verified points
         run_examples = int(sum(how["examples"][i, j] if how["examples"][i, j] else n[t]
-                               for i in range(len(C)) for j, t in enumerate(exp.tasks)))
+                               for i in run for j, t in enumerate(exp.tasks)))
 
         def measure(X):
             return np.array([exp.evaluate(c, "verify") for c in np.atleast_2d(X)])
@@ -279,7 +282,7 @@ def zoo_arms(spec: Path, store: Path, settings, log) -> dict:
         fid = judge_front(exp.result(), measure)
         before = judge_front(result, measure)
         spent = run_examples + len(prefs) * full_point  # the picks are measured on the full sets
-        arm = {"setting": str(setting), "points": int(len(C)), "examples": spent,
+        arm = {"setting": str(setting), "points": len(run), "examples": spent,
                "share": None, **{k: picks[k] for k in ("pick_coverage", "pick_error")}, **fid,
                "before_picks": before, "seconds": round(time.perf_counter() - start, 1), "V": picks["V"].tolist()}
         out["arms"][f"ours, examples: {setting}"] = arm
