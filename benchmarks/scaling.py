@@ -140,7 +140,9 @@ def markdown(rows: list[dict], seconds: float) -> str:
 
     lines = ["# Which method for how many tasks", "",
              f"Machine: {platform.machine()}, torch {torch.__version__}. Wall time {seconds:.0f} s. "
-             "Produced by `python -m benchmarks.run --scaling-only`.", "",
+             "Produced by `python -m benchmarks.run --scaling-only`; the equal-evaluation rows alone by "
+             "`python -m benchmarks.scaling --ladder-only` (which keeps the T ≤ 8 rows of scaling.json; "
+             "`--cells DIR --sizes ...` splits the ladder over workers).", "",
              "Analytic 'smooth' landscape per T, the benchmark's 10 preferences. Margin: the exact most every task could "
              "gain at once over the pick (accuracy points; 0 = Pareto-optimal). Evaluations: every distinct point, the "
              "picks included (Nested MAP spends them per preference).", "",
