@@ -23,11 +23,12 @@ Which method runs (`choose_method`), for T tasks, an evaluation budget B (defaul
   method ends within 0.2 points, said in the README);
 - "nested", B ≥ `nested_evaluations(T, K, 6)` (Nested MAP's smallest 2-D designs fit: 236 at
   T = 10, 291 at 12, 401 at 16, 511 at 20 for K = 10): scaling.md's equal-evaluation table, every
-  cell where it can run (T = 10, 12 at B = 300; T = 10..20 at B = 600) puts it first, several
-  points closer to the front than the full or low-rank quadratic at the same B;
-- "full", B ≥ P + 1 + K (a full quadratic fits B − K design points): the same table, T = 10 at
-  B = 100 and T = 16, 20 at B = 300, where nested cannot run yet, has the full quadratic closer
-  than the low-rank one at equal evaluations;
+  cell where it can run (T = 10, 12 at B = 300; T = 10..20 at B = 600) puts it first, 3.8-6.9
+  points closer to the front than the better quadratic at the same B (0.36-0.85 points);
+- "full", B ≥ P + 1 + K (a full quadratic fits B − K design points): the same table's cells
+  where nested cannot run yet and both fit, T = 10 at B = 100 (8.4 vs 13.6 points) and T = 16 at
+  B = 300 (3.7 vs 4.5), have the full quadratic closer than the low-rank one at equal evaluations
+  (where nested runs, the two are within 0.5 points either way);
 - "lowrank", B ≥ 2 + 4T + K (the rank-2 quadratic's 1 + 4T parameters, plus one, plus the picks):
   the only method that fits (T = 12..20 at B = 100);
 - below that no method fits B: `SpecError`.
