@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from benchmarks import problems as P
+from benchmarks.preferences import preferences
 from explorer.core.design import n_quadratic_terms
 from explorer.core.lowrank import (
     LowRankQuadraticSurrogate,
@@ -10,8 +12,10 @@ from explorer.core.lowrank import (
     lowrank_design,
     n_lowrank_terms,
 )
+from explorer.core.nested import nested_picks
 from explorer.core.pareto import compute_front
 from explorer.demo.landscapes import make_landscape
+from explorer.errors import SpecError
 
 
 def test_recovers_diagonal_plus_rank_one_quadratic():
@@ -52,12 +56,50 @@ def test_gradient_matches_finite_differences():
     compute_front([s, s], np.tile([0.0, 1.0], (4, 1)), n_candidates=256, max_points=20)
 
 
-@pytest.mark.parametrize("t,expected", [(2, "full"), (8, "full"), (9, "lowrank"), (12, "lowrank"), (13, "nested"), (20, "nested")])
+@pytest.mark.parametrize("t,expected", [(2, "full"), (8, "full"), (10, "full"), (11, "full"), (12, "lowrank"),
+                                        (20, "lowrank")])
 def test_choose_method_default_budget(t, expected):
+    """At the default 100 evaluations: ours up to T = 8, the full quadratic while it fits (T ≤ 11), then low-rank."""
     assert choose_method(t) == expected
 
 
-def test_choose_method_follows_budget():
-    assert choose_method(20, budget=2 * n_quadratic_terms(20)) == "full"
-    assert choose_method(20, budget=2 * n_lowrank_terms(20)) == "lowrank"
-    assert choose_method(4, budget=10) == "nested"
+@pytest.mark.parametrize("t,budget,expected", [
+    (10, 100, "full"), (12, 100, "lowrank"), (20, 100, "lowrank"),  # nested cannot run for 10 preferences
+    (10, 300, "nested"), (12, 300, "nested"),                        # scaling.md: nested first where it can run
+    (16, 300, "full"), (20, 300, "full"),
+    (16, 600, "nested"), (20, 600, "nested"),
+    (8, 600, "full"),                                                # T <= 8: ours at 2P beats nested at any budget
+])
+def test_choose_method_follows_the_equal_evaluation_table(t, budget, expected):
+    assert choose_method(t, budget) == expected
+
+
+def test_choose_method_counts_preferences_and_refuses_what_cannot_run():
+    assert choose_method(12, 120, n_preferences=10) == "full"
+    assert choose_method(12, 120, n_preferences=3) == "nested"  # nested's cost grows with the preferences served
+    with pytest.raises(SpecError, match="too small"):
+        choose_method(20, 50)
+
+
+def test_rule_choice_beats_the_alternative_at_equal_evaluations():
+    """T = 12, 3 preferences, 120 evaluations each: the rule picks nested, the old rule picked low-rank.
+
+    Both spend at most the same 120 real evaluations (every distinct point, the picks included) on
+    the analytic landscape; the chosen method's picks must be at least as close to the exact front.
+    """
+    t, budget = 12, 120
+    problem = P.analytic(t, "smooth", 0)
+    prefs = preferences(t, 3)
+    margins, spent = {}, {}
+    counter = P.Counter(problem)
+    results, _ = nested_picks(counter.one, problem.tasks, prefs, budget=budget)
+    picks = np.array([r.coefficients for r in results])
+    margins["nested"], spent["nested"] = problem.margin(picks, counter.many(picks)).mean(), counter.n
+    counter = P.Counter(problem)
+    result = explore_lowrank(counter.one, problem.tasks, budget=budget - len(prefs), front_points=300)
+    picks = np.array([result.decide(w).coefficients for w in prefs])
+    margins["lowrank"], spent["lowrank"] = problem.margin(picks, counter.many(picks)).mean(), counter.n
+    assert max(spent.values()) <= budget
+    chosen = choose_method(t, budget, n_preferences=len(prefs))
+    other = "lowrank" if chosen == "nested" else "nested"
+    assert margins[chosen] <= margins[other], margins

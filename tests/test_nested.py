@@ -1,9 +1,19 @@
 """Nested MAP: pairs similar tasks, follows preferences, costs O(T) evaluations per preference."""
 import numpy as np
+import pytest
 import torch
 
-from explorer.core.nested import CachedEvaluator, nested_merge, nested_picks, pair_groups, task_vector_similarity
+from explorer.core.nested import (
+    CachedEvaluator,
+    nested_evaluations,
+    nested_merge,
+    nested_picks,
+    pair_budget_for,
+    pair_groups,
+    task_vector_similarity,
+)
 from explorer.demo.landscapes import make_landscape
+from explorer.errors import SpecError
 from explorer.merging.task_vectors import TaskVectors
 
 
@@ -47,3 +57,19 @@ def test_cached_evaluator_counts_unique_points():
     assert ev.n_evaluations == 2
     r = nested_merge(land, land.tasks, {"t0": 1, "t1": 1, "t2": 1}, similarity=np.ones((3, 3)))
     assert r.n_evaluations <= 3 * 8
+
+
+def test_budget_bounds_what_nested_spends():
+    """nested_picks(budget=B) never spends more than B distinct evaluations; a budget too small is refused."""
+    t = 6
+    land = make_landscape(t, "smooth")
+    prefs = [np.ones(t), np.array([4.0] + [1.0] * (t - 1))]
+    assert nested_evaluations(t, 2, 8) > nested_evaluations(t, 2, 6)
+    budget = nested_evaluations(t, 2, 7)
+    assert pair_budget_for(t, 2, budget) == 7
+    results, spent = nested_picks(land, land.tasks, prefs, budget=budget)
+    assert spent <= budget and len(results) == 2
+    _, default_spent = nested_picks(land, land.tasks, prefs)
+    assert default_spent <= nested_evaluations(t, 2) and spent < default_spent
+    with pytest.raises(SpecError, match="needs up to"):
+        nested_picks(land, land.tasks, prefs, budget=nested_evaluations(t, 2, 6) - 1)

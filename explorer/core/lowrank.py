@@ -11,17 +11,27 @@ links as `QuadraticSurrogate` by nonlinear least squares, starting from the lead
 of a heavily regularised full-quadratic fit. It is a `QuadraticSurrogate` (its `coef_` is the same
 quadratic in the same feature basis), so fronts, decisions, figures and exports take it unchanged.
 
-Which method runs (`choose_method`), by the evaluation budget B (default `DEFAULT_MAX_EVALUATIONS`):
-- "full":    B ≥ 2·(T+1)(T+2)/2 (MAP's budget for a full quadratic): T ≤ 8 at the default B = 100.
-             It runs the default exploration (`explore(design="auto")`: space-filling below 4 tasks,
-             adaptive from 4 on, surrogate family per task), which benchmarks/results/benchmark-partial.md
-             measures against plain MAP, grid, random, NSGA-II and TPE at T = 2, 4, 8: at equal
-             evaluations its picks are 10-30x closer to the true front on the analytic landscapes
-             and the 8-task testbeds; on the two demo zoos every method ends within 0.2 points and
-             plain MAP, the grid, NSGA-II or TPE are as close or slightly closer at N1 (said in
-             the README), too small a loss to give up the adaptive default for;
-- "lowrank": otherwise, B ≥ 2·(1 + 2T + rT) with r = 2: T = 9..12 at the default;
-- "nested":  otherwise (Nested MAP, `explorer.nested`): O(T) evaluations per preference, T ≥ 13 at the default.
+Which method runs (`choose_method`), for T tasks, an evaluation budget B (default
+`DEFAULT_MAX_EVALUATIONS`, every distinct point counted, the picks included) and K preferences
+(default 10, the benchmark's), in this order:
+- "full", T ≤ 8 and B ≥ 2P (P = (T+1)(T+2)/2, MAP's budget): the default exploration
+  (`explore(design="auto")`: space-filling below 4 tasks, adaptive from 4 on, surrogate family
+  per task). benchmarks/results/scaling.md, rows T = 2..8: at 2P it is closer to the front than
+  Nested MAP spending 2-3x more (T = 8: 0.10 points at 100 evaluations vs 0.50 at 249), and
+  benchmark-partial.md measures it 10-30x closer than plain MAP, grid, random, NSGA-II and TPE at
+  equal evaluations on the analytic landscapes and the 8-task testbeds (on the two demo zoos every
+  method ends within 0.2 points, said in the README);
+- "nested", B ≥ `nested_evaluations(T, K, 6)` (Nested MAP's smallest 2-D designs fit: 236 at
+  T = 10, 291 at 12, 401 at 16, 511 at 20 for K = 10): scaling.md's equal-evaluation table, every
+  cell where it can run (T = 10, 12 at B = 300; T = 10..20 at B = 600) puts it first, 3.8-6.9
+  points closer to the front than the better quadratic at the same B (0.36-0.85 points);
+- "full", B ≥ P + 1 + K (a full quadratic fits B − K design points): the same table's cells
+  where nested cannot run yet and both fit, T = 10 at B = 100 (8.4 vs 13.6 points) and T = 16 at
+  B = 300 (3.7 vs 4.5), have the full quadratic closer than the low-rank one at equal evaluations
+  (where nested runs, the two are within 0.5 points either way);
+- "lowrank", B ≥ 2 + 4T + K (the rank-2 quadratic's 1 + 4T parameters, plus one, plus the picks):
+  the only method that fits (T = 12..20 at B = 100);
+- below that no method fits B: `SpecError`.
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ from scipy.stats import qmc
 from explorer.core.design import corner_points, n_quadratic_terms, normalize_bounds
 from explorer.core.links import link_forward, link_inverse, link_inverse_derivative
 from explorer.core.metrics import check_metrics, task_senses
+from explorer.core.nested import MIN_PAIR_BUDGET, nested_evaluations
 from explorer.core.pareto import compute_front
 from explorer.core.result import ExploreResult
 from explorer.core.surrogate import QuadraticSurrogate, quadratic_features, r2_score
@@ -42,6 +53,10 @@ from explorer.errors import SpecError
 
 DEFAULT_MAX_EVALUATIONS = 100
 DEFAULT_RANK = 2
+#: Preferences the budget of `choose_method` serves (the benchmark's and `merge-explorer compare`'s 10).
+DEFAULT_PREFERENCES = 10
+#: Largest T for which "full" means the default exploration measured in benchmark-partial.md.
+FULL_EXPLORE_MAX_TASKS = 8
 
 
 def n_lowrank_terms(n_tasks: int, rank: int = DEFAULT_RANK) -> int:
@@ -49,14 +64,23 @@ def n_lowrank_terms(n_tasks: int, rank: int = DEFAULT_RANK) -> int:
     return 1 + 2 * n_tasks + rank * n_tasks
 
 
-def choose_method(n_tasks: int, budget: int | None = None, rank: int = DEFAULT_RANK) -> str:
-    """'full', 'lowrank' or 'nested' for `n_tasks` tasks under an evaluation budget (see module docstring)."""
+def choose_method(n_tasks: int, budget: int | None = None, rank: int = DEFAULT_RANK,
+                  n_preferences: int = DEFAULT_PREFERENCES) -> str:
+    """'full', 'lowrank' or 'nested' for `n_tasks` tasks, `budget` evaluations in all (picks included)
+    and `n_preferences` picks: the method closest to the front at equal evaluations in
+    benchmarks/results/scaling.md (see the module docstring for the rows behind each branch)."""
     b = DEFAULT_MAX_EVALUATIONS if budget is None else int(budget)
-    if b >= 2 * n_quadratic_terms(n_tasks):
+    p = n_quadratic_terms(n_tasks)
+    if n_tasks <= FULL_EXPLORE_MAX_TASKS and b >= 2 * p:
         return "full"
-    if b >= 2 * n_lowrank_terms(n_tasks, rank):
+    if b >= nested_evaluations(n_tasks, n_preferences, MIN_PAIR_BUDGET):
+        return "nested"
+    if b >= p + 1 + n_preferences:
+        return "full"
+    if b >= n_lowrank_terms(n_tasks, rank) + 1 + n_preferences:
         return "lowrank"
-    return "nested"
+    raise SpecError(f"a budget of {b} evaluations is too small for {n_tasks} tasks and {n_preferences} preferences: "
+                    f"the low-rank quadratic needs {n_lowrank_terms(n_tasks, rank) + 1 + n_preferences}")
 
 
 def lowrank_design(bounds, n_tasks: int, budget: int, seed: int = 0) -> np.ndarray:

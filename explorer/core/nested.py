@@ -8,7 +8,13 @@ mean of its tasks' metrics. Two 2-D quadratic surrogates are fitted on a small d
 computed, and the point matching the pair's preference weights (sum of its tasks' weights, by the
 achievement scalarising function of `explorer.decision`) becomes the new group. log₂T levels of
 T/2, T/4, ... pairs cost about `pair_budget`·T evaluations in all; evaluations are cached by
-coefficients, so several preferences share the first level.
+coefficients, so several preferences share the first level (the pairing depends only on the
+similarity, so every preference meets the same pairs; only the merged vectors differ above level 1).
+
+Budget: `nested_evaluations` bounds what `nested_picks` spends for K preferences (every distinct
+point, the picks included); `nested_picks(..., budget=B)` sizes each 2-D design (`pair_budget`,
+6..16 points) to the largest that stays within B, so nested MAP can be compared with the
+surrogate methods at equal evaluations (benchmarks/scaling.py).
 
 Similarity: a (T, T) matrix (e.g. `task_vector_similarity`, cosine of task vectors), or by default
 the measured transfer between experts: how much expert i gains on task j over the base, and back.
@@ -26,6 +32,11 @@ from explorer.core.metrics import check_metrics, task_senses
 from explorer.core.pareto import compute_front
 from explorer.core.surrogate import QuadraticSurrogate
 from explorer.errors import SpecError
+
+#: Points per 2-D design: the default, the fewest a 2-D quadratic (6 terms) can be fitted from, the most a budget buys.
+DEFAULT_PAIR_BUDGET = 8
+MIN_PAIR_BUDGET = 6
+MAX_PAIR_BUDGET = 16
 
 
 class CachedEvaluator:
@@ -94,6 +105,41 @@ def pair_groups(groups: list[list[int]], sim: np.ndarray) -> tuple[list[tuple[in
     return pairs, sorted(free)
 
 
+def pair_counts(n_tasks: int) -> tuple[int, int]:
+    """(pairs at the first level, pairs at all later levels) of the pairing tree over `n_tasks` tasks."""
+    first, later, groups = n_tasks // 2, 0, n_tasks - n_tasks // 2
+    while groups > 1:
+        later += groups // 2
+        groups -= groups // 2
+    return first, later
+
+
+def nested_evaluations(n_tasks: int, n_preferences: int = 1, pair_budget: int = DEFAULT_PAIR_BUDGET,
+                       pair_bounds=(0.0, 1.0)) -> int:
+    """Most distinct evaluations `nested_picks` spends on `n_preferences` preferences (an upper bound).
+
+    Base and experts (T + 1, the transfer similarity); the first level's pairs, shared by every
+    preference; per preference the later levels' pairs and the pick itself. With `pair_bounds`
+    (0, 1) the 2-D design's corners (0, 0), (1, 0), (0, 1) are the base and the two merged
+    vectors: free at the first level (experts), the base free above it.
+    """
+    first, later = pair_counts(n_tasks)
+    unit = tuple(float(x) for x in pair_bounds) == (0.0, 1.0)
+    return (1 + n_tasks + first * (pair_budget - (3 if unit else 0))
+            + n_preferences * (later * (pair_budget - (1 if unit else 0)) + 1))
+
+
+def pair_budget_for(n_tasks: int, n_preferences: int, budget: int, pair_bounds=(0.0, 1.0)) -> int:
+    """The largest 2-D design size (MIN_PAIR_BUDGET..MAX_PAIR_BUDGET) whose `nested_evaluations` fits `budget`."""
+    fits = [p for p in range(MIN_PAIR_BUDGET, MAX_PAIR_BUDGET + 1)
+            if nested_evaluations(n_tasks, n_preferences, p, pair_bounds) <= budget]
+    if not fits:
+        need = nested_evaluations(n_tasks, n_preferences, MIN_PAIR_BUDGET, pair_bounds)
+        raise SpecError(f"nested MAP over {n_tasks} tasks for {n_preferences} preferences needs up to {need} "
+                        f"evaluations; the budget is {budget}")
+    return max(fits)
+
+
 def nested_merge(
     evaluate: Callable[[np.ndarray], Mapping[str, float]],
     tasks: Sequence[str],
@@ -109,7 +155,7 @@ def nested_merge(
     """One merged model for the preference `weights` (importance per task, default equal).
 
     evaluate: as for `explore` (coefficients over all T tasks -> {task: metric}).
-    pair_budget: design size of each 2-D problem (default 8: the 2-D quadratic has 6 terms).
+    pair_budget: design size of each 2-D problem (default 8: the 2-D quadratic has 6 terms; at least 6).
     cache: share a `CachedEvaluator` between calls (e.g. several preferences) to reuse evaluations.
     """
     tasks = list(tasks)
@@ -123,7 +169,9 @@ def nested_merge(
     w = np.maximum(w / w.sum(), 1e-6)
     measure = cache or CachedEvaluator(evaluate, tasks)
     sim = np.asarray(similarity, dtype=float) if similarity is not None else transfer_similarity(measure, t, senses)
-    pair_budget = 8 if pair_budget is None else int(pair_budget)
+    pair_budget = DEFAULT_PAIR_BUDGET if pair_budget is None else int(pair_budget)
+    if pair_budget < MIN_PAIR_BUDGET:
+        raise SpecError(f"pair_budget {pair_budget} is below the {MIN_PAIR_BUDGET} points a 2-D quadratic needs")
     design = sample_design(pair_bounds, 2, pair_budget, seed)  # (a, b) pairs, the same for every pair
 
     groups = [[i] for i in range(t)]
@@ -155,8 +203,17 @@ def nested_merge(
     return NestedResult(tasks, coefficients, measure(coefficients), measure.n_evaluations, steps)
 
 
-def nested_picks(evaluate, tasks: Sequence[str], preferences: Sequence, **kwargs) -> tuple[list[NestedResult], int]:
-    """`nested_merge` for several preferences sharing one evaluation cache; returns (results, total evaluations)."""
+def nested_picks(evaluate, tasks: Sequence[str], preferences: Sequence, *, budget: int | None = None,
+                 **kwargs) -> tuple[list[NestedResult], int]:
+    """`nested_merge` for several preferences sharing one evaluation cache; returns (results, total evaluations).
+
+    budget: most distinct evaluations in all (picks included): sets `pair_budget` by `pair_budget_for`
+    (SpecError if even the smallest 2-D designs do not fit); None: `pair_budget` as given or the default.
+    """
+    if budget is not None:
+        if kwargs.get("pair_budget") is not None:
+            raise SpecError("give nested_picks a budget or a pair_budget, not both")
+        kwargs["pair_budget"] = pair_budget_for(len(tasks), len(preferences), budget, kwargs.get("pair_bounds", (0.0, 1.0)))
     cache = CachedEvaluator(evaluate, list(tasks))
     results = [nested_merge(evaluate, tasks, p, cache=cache, **kwargs) for p in preferences]
     return results, cache.n_evaluations
