@@ -41,6 +41,7 @@ from explorer.merging.methods import get_method
 from explorer.merging.methods.lines import apply_lines, layer_depths
 from explorer.merging.methods.tsv import nearest_orthonormal, tsv_rank
 from explorer.merging.safetensors_file import SafetensorsCheckpoint
+from explorer.merging.task_vectors import coefficient_vector
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -396,10 +397,7 @@ class LoraMerger:
 
     # --- the merger's interface ----------------------------------------------------------------
     def _coefficients(self, coefficients) -> np.ndarray:
-        c = np.asarray(coefficients, dtype=np.float64).reshape(-1)
-        if c.shape != (len(self.experts),):
-            raise ValueError(f"expected {len(self.experts)} coefficients, got shape {np.shape(coefficients)}")
-        return c
+        return coefficient_vector(coefficients, len(self.experts))
 
     @torch.no_grad()
     def apply(self, coefficients) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from explorer.errors import CheckpointError, SpecError
+from explorer.merging.task_vectors import coefficient_vector
 from explorer.merging.methods import get_method
 from explorer.merging.methods.lines import apply_lines, layer_depths
 from explorer.merging.safetensors_file import (
@@ -430,10 +431,7 @@ class StreamingMerger:
         return [i for i in range(len(self.experts)) if float(c[i]) != 0.0]  # a zero coefficient reads nothing
 
     def _coefficients(self, coefficients) -> np.ndarray:
-        c = np.asarray(coefficients, dtype=np.float64).reshape(-1)
-        if c.shape != (len(self.experts),):
-            raise ValueError(f"expected {len(self.experts)} coefficients, got shape {np.shape(coefficients)}")
-        return c
+        return coefficient_vector(coefficients, len(self.experts))
 
     @torch.no_grad()
     def apply(self, coefficients) -> None:

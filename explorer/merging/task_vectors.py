@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
+import numpy as np
 import torch
 
 from explorer.errors import SpecError
@@ -79,3 +80,11 @@ def compute_task_vectors(
             stack = apply_lines(stack, key, depths, params["lines"])
         vectors[key] = stack.contiguous()
     return TaskVectors(keys=keys, vectors=vectors, params=params)
+
+
+def coefficient_vector(coefficients, n_tasks: int) -> np.ndarray:
+    """The merge coefficients as a flat float64 vector of one per task (the mergers' shared check)."""
+    c = np.asarray(coefficients, dtype=np.float64).reshape(-1)
+    if c.shape != (n_tasks,):
+        raise ValueError(f"expected {n_tasks} coefficients, got shape {np.shape(coefficients)}")
+    return c
