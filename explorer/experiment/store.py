@@ -319,14 +319,16 @@ class Store:
         )
         out = []
         for t, i, c, v, s, k, cr in rows:
-            try:
-                coefficients = [float(x) for x in json.loads(c)]
-            except (TypeError, ValueError):
-                raise StoreError(f"{self.path}: an evaluation of task {t!r} has unreadable coefficients; "
-                                 "the store is damaged") from None
+            coefficients = self._coefficients(c, f"an evaluation of task {t!r}")
             out.append(dict(task=t, task_identity=i, coefficients=coefficients, value=self._number(v, experiment),
                             seconds=s, kind=k, created=cr))
         return out
+
+    def _coefficients(self, text, what: str) -> list[float]:
+        try:
+            return [float(x) for x in json.loads(text)]
+        except (TypeError, ValueError):
+            raise StoreError(f"{self.path}: {what} has unreadable coefficients; the store is damaged") from None
 
     def _number(self, value, experiment: str) -> float:
         if not isinstance(value, (int, float)) or not np.isfinite(value):
@@ -404,11 +406,7 @@ class Store:
                           "WHERE experiment=? ORDER BY created", (experiment,))
         out = []
         for t, i, c, b, n, k in rows:
-            try:
-                coefficients = [float(x) for x in json.loads(c)]
-            except (TypeError, ValueError):
-                raise StoreError(f"{self.path}: a sample of task {t!r} has unreadable coefficients; "
-                                 "the store is damaged") from None
+            coefficients = self._coefficients(c, f"a sample of task {t!r}")
             out.append(dict(task=t, task_identity=i, coefficients=coefficients, scores=self._scores(b, experiment),
                             n_total=int(n), kind=k))
         return out
