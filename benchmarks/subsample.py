@@ -3,6 +3,7 @@
     python -m benchmarks.subsample                 # both 8-task testbeds (hidden, deep): minutes
     python -m benchmarks.subsample --zoo           # also the 8-task demo zoo (real CLIP evaluations)
     python -m benchmarks.subsample --quick         # the hidden testbed only, fewer settings
+    python -m benchmarks.subsample --untuned       # the two testbeds no constant was tuned on, apart
 
 The unit of cost is examples evaluated (one image or prompt through a merged model), not points.
 Every arm runs the shipped loop (`explorer.experiment.loop.run_adaptive`, the default design at 8
@@ -43,7 +44,7 @@ from explorer.core.design import coefficient_key, default_budget, n_quadratic_te
 from explorer.core.pareto import thin  # noqa: E402
 from explorer.core.result import fit_result  # noqa: E402
 from explorer.core.sampling import corrected_means, example_order, examples_for  # noqa: E402
-from explorer.demo.testbeds import make_testbed  # noqa: E402
+from explorer.demo.testbeds import UNTUNED_KINDS, make_testbed  # noqa: E402
 from explorer.experiment.loop import run_adaptive  # noqa: E402
 from explorer.experiment.store import FIT_KINDS  # noqa: E402
 
@@ -322,6 +323,9 @@ def main(argv=None) -> int:
     ap.add_argument("--zoo", action="store_true", help="also the 8-task demo zoo (real CLIP evaluations)")
     ap.add_argument("--zoo-only", action="store_true", help="only the zoo; keep the testbeds' rows of the last run")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--untuned", action="store_true",
+                    help="only the testbeds no constant was tuned on (explorer.demo.testbeds.UNTUNED_KINDS), "
+                         "reported apart: results/subsample_untuned.{md,json}")
     ap.add_argument("--out", default=str(RESULTS / "subsample"))
     ap.add_argument("--combine", nargs="+", metavar="JSON", help="only write the report of these runs' results together")
     args = ap.parse_args(argv)
@@ -338,7 +342,20 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     problems = []
-    if args.zoo_only and out.with_suffix(".json").exists():
+    if args.untuned:
+        out = out.with_name(out.name + "_untuned")
+    if args.untuned:
+        partial = out.with_suffix(".partial.json")
+        saved = json.loads(partial.read_text()) if partial.exists() else []
+
+        def save_untuned(problem):
+            saved[:] = [p for p in saved if p["problem"] != problem["problem"]] + [problem]
+            partial.write_text(json.dumps(saved, indent=1))
+
+        for kind in UNTUNED_KINDS:
+            done = next((p for p in saved if p["problem"] == f"testbed {kind} T = 8"), None)
+            problems.append(testbed_arms(kind, ["auto"], log, "validation", done, save_untuned, False))
+    elif args.zoo_only and out.with_suffix(".json").exists():
         problems = [p for p in json.loads(out.with_suffix(".json").read_text()) if p["problem"].startswith("testbed")]
     elif not args.zoo_only:
         # most informative first; every arm is saved as it finishes, and a rerun skips finished arms

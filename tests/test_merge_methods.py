@@ -406,3 +406,40 @@ def test_check_refuses_bad_values(name, params, where):
                                          ("lines", {"alpha": 1.0, "beta": 0.0}), ("lines", {"alpha": 0, "beta": 2})])
 def test_check_accepts_good_values(name, params):
     get_method(name).check({"method": name, **params})
+
+
+# --- low-memory preprocessing: the same τᵢ′ with one or two pieces in memory -------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_kth_largest_magnitude_is_exact_with_ties_and_zeros(dtype):
+    from explorer.merging.methods.ties import kth_largest_magnitude
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5003, generator=g).to(dtype)
+    x[:40] = 0.0
+    x[40:400:3] = -0.75  # many equal magnitudes
+    for k in (1, 2, 37, 2500, 5003):
+        want = x.abs().kthvalue(x.numel() - k + 1).values
+        assert kth_largest_magnitude(x, k, chunk=700).item() == want.item(), k
+
+
+@pytest.mark.parametrize("name,params", [("ties", {"density": 0.2}), ("ties", {"density": 1.0}),
+                                         ("dare", {"density": 0.3, "seed": 4}),
+                                         ("consensus", {"min_tasks": 2, "mask_lambda": 0.5})])
+@pytest.mark.parametrize("shape", [(3, 40, 31), (4, 17), (2, 1000, 3)])
+def test_streamed_preprocessing_equals_the_stacked_one(name, params, shape):
+    """What the preprocessed-experts cache writes (pieces produced one at a time, TIES and DARE holding
+    one or two of them) is bit for bit what the method computes on the whole stack."""
+    method = get_method(name)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(len(shape)))
+    before = x.clone()
+    want = method.preprocess(x, "layers.0.w", params)
+    assert torch.equal(x, before)  # the stacked version leaves its input alone
+    got, filled = torch.full_like(x, float("nan")), []
+
+    def fill(i, out):
+        filled.append(i)
+        out.copy_(x[i])
+
+    method.preprocess_streamed(fill, shape[0], tuple(shape[1:]), "layers.0.w", params, lambda i, p: got[i].copy_(p))
+    assert torch.equal(got, want)
+    assert sorted(set(filled)) == list(range(shape[0]))

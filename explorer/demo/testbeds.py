@@ -50,12 +50,16 @@ VIEWS = ("rot90", "rot180", "rot270", "hflip", "vflip", "invert", "shift", "tran
 
 
 class Architecture(NamedTuple):
-    """Layer widths and names of an MLP, the layers merged, and how hard experts are fine-tuned."""
+    """Layer widths and names of an MLP, the layers merged, how hard experts are fine-tuned, the images
+    (`data`: "digits" or "fashion") and what the tasks are (`tasks`: "views" of the images under one
+    labelling, or "relabel": the upright images under conflicting labellings)."""
 
     widths: tuple[int, ...]
     names: tuple[str, ...]
     merged: tuple[str, ...]
     expert_lr: float
+    data: str = "digits"
+    tasks: str = "views"
 
 
 #: Per kind. Layer 0 ("features") is always frozen. The deep kind's larger expert steps make the
@@ -64,7 +68,23 @@ KINDS = {
     "hidden": Architecture((64, 256, 32, 10), ("features", "hidden", "head"), ("hidden",), 1e-3),
     "deep": Architecture((64, 256, 32, 32, 32, 10), ("features", "hidden", "hidden2", "hidden3", "head"),
                          ("hidden", "hidden2", "hidden3", "head"), 1e-2),
+    # Built after every constant of the engine was chosen, and never used to choose one (issue #18):
+    # another dataset, another width, two layers merged, and tasks that conflict.
+    "fashion-relabel": Architecture((64, 128, 64, 10), ("features", "hidden", "head"), ("hidden", "head"), 3e-3,
+                                    data="fashion", tasks="relabel"),
+    "fashion-views": Architecture((64, 192, 48, 24, 10), ("features", "hidden", "hidden2", "head"),
+                                  ("hidden", "hidden2"), 5e-3, data="fashion"),
 }
+#: kinds no constant of the engine was tuned on: benchmarks report them apart
+UNTUNED_KINDS = ("fashion-relabel", "fashion-views")
+#: The "relabel" tasks: each renames four consecutive Fashion-MNIST classes cyclically (c → the next of
+#: the four) and keeps the other six, so tasks k and k + 1 disagree on three classes' names and tasks
+#: four apart on none: conflict of graded strength, in the head and the layer under it.
+RELABELS = tuple(f"cycle{k}" for k in range(8))
+RELABEL_SPAN = 4
+#: Fashion-MNIST images per split (train from its training set, the rest from its test set).
+FASHION_SPLIT_SIZES = (3000, 300, 500)
+
 #: Train / validation / test images (scikit-learn ships 1797 digits).
 SPLIT_SIZES = (1000, 300, 497)
 #: Bump when the build recipe changes, so cached weights are rebuilt.
@@ -132,15 +152,58 @@ AUGMENTED_COPIES = 10
 
 
 @lru_cache(maxsize=4)
-def _augmented(seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _augmented(seed: int, data: str = "digits") -> tuple[np.ndarray, np.ndarray]:
     """The validation images, `AUGMENTED_COPIES` times, each copy with seeded pixel noise and contrast."""
-    images, labels = _digits(seed)["validation"]
+    images, labels = _images(data, seed)["validation"]
     rng = np.random.default_rng([seed, 31])
     copies = []
     for _ in range(AUGMENTED_COPIES):
         contrast = rng.uniform(0.85, 1.15, (len(images), 1, 1))
         copies.append(np.clip(images * contrast + rng.normal(0.0, 0.08, images.shape), 0.0, 1.0))
     return np.concatenate(copies).astype(np.float32), np.tile(labels, AUGMENTED_COPIES)
+
+
+@lru_cache(maxsize=2)
+def _fashion(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fashion-MNIST (Debian's dataset-fashion-mnist) at 8x8 like the digits: the 24x24 centre of each
+    28x28 image averaged over 3x3 blocks, in [0, 1]; splits drawn by a seeded permutation."""
+    from explorer.suites.datasets import _fashion_raw
+
+    train_x, train_y, test_x, test_y = _fashion_raw()
+
+    def small(x):
+        return (x[:, 2:26, 2:26].reshape(len(x), 8, 3, 8, 3).mean(axis=(2, 4)) / 255.0).astype(np.float32)
+
+    rng = np.random.default_rng([seed, 17])
+    n_train, n_val, n_test = FASHION_SPLIT_SIZES
+    pick = rng.permutation(len(train_y))[:n_train]
+    held = rng.permutation(len(test_y))[:n_val + n_test]
+    out = {"train": (small(train_x[np.sort(pick)]), train_y[np.sort(pick)])}
+    val, test = np.sort(held[:n_val]), np.sort(held[n_val:])
+    out["validation"] = (small(test_x[val]), test_y[val])
+    out["test"] = (small(test_x[test]), test_y[test])
+    return out
+
+
+def _images(data: str, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return _fashion(seed) if data == "fashion" else _digits(seed)
+
+
+def task_labels(task: str, labels: np.ndarray) -> np.ndarray:
+    """The labels task `task` asks for: renamed for a "relabel" task (`RELABELS`), as they are for a view."""
+    if task not in RELABELS:
+        return labels
+    k = RELABELS.index(task)
+    cycle = [(k + j) % 10 for j in range(RELABEL_SPAN)]
+    mapping = np.arange(10)
+    for j, c in enumerate(cycle):
+        mapping[c] = cycle[(j + 1) % RELABEL_SPAN]
+    return mapping[labels]
+
+
+def task_inputs(task: str, images: np.ndarray) -> np.ndarray:
+    """What task `task` sees: its view of the images, or the upright images for a "relabel" task."""
+    return view("upright" if task in RELABELS else task, images)
 
 
 def view(name: str, images: np.ndarray) -> np.ndarray:
@@ -213,12 +276,13 @@ def build_weights(kind: str, tasks: tuple[str, ...], seed: int) -> tuple[dict, d
     """
     import torch
 
-    widths, names, merged, expert_lr = KINDS[kind]
-    data = _digits(seed)
-    x_train, y_train = data["train"]
+    arch = KINDS[kind]
+    widths, names, merged, expert_lr = arch.widths, arch.names, arch.merged, arch.expert_lr
+    x_train, y_train = _images(arch.data, seed)["train"]
     with _one_thread():
         gen = torch.Generator().manual_seed(seed * 7919 + 1)
-        mix_views = ("upright",) + VIEWS
+        # the backbone sees every view under the true labels (a relabelling is the tasks' business)
+        mix_views = ("upright",) + (VIEWS if arch.tasks == "views" else ())
         x_mix = torch.from_numpy(np.concatenate([view(v, x_train) for v in mix_views]))
         y_mix = torch.from_numpy(np.tile(y_train, len(mix_views)))
         pretrained = _train(_init(widths, names, gen), names, set(names), x_mix, y_mix,
@@ -231,13 +295,14 @@ def build_weights(kind: str, tasks: tuple[str, ...], seed: int) -> tuple[dict, d
                 base[f"{name}.weight"], base[f"{name}.bias"] = fresh[f"{name}.weight"], fresh[f"{name}.bias"]
         rng = np.random.default_rng([seed, 11])
         few = [rng.choice(len(y_train), BASE_IMAGES_PER_VIEW, replace=False) for _ in tasks]
-        x_base = torch.from_numpy(np.concatenate([view("upright", x_train)] + [view(t, x_train[i]) for t, i in zip(tasks, few)]))
-        y_base = torch.from_numpy(np.concatenate([y_train] + [y_train[i] for i in few]))
+        x_base = torch.from_numpy(np.concatenate([view("upright", x_train)] + [task_inputs(t, x_train[i]) for t, i in zip(tasks, few)]))
+        y_base = torch.from_numpy(np.concatenate([y_train] + [task_labels(t, y_train[i]) for t, i in zip(tasks, few)]))
         base = _train(base, names, set(merged), x_base, y_base, BASE_STEPS, BASE_LR, seed * 7919 + 3)
         experts = {}
         for k, task in enumerate(tasks):
-            tuned = _train(base, names, set(merged), torch.from_numpy(view(task, x_train)), torch.from_numpy(y_train),
-                           EXPERT_STEPS, expert_lr, seed * 7919 + 100 + VIEWS.index(task))
+            tuned = _train(base, names, set(merged), torch.from_numpy(task_inputs(task, x_train)),
+                           torch.from_numpy(task_labels(task, y_train)), EXPERT_STEPS, expert_lr,
+                           seed * 7919 + 100 + task_names(kind).index(task))
             experts[task] = {key: v for key, v in tuned.items() if key.split(".")[0] in merged}
     return base, experts
 
@@ -346,12 +411,14 @@ class Testbed:
 
             if split not in ("validation", "test", "augmented"):
                 raise ValueError(f"unknown split {split!r}; use 'validation', 'test' or 'augmented'")
-            images, labels = _augmented(self.seed) if split == "augmented" else _digits(self.seed)[split]
+            data = KINDS[self.kind].data
+            images, labels = _augmented(self.seed, data) if split == "augmented" else _images(data, self.seed)[split]
             names, merged = KINDS[self.kind].names, KINDS[self.kind].merged
             base = {k: v.double() for k, v in self.base.items()}
             deltas = {k: torch.stack([self.experts[t][k].double() - base[k] for t in self.tasks])
                       for k in self.experts[self.tasks[0]]}
-            x = torch.from_numpy(np.stack([view(t, images) for t in self.tasks])).double()  # (T, N, 64)
+            x = torch.from_numpy(np.stack([task_inputs(t, images) for t in self.tasks])).double()  # (T, N, 64)
+            labels = np.stack([task_labels(t, labels) for t in self.tasks])  # (T, N)
             feats = torch.relu(x @ base["features.weight"].T + base["features.bias"])
             first = merged[0]
             z0 = feats @ base[f"{first}.weight"].T + base[f"{first}.bias"]  # (T, N, H)
@@ -592,9 +659,14 @@ class Testbed:
         return dominance_gap(np.atleast_2d(values), front)
 
 
+def task_names(kind: str) -> tuple[str, ...]:
+    """The tasks a testbed of `kind` takes its first `n_tasks` from."""
+    return RELABELS if KINDS[kind].tasks == "relabel" else VIEWS
+
+
 def make_testbed(kind: str = "hidden", n_tasks: int = 8, seed: int = 0, cache_dir=DEFAULT_CACHE,
                  bounds=(0.0, 1.0), truth_samples: int = 2**14, front_size: int = 128) -> Testbed:
-    """A testbed of `n_tasks` views (the first of `VIEWS`) of kind "hidden" or "deep" (module docstring).
+    """A testbed of `n_tasks` tasks (the first of `task_names(kind)`) of a kind in `KINDS` (module docstring).
 
     Weights come from `cache_dir` when built before with the same recipe, else are trained here
     (seconds) and written there; `cache_dir=None` trains without caching. `truth_samples` and
@@ -602,9 +674,10 @@ def make_testbed(kind: str = "hidden", n_tasks: int = 8, seed: int = 0, cache_di
     """
     if kind not in KINDS:
         raise ValueError(f"unknown testbed kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if not 2 <= n_tasks <= len(VIEWS):
-        raise ValueError(f"a testbed has 2 to {len(VIEWS)} tasks, got n_tasks={n_tasks}")
-    tasks = VIEWS[:n_tasks]
+    names = task_names(kind)
+    if not 2 <= n_tasks <= len(names):
+        raise ValueError(f"a testbed of kind {kind!r} has 2 to {len(names)} tasks, got n_tasks={n_tasks}")
+    tasks = names[:n_tasks]
     base, experts = _load_or_build(kind, tasks, int(seed), cache_dir)
     return Testbed(name=f"{kind}-T{n_tasks}-s{seed}", kind=kind, seed=int(seed), tasks=list(tasks),
                    bounds=normalize_bounds(bounds, n_tasks), base=base, experts=experts,

@@ -65,9 +65,26 @@ class SafetensorsStreamWriter:
         if key != want_key or tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise RuntimeError(f"tensor {key!r} ({tensor.dtype}, {tuple(tensor.shape)}) arrives where {want_key!r} "
                                f"({dtype}, {shape}) was planned")
-        data = tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy()
-        self.fh.write(memoryview(data))
+        self._write(tensor)
         self.next += 1
+
+    def append_parts(self, key: str, parts) -> None:
+        """Tensor `key` from consecutive flat pieces (an iterable of tensors), so that a large tensor is
+        copied through without ever being whole in memory."""
+        want_key, dtype, shape = self.expected[self.next]
+        want = int(np.prod(shape, dtype=np.int64))
+        got = 0
+        for part in parts:
+            if key != want_key or part.dtype != dtype:
+                raise RuntimeError(f"tensor {key!r} ({part.dtype}) arrives where {want_key!r} ({dtype}) was planned")
+            self._write(part)
+            got += part.numel()
+        if got != want:
+            raise RuntimeError(f"tensor {key!r}: {got} elements written where {shape} was planned")
+        self.next += 1
+
+    def _write(self, tensor: torch.Tensor) -> None:
+        self.fh.write(memoryview(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy()))
 
     def close(self) -> None:
         self.fh.close()

@@ -16,10 +16,11 @@ dense τᵢ is never held for more than one layer:
 - Iso-C (not linear: each merge's Σ cᵢ τᵢ is transformed): one layer's T pieces densified at every
   point, as full experts are read whole at every point;
 - every other method (TIES, DARE, CART, consensus, LiNeS, TSV-M with a rank below k) needs dense τᵢ
-  entries (top-k, masks, SVDs of the layer): `DensifiedAdapter` hands θ₀ + sᵢBᵢAᵢ to the
-  preprocessed-experts cache (preprocessed.py) one tensor at a time, so τᵢ′ is computed once, as for
-  full experts, with one layer's T pieces dense at a time (the adapters' targets only); each merge
-  then reads it back one target tensor of one expert at a time.
+  entries (top-k, masks, SVDs of the layer): `DensifiedAdapter` hands sᵢBᵢAᵢ to the
+  preprocessed-experts cache (preprocessed.py) one tensor at a time (`task_vector_into`, straight
+  into the method's buffer), so τᵢ′ is computed once, as for full experts, with at most one layer's
+  T pieces dense at a time (TIES two pieces, DARE one; the adapters' targets only); each merge then
+  reads it back one target tensor of one expert at a time.
 
 Exactness: a merged adapter (`write_merged_adapter`) reproduces task arithmetic exactly, rank
 Σ rᵢ, zero-padded where experts target different modules or ranks.
@@ -247,6 +248,16 @@ class DensifiedAdapter:
             return t
         wide = torch.float64 if t.dtype == torch.float64 else torch.float32
         return t.to(wide).add_(f.delta(wide))
+
+    def task_vector_into(self, key: str, out: torch.Tensor) -> None:
+        """τ = s·B·A of one tensor into `out` (its shape, float32) with no other dense copy; 0 where the
+        adapter leaves the tensor alone."""
+        f = self.adapter.factors.get(key)
+        if f is None:
+            out.zero_()
+            return
+        torch.matmul(f.b.to(out.dtype), f.a.to(out.dtype), out=out)
+        out.mul_(f.scale)
 
 
 def route(params: Mapping, adapters: list[LoraAdapter], base: SafetensorsCheckpoint, keys: list[str]) -> str:

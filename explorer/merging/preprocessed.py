@@ -5,11 +5,15 @@ which a streaming merge would otherwise redo at every point. Here it runs once p
 merged tensor of the base and the experts is read, preprocessed (LiNeS scaling included) and written
 as θ₀ + τᵢ′ in float32 to one safetensors file per expert, so peak memory is one tensor's T pieces.
 Later merges are task arithmetic over these files, tensor by tensor as θ₀ + Σ cᵢ τᵢ′ (mergekit's
-order, so exports stay exact), with no preprocessing at any point; a second engine finds them by content: the folder is named by the experiment's content key and complete only
-when its `done.json` names the same key.
+order, so exports stay exact), with no preprocessing at any point; a second engine finds them by
+content: the folder is named by the experiment's content key and complete only when its `done.json`
+names the same key. Memory: one tensor's T pieces in float32 at most (TIES: two pieces, DARE: one,
+as their `preprocess_streamed` produces each piece again where needed); everything else moves in
+CHUNK-sized pieces.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -20,7 +24,8 @@ import torch
 
 from explorer.merging.hf_folder import SafetensorsStreamWriter
 from explorer.merging.methods import get_method
-from explorer.merging.methods.lines import apply_lines, layer_depths
+from explorer.merging.methods.lines import apply_lines_, layer_depths
+from explorer.merging.methods.ties import CHUNK
 from explorer.merging.safetensors_file import SafetensorsCheckpoint
 from explorer.version import __version__
 
@@ -64,19 +69,26 @@ def _write(base, experts, keys, params, folder: Path, paths: list[Path], key: st
         log(f"preprocessing the experts once ({method.title}): {len(keys)} tensors into {folder}")
     meta = {"format": "pt", "merge-explorer": __version__, "method": json.dumps(dict(params), sort_keys=True)}
     writers = [SafetensorsStreamWriter(tmp / p.name, specs, meta) for p in paths]
+    reader = ChunkReader()
     try:
         for k in order:
-            b = base.read(k)
-            if k not in merged:
+            if k not in merged:  # θ₀ as it is, copied through in chunks
                 for w in writers:
-                    w.append(k, b)
+                    w.append_parts(k, reader.chunks(base, k))
                 continue
-            b = b.to(torch.float32)
-            stack = method.preprocess(torch.stack([ex.read(k).to(torch.float32) - b for ex in experts]), k, params)
-            if depths:
-                stack = apply_lines(stack, k, depths, params["lines"])
-            for i, w in enumerate(writers):
-                w.append(k, (b + stack[i]).contiguous())
+            def fill(i: int, out: torch.Tensor, k=k) -> None:
+                task_vector_into(experts[i], base, k, out, reader)
+
+            def emit(i: int, piece: torch.Tensor, k=k) -> None:  # θ₀ + τᵢ′, θ₀ added a chunk at a time
+                if depths:
+                    apply_lines_(piece[None], k, depths, params["lines"])
+                flat = piece.view(-1)
+                for start, part in reader.float_chunks(base, k):
+                    flat[start:start + part.numel()].add_(part)
+                writers[i].append(k, piece)
+
+            method.preprocess_streamed(fill, len(experts), tuple(base.entries[k].shape), k, params, emit)
+            release_freed_memory()
         for w in writers:
             w.close()
     finally:
@@ -86,3 +98,71 @@ def _write(base, experts, keys, params, folder: Path, paths: list[Path], key: st
     shutil.rmtree(folder, ignore_errors=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, folder)
+
+
+def release_freed_memory() -> None:
+    """Hand the allocator's freed heap pages back to the system (glibc's malloc_trim): the chunk-sized
+    temporaries of one tensor's preprocessing would otherwise stay resident beside the next tensor's T
+    pieces. A no-op where there is no glibc."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
+def task_vector_into(expert, base: SafetensorsCheckpoint, key: str, out: torch.Tensor, reader: "ChunkReader") -> None:
+    """τ = θ_expert − θ₀ of one tensor written into `out` (float32, the tensor's shape): from an
+    expert's own `task_vector_into` (LoRA: s·B·A from the factors), else a chunk at a time from its file."""
+    own = getattr(expert, "task_vector_into", None)
+    if own is not None:
+        own(key, out)
+        return
+    flat = out.view(-1)
+    for start, part in reader.float_chunks(expert, key):
+        flat[start:start + part.numel()].copy_(part)
+    for start, part in reader.float_chunks(base, key):
+        flat[start:start + part.numel()].sub_(part)
+
+
+class ChunkReader:
+    """Reads tensors from safetensors checkpoints in chunks into reused buffers (one per dtype)."""
+
+    def __init__(self, chunk: int = CHUNK):
+        self.chunk = chunk
+        self._raw: dict[torch.dtype, torch.Tensor] = {}
+        self._wide: torch.Tensor | None = None
+
+    def _buffer(self, dtype: torch.dtype) -> torch.Tensor:
+        if dtype not in self._raw:
+            self._raw[dtype] = torch.empty(self.chunk, dtype=dtype)
+        return self._raw[dtype]
+
+    def chunks(self, ck: SafetensorsCheckpoint, key: str):
+        """Flat pieces of tensor `key` in its own dtype (each valid until the next is read)."""
+        e = ck.entries[key]
+        buf = self._buffer(e.dtype)
+        for start in range(0, e.numel, self.chunk):
+            yield ck.read_into(key, buf[: min(self.chunk, e.numel - start)], start)
+
+    def float_chunks(self, ck, key: str):
+        """(start, flat float32 piece) of tensor `key`; a checkpoint without `read_into` is read whole."""
+        if not hasattr(ck, "read_into"):
+            whole = ck.read(key).reshape(-1)
+            for start in range(0, whole.numel(), self.chunk):
+                yield start, whole[start:start + self.chunk].to(torch.float32)
+            return
+        start = 0
+        for part in self.chunks(ck, key):
+            if part.dtype != torch.float32:
+                if self._wide is None:
+                    self._wide = torch.empty(self.chunk, dtype=torch.float32)
+                part = self._wide[: part.numel()].copy_(part)
+            yield start, part
+            start += part.numel()

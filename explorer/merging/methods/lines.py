@@ -94,6 +94,13 @@ def apply_lines(stack: torch.Tensor, key: str, depths: Mapping[str, float], para
     return stack * lines_scale(depths[key], params)
 
 
+def apply_lines_(stack: torch.Tensor, key: str, depths: Mapping[str, float], params: Mapping) -> torch.Tensor:
+    """`apply_lines` in place (no second copy of the layer's T pieces)."""
+    if key not in depths:
+        raise KeyError(f"LiNeS: no depth for tensor {key!r} (layer_depths was given other keys)")
+    return stack.mul_(lines_scale(depths[key], params))
+
+
 def check_lines(params: Mapping) -> None:
     """α ≥ 0 and β ≥ 0 (layer-increasing), finite, not both 0 (every update would vanish)."""
     for name in ("alpha", "beta"):

@@ -50,6 +50,25 @@ class MergeMethod:
     def preprocess(self, stack: torch.Tensor, key: str, params: Mapping) -> torch.Tensor:
         return stack
 
+    def preprocess_(self, stack: torch.Tensor, key: str, params: Mapping) -> torch.Tensor:
+        """`preprocess` allowed to overwrite `stack` (contiguous float32)."""
+        return self.preprocess(stack, key, params)
+
+    def preprocess_streamed(self, fill, n_tasks: int, shape: tuple, key: str, params: Mapping, emit) -> None:
+        """`preprocess` for pieces that can be produced again: `fill(i, out)` writes τᵢ of tensor `key`
+        into `out` (float32, `shape`), `emit(i, piece)` takes τᵢ′ (and may overwrite it), for i in order.
+
+        Here the T pieces are stacked (one layer × T in memory); methods that need less (TIES, DARE:
+        one or two pieces at a time) override it."""
+        import torch
+
+        stack = torch.empty((n_tasks, *shape), dtype=torch.float32)
+        for i in range(n_tasks):
+            fill(i, stack[i])
+        stack = self.preprocess_(stack, key, params)
+        for i in range(n_tasks):
+            emit(i, stack[i])
+
     def combine(self, delta: torch.Tensor, key: str, params: Mapping) -> torch.Tensor:
         """The merged update of one tensor from Σ cᵢ τᵢ′ (float32, the tensor's shape): itself when linear."""
         return delta
