@@ -71,3 +71,35 @@ def test_bad_arguments_are_named():
         make_testbed("wide", cache_dir=None)
     with pytest.raises(ValueError, match="n_tasks=12"):
         make_testbed("hidden", n_tasks=12, cache_dir=None)
+
+
+@pytest.mark.parametrize("kind", ["fashion-relabel", "fashion-views"])
+def test_untuned_testbeds_are_real_trade_offs(kind, cache):
+    """The landscapes no constant was tuned on: Fashion-MNIST, other widths, two layers merged. Each
+    expert is the best merge for its own task and worse than itself on the others, so the front is a
+    real trade-off; merging everything at once loses to the experts on every task."""
+    tb = make_testbed(kind, n_tasks=8, seed=0, cache_dir=cache)
+    t = tb.n_tasks
+    values = tb.values(np.vstack([np.zeros(t), np.eye(t), np.full(t, 0.5)]))
+    base, experts, half = values[0], values[1:1 + t], values[-1]
+    own = np.diag(experts)
+    assert np.all(own > base + 0.05) and np.mean(own - base) > 0.25, (own, base)  # every task learnt something
+    # (fashion-views' mirror image is nearly the upright garment: its base is already at 64 %)
+    assert np.all(own > half + 0.15)  # no single merge keeps every expert's gain
+    off = experts[~np.eye(t, dtype=bool)].reshape(t, t - 1)
+    assert np.all(off.mean(axis=1) < own - 0.2)  # each expert gives up the other tasks
+    again = make_testbed(kind, n_tasks=8, seed=0, cache_dir=None)  # trained again from the seed
+    np.testing.assert_array_equal(again.values(np.eye(t)[:2]), values[1:3])
+
+
+def test_relabel_tasks_conflict_by_overlap():
+    """Relabel tasks rename four consecutive classes cyclically: neighbours disagree on three classes'
+    names, tasks four apart on none."""
+    from explorer.demo.testbeds import RELABELS, task_labels
+
+    labels = np.arange(10)
+    renamed = {t: task_labels(t, labels) for t in RELABELS}
+    for t in RELABELS:
+        assert sorted(renamed[t]) == list(range(10)) and np.sum(renamed[t] != labels) == 4
+    assert np.sum(renamed["cycle0"] != renamed["cycle1"]) == 3
+    assert np.sum((renamed["cycle0"] != labels) & (renamed["cycle4"] != labels)) == 0

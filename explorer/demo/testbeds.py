@@ -22,6 +22,15 @@ a quadratic in c fits it worse (lower leave-one-out R²). The merge is
 view i. Weights are deterministic from the seed and cached as safetensors under
 ``cache/testbeds/`` (rebuilt when missing or stale).
 
+Two more kinds were added after every constant of the engine was chosen and are never used to
+choose one (`UNTUNED_KINDS`; benchmarks report them apart): Fashion-MNIST (Debian's
+dataset-fashion-mnist) at 8x8, 3,000 training images, and
+- ``"fashion-relabel"`` (64-128-64-10, the hidden layer and the head merged): tasks that conflict.
+  Every task sees the upright images; task ``cycle{k}`` renames four consecutive classes (k … k+3,
+  mod 10) cyclically, so neighbouring tasks disagree on three classes and tasks four apart on none;
+- ``"fashion-views"`` (64-192-48-24-10, two hidden layers merged, the head frozen): the views above
+  on garments (a mirror image is nearly the garment itself: that task's base is already good).
+
 Truth by dense real evaluation: `reference_front` is the measured non-dominated set of a dense
 Sobol sample of the box, improved by real local search, and `real_margin` says how far a point is
 from that truth (see its docstring).
