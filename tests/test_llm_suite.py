@@ -140,6 +140,19 @@ device: cpu
     for c in ([0.0, 0.0], [0.8, 0.3], [1.0, 0.0]):
         harness, jsonl = exp.evaluate(np.array(c))
         assert harness == pytest.approx(jsonl), c
+    # a subset through lm-eval's own sample selection: per-document values, the same as in a full run
+    from explorer.suites import lm_eval_harness as harness_suite
+
+    params = dict(task="tiny_skills_mc", include_path="tasks", metric="acc", batch_size=4,
+                  lm_options={"softmax_dtype": "float32"}, spec_dir=tmp_path)
+    model = exp.engine.model  # merged at the last point
+    n = harness_suite.n_examples(model, **params)
+    assert n == len(rows) and exp.engine.takes_indices("harness")
+    every = harness_suite.evaluate(model, indices=np.arange(n), **params)
+    assert every.shape == (n,) and every.mean() == pytest.approx(harness_suite.evaluate(model, **params))
+    np.testing.assert_array_equal(harness_suite.evaluate(model, indices=[n - 1, 0, 2], **params), every[[n - 1, 0, 2]])
+    with pytest.raises(ValueError, match=f"positions in the {n} documents"):
+        harness_suite.evaluate(model, indices=[n], **params)
     # the identity covers the task's version (and its YAML and data bytes)
     before = exp.task_identities["harness"]
     (tmp_path / "tasks" / "tiny.yaml").write_text(TASK_YAML.format(data=data, version="2.0"))

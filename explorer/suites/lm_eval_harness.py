@@ -6,6 +6,11 @@ point) in lm-eval's `HFLM(pretrained=<model instance>, tokenizer=...)` and calls
 `exact_match`; `metric,filter` to pick a filter) is returned. Anything else lm-eval's
 `simple_evaluate` accepts goes in `options` (e.g. `{gen_kwargs: {max_gen_toks: 16}}`).
 
+Subsets (`evaluation.examples` in the spec): with `indices`, lm-eval's own sample selection
+(`simple_evaluate(samples={task: [...]})`, positions among the task's evaluation documents) runs
+just those documents and the per-document values of the metric come back, one per index; only for
+metrics lm-eval aggregates by their mean (accuracies, exact match), as `n_examples` says.
+
 Tasks are found by lm-eval's TaskManager: built-in names, or YAML files under `include_path`
 (a task with `dataset_path: json` and `dataset_kwargs: {data_files: ...}` runs offline on local
 files). The evaluation identity covers lm-eval's version, the task's YAML bytes and its
@@ -19,6 +24,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 _LMS: dict[tuple, tuple] = {}
@@ -134,11 +140,12 @@ def _lm(model, tokenizer, batch_size: int, lm_options: dict):
 
 def evaluate(model, *, task: str, metric: str = "acc", include_path: str | None = None, limit: int | None = None,
              num_fewshot: int | None = None, batch_size: int = 16, options: dict | None = None,
-             lm_options: dict | None = None, tokenizer: str | None = None, spec_dir=None) -> float:
+             lm_options: dict | None = None, tokenizer: str | None = None, spec_dir=None, indices=None):
     """The task's `metric` for the model as it is now (the engine has just merged into it).
 
     options: more keyword arguments for `lm_eval.simple_evaluate`; lm_options: for lm-eval's
-    `HFLM` (e.g. `{add_bos_token: true}` for models trained with a BOS token).
+    `HFLM` (e.g. `{add_bos_token: true}` for models trained with a BOS token). indices: positions
+    among the task's evaluation documents (below `n_examples`): their per-document values instead.
     """
     from lm_eval import simple_evaluate
 
@@ -151,11 +158,23 @@ def evaluate(model, *, task: str, metric: str = "acc", include_path: str | None 
     for lg in quiet:
         lg.setLevel(logging.ERROR)
     was_training = model.training
+    rows = None
+    if indices is not None:
+        n = n_examples(model, task=task, metric=metric, include_path=include_path, limit=limit, spec_dir=spec_dir)
+        if n is None:
+            raise ValueError(f"lm-eval task {task!r}: metric {metric!r} is not a mean over documents and cannot be "
+                             "measured on a subset")
+        rows = [int(i) for i in np.asarray(indices, dtype=np.int64).ravel()]
+        if rows and (min(rows) < 0 or max(rows) >= n):
+            raise ValueError(f"indices must be positions in the {n} documents of lm-eval task {task!r}")
+        if not rows:
+            return np.zeros(0)
     try:
         manager, task_obj = _task(task, inc)
+        selection = {"samples": {task: sorted(set(rows))}, "limit": None, "log_samples": True} if rows else \
+            {"limit": limit, "log_samples": False}
         results = simple_evaluate(model=_lm(model, tok, batch_size, lm_options or {}), tasks=[task_obj], task_manager=manager,
-                                  limit=limit, num_fewshot=num_fewshot, log_samples=False, bootstrap_iters=0,
-                                  **(options or {}))
+                                  num_fewshot=num_fewshot, bootstrap_iters=0, **selection, **(options or {}))
     finally:
         model.train(was_training)
         for lg, level in zip(quiet, levels):
@@ -167,8 +186,38 @@ def evaluate(model, *, task: str, metric: str = "acc", include_path: str | None 
     if key is None or key not in values:
         have = sorted({k.split(",")[0] for k in values if not k.endswith("_stderr") and k != "alias"} - {"sample_len"})
         raise ValueError(f"lm-eval task {task!r} has no metric {metric!r}; it reports {', '.join(have)}")
-    return float(values[key])
+    if rows is None:
+        return float(values[key])
+    name, _, wanted_filter = key.partition(",")
+    per_doc = {}
+    for sample in results["samples"][task]:
+        if not wanted_filter or sample.get("filter") == wanted_filter:
+            per_doc[int(sample["doc_id"])] = float(sample[name])
+    return np.array([per_doc[i] for i in rows], dtype=float)
+
+
+def n_examples(model, *, task: str, metric: str = "acc", include_path: str | None = None, limit=None, spec_dir=None,
+               **_ignored) -> int | None:
+    """How many documents `evaluate` scores (the task's evaluation split, within `limit`); None when
+    lm-eval does not aggregate `metric` by its mean (a subset's mean would not estimate it)."""
+    from lm_eval.api.metrics import mean
+
+    _, task_obj = _task(task, _resolve(include_path, spec_dir))
+    aggregation = task_obj.aggregation().get(metric.split(",")[0])
+    if aggregation is not mean:
+        return None
+    n = len(task_obj.eval_docs)
+    if limit is not None:
+        n = min(n, int(limit) if float(limit) >= 1 else int(float(limit) * n))
+    return n
 
 
 evaluate.fingerprint = fingerprint  # type: ignore[attr-defined]
+evaluate.n_examples = n_examples  # type: ignore[attr-defined]
+#: Versioned by hand from here on (bump it when a change alters a score); the source hash before
+#: `indices` came measured the same, so results stored under it are served.
+evaluate.version = "lm-eval-harness-1"  # type: ignore[attr-defined]
+evaluate.previous_versions = (  # type: ignore[attr-defined]
+    "source:5835da8559a6595027bca165eb22a4d40f28820fa591a9a21873ca4878e81d42",
+)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
