@@ -226,6 +226,16 @@ def test_peft_format_needs_the_hf_family(tmp_path, capsys):
     assert "experts_format 'peft'" in line and "hf_causal_lm" in line
 
 
+def test_iso_c_is_refused_on_lora_experts(tmp_path, capsys):
+    """Iso-C flattens all min(m, n) singular values of Σcᵢτᵢ; a LoRA update has only Σrᵢ of them non-zero,
+    so the merge would add arbitrary null-space directions: refused in one line, nothing run."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("model: {family: hf_causal_lm, base: base, experts_format: peft}\nmerge: {method: iso_c}\n"
+                    "tasks: {a: {checkpoint: a, evaluator: 'x:y'}, b: {checkpoint: b, evaluator: 'x:y'}}\n")
+    line = _run_error(spec, capsys)
+    assert "iso_c" in line and "peft" in line
+
+
 def test_lora_experiments_are_keyed_apart_from_full_experts(zoos, tmp_path):
     base_dir, adapters = zoos["f32"]
     dense = {t: write_dense_expert(base_dir, p, tmp_path / f"dense-{t}") for t, p in adapters.items()}

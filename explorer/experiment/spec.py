@@ -144,6 +144,15 @@ class Spec(_Strict):
     device: str = "auto"
     batch_size: Optional[int] = None
 
+    @model_validator(mode="after")
+    def _iso_c_needs_full_experts(self) -> "Spec":
+        if self.model.experts_format == "peft" and self.merge.method == "iso_c":
+            raise ValueError("merge.method 'iso_c' is not defined for model.experts_format 'peft': Iso-C gives every "
+                             "singular value of Σcᵢτᵢ the same size, and a LoRA update's rank (Σrᵢ) is far below the "
+                             "layer's, so the directions it would add are arbitrary (whatever null space the SVD "
+                             "routine returns); use tsv, ties, dare or task_arithmetic")
+        return self
+
     @field_validator("tasks")
     @classmethod
     def _two_tasks(cls, v: dict) -> dict:

@@ -13,8 +13,10 @@ dense τᵢ is never held for more than one layer:
   SVD from its factors (QR of Bᵢ and Aᵢᵀ, then an r × r core), the stacked top-k vectors
   orthogonalised as TSV-M does, and the pieces τᵢ′ = U⊥,ᵢ Sᵢ V⊥,ᵢᵀ kept as factors (computed once,
   no larger than the adapters): merged like task arithmetic;
-- Iso-C (not linear: each merge's Σ cᵢ τᵢ is transformed): one layer's T pieces densified at every
-  point, as full experts are read whole at every point;
+- a method that is not linear (each merge's Σ cᵢ τᵢ transformed): one layer's T pieces densified at
+  every point, as full experts are read whole at every point. Iso-C itself is refused by the spec
+  for LoRA experts: it sizes all min(m, n) singular values alike, and beyond the update's rank Σrᵢ
+  their directions are whatever null space the SVD routine returns;
 - every other method (TIES, DARE, CART, consensus, LiNeS, TSV-M with a rank below k) needs dense τᵢ
   entries (top-k, masks, SVDs of the layer): `DensifiedAdapter` hands sᵢBᵢAᵢ to the
   preprocessed-experts cache (preprocessed.py) one tensor at a time (`task_vector_into`, straight
