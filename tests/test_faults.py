@@ -103,7 +103,8 @@ def _pickled_toy(toy: Path, directory: Path) -> Path:
 
 
 def test_a_worker_loads_pickles_only_when_trusted_and_never_writes_the_store(toy, tmp_path, monkeypatch):
-    monkeypatch.delenv("MERGE_EXPLORER_WORKER", raising=False)  # a worker built here marks this process: undone after
+    monkeypatch.setenv("MERGE_EXPLORER_WORKER", "")  # a worker built here marks this process: recorded so that
+    monkeypatch.delenv("MERGE_EXPLORER_WORKER")        # the mark is undone after (delenv alone records nothing)
     spec = _pickled_toy(toy, tmp_path / "pickled")
     store = spec.parent / "store.sqlite"
     driver = Experiment.from_file(spec, trust_pickle=True)
@@ -111,9 +112,10 @@ def test_a_worker_loads_pickles_only_when_trusted_and_never_writes_the_store(toy
     before = _digest(store)
 
     worker = _Worker(str(spec), "cpu", True, None)
-    key, identities, values = worker.measure([0.3, 0.3, 0.3], ["low", "high"])
+    key, identities, values, scored = worker.measure([0.3, 0.3, 0.3], ["low", "high"])
     assert key == driver.key and identities == driver.task_identities
     assert [t for t, _, _ in values] == ["low", "high"] and all(0 < v <= 1 for _, v, _ in values)
+    assert scored == []  # nothing subsampled in this spec
     assert _digest(store) == before  # the worker measured, the store is as the driver left it
     assert not list(Path.cwd().glob(".worker-*.sqlite"))
 

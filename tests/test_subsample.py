@@ -146,3 +146,32 @@ def test_weighting_by_known_noise_brings_the_fit_closer_to_the_full_set_metric()
     err_told = np.sqrt(np.mean((told.predict(grid) - true_grid) ** 2))
     err_blind = np.sqrt(np.mean((blind.predict(grid) - true_grid) ** 2))
     assert err_told < 0.7 * err_blind
+
+
+def test_a_subsampled_run_on_ray_stores_what_the_in_process_run_stores(tmp_path_factory, tmp_path, monkeypatch):
+    """Ray workers score the examples the driver's plan names and the driver alone stores them: the same
+    per-example scores, point for point, as an in-process run, and the same front."""
+    ray = pytest.importorskip("ray")
+    import os
+
+    from explorer.experiment.executors import make_executor
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(os.getcwd()), os.environ.get("PYTHONPATH", "")]))
+    local = Experiment.from_file(subsampled_toy(tmp_path_factory, tmp_path / "local", 40))
+    expected = local.run(progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = Experiment.from_file(subsampled_toy(tmp_path_factory, tmp_path / "ray", 40))
+        result = remote.run(progress=False, executor=make_executor("ray", num_workers=2))
+    finally:
+        ray.shutdown()
+
+    def by_point(exp):
+        return {(s["task"], tuple(np.round(s["coefficients"], 9))): (s["kind"], s["scores"].tolist())
+                for s in exp.store.samples(exp.key)}
+
+    want, got = by_point(local), by_point(remote)
+    assert want and {len(v[1]) for v in want.values()} == {40}
+    assert got == want
+    np.testing.assert_allclose(result.front_predicted, expected.front_predicted, atol=1e-9)

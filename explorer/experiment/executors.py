@@ -122,12 +122,14 @@ class _Worker:
                                                     trust_pickle=self.trust_pickle)
         return self._experiment
 
-    def measure(self, coefficients: list[float], tasks: list[str]) -> tuple[str, dict, list[tuple[str, float, float]]]:
-        """(experiment key, task identities, [(task, value, seconds)]) for `tasks` at `coefficients`."""
+    def measure(self, coefficients: list[float], tasks: list[str], examples: dict | None = None) -> tuple:
+        """(experiment key, task identities, [(task, value, seconds)], [(task, per-example scores, seconds)]):
+        `tasks` measured on their full sets and the examples `examples[task]` (indices) scored, at `coefficients`."""
         exp = self._exp()
         c = np.asarray(coefficients, dtype=float)
-        values = list(exp.engine.measure(c, tasks))
-        return exp.key, dict(exp.task_identities), values
+        values = list(exp.engine.measure(c, tasks)) if tasks else []
+        scored = list(exp.engine.score_examples(c, examples, merged=bool(tasks))) if examples else []
+        return exp.key, dict(exp.task_identities), values, scored
 
     def node(self) -> str:
         """The Ray node this worker runs on (answered once it is placed and started)."""
@@ -217,9 +219,7 @@ class RayExecutor:
         lost_errors = _lost_errors(ray)
         watch = ClusterWatch(ray, self.poll_s, self.cluster_timeout_s)
 
-        def missing(c):
-            have = experiment.stored(c)
-            return [t for t in experiment.tasks if t not in have]
+        plans: dict[int, tuple] = {}  # point index -> what its worker was sent (experiment.plan)
 
         queue = deque(range(len(pending)))
         attempts = [0] * len(pending)
@@ -254,12 +254,13 @@ class RayExecutor:
                 while queue and idle:
                     i = queue.popleft()
                     c, kind = pending[i]
-                    tasks = missing(c)
-                    if not tasks:  # stored meanwhile (another run on the same store)
+                    tasks, jobs = plans[i] = experiment.plan(c, kind)
+                    if not (tasks or jobs):  # stored meanwhile (another run on the same store)
                         yield c
                         continue
                     actor = idle.pop()
-                    running[actor.measure.remote(c.tolist(), tasks)] = (i, actor)
+                    examples = {t: idx for t, (_, idx) in jobs.items()}
+                    running[actor.measure.remote(c.tolist(), tasks, examples)] = (i, actor)
                 refs = list(running) + list(starting)
                 if refs:
                     done, _ = ray.wait(refs, num_returns=1, timeout=self.poll_s)
@@ -297,7 +298,7 @@ class RayExecutor:
                 i, actor = running.pop(ref)
                 c, kind = pending[i]
                 try:
-                    key, identities, values = ray.get(ref)
+                    key, identities, values, scored = ray.get(ref)
                 except lost_errors as exc:
                     lose(i, actor, type(exc).__name__)
                     continue
@@ -306,13 +307,13 @@ class RayExecutor:
                     if isinstance(cause, ExplorerError):
                         raise cause from None
                     raise
-                if key != experiment.key or any(identities.get(t) != experiment.task_identities[t] for t, _, _ in values):
+                if key != experiment.key or any(identities.get(t) != experiment.task_identities[t]
+                                                for t, _, _ in [*values, *scored]):
                     raise ExplorerError(
                         "a Ray worker sees other checkpoints, evaluator code, data files or device than the driver "
                         f"(experiment {key[:12]} vs {experiment.key[:12]}); give every node the same files"
                     )
-                for task, value, seconds in values:
-                    experiment.store.put(experiment.key, experiment.task_identities[task], task, c, value, seconds, kind)
+                experiment.record(c, kind, values, scored, plans[i][1])
                 self.history.append((tuple(c.tolist()), node_of.get(actor), "measured", time.monotonic()))
                 idle.append(actor)
                 yield c

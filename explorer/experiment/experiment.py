@@ -403,12 +403,25 @@ class Experiment:
         every other kind on the full set. Stored per-example scores are extended, never re-measured.
         """
         c = np.asarray(coefficients, dtype=float)
+        plain, jobs = self.plan(c, kind)
+        for item in self.engine.measure(c, plain) if plain else ():  # each task stored as it finishes:
+            self.record(c, kind, [item], [], jobs)                    # a kill loses one evaluation at most
+        for item in self.engine.score_examples(c, {t: idx for t, (_, idx) in jobs.items()}, merged=bool(plain)):
+            self.record(c, kind, [], [item], jobs)
+        return self.stored_metrics(c)
+
+    def plan(self, coefficients, kind: str = "design") -> tuple[list[str], dict[str, tuple[int, np.ndarray]]]:
+        """What measuring `coefficients` as `kind` still needs: (tasks to measure on their full sets,
+        {task: (examples stored so far, indices of the examples to score next)}). Executors send this
+        to wherever the point is measured and hand what comes back to `record`. Refused (SpecError)
+        on a read-only store that lacks something."""
+        c = np.asarray(coefficients, dtype=float)
         have = self.stored(c)
         missing = [t for t in self.tasks if t not in have]
         if not missing:
-            return np.array([have[t] for t in self.tasks])
+            return [], {}
         samples = self._stored_samples(c)
-        want, plain = {}, []
+        plain, jobs = [], {}
         for t in missing:
             scores = samples[t][0] if t in samples else np.zeros(0)
             if t not in samples and not self.subsampled(t):
@@ -416,26 +429,51 @@ class Experiment:
                 continue
             n_total = samples[t][1] if t in samples else self.n_examples(t)
             need = examples_for(self.examples_setting, n_total, kind, t)
-            if len(scores) >= need:
-                have[t] = float(np.mean(scores))
-            else:
-                want[t] = (scores, n_total, need)
-        if (plain or want) and self.store.read_only:
-            t = (plain or list(want))[0]
+            if len(scores) < need:
+                jobs[t] = (len(scores), self.example_order(t)[len(scores):need])
+        if (plain or jobs) and self.store.read_only:
+            t = (plain or list(jobs))[0]
             raise SpecError(f"{self.store.path} is open read-only and lacks task {t!r} at "
                             f"c={np.round(c, 4).tolist()}; nothing was measured")
-        if plain:
-            for task, value, seconds in self.engine.measure(c, plain):
-                self.store.put(self.key, self.task_identities[task], task, c, value, seconds, kind)
-                have[task] = value
-        if want:
-            jobs = {t: self.example_order(t)[len(scores):need] for t, (scores, n_total, need) in want.items()}
-            for task, new, seconds in self.engine.score_examples(c, jobs, merged=bool(plain)):
-                scores, n_total, _ = want[task]
-                scores = np.concatenate([scores, new])
-                self.store.put_samples(self.key, self.task_identities[task], task, c, scores, n_total, seconds, kind)
-                have[task] = float(np.mean(scores.astype(np.float32), dtype=np.float64))
-        return np.array([have[t] for t in self.tasks])
+        return plain, jobs
+
+    def record(self, coefficients, kind: str, values, scored, jobs: dict[str, tuple[int, np.ndarray]]) -> None:
+        """Store a plan's results: `values` [(task, value, seconds)] measured on full sets, `scored`
+        [(task, per-example scores, seconds)] for the plan's `jobs`, appended to the scores stored
+        when the plan was made (scores another run stored meanwhile are kept, not doubled)."""
+        c = np.asarray(coefficients, dtype=float)
+        for task, value, seconds in values:
+            self.store.put(self.key, self.task_identities[task], task, c, value, seconds, kind)
+        if not scored:
+            return
+        samples = self._stored_samples(c)
+        for task, new, seconds in scored:
+            start, idx = jobs[task]
+            old = samples[task][0] if task in samples else np.zeros(0)
+            if len(new) != len(idx):
+                raise EvaluationError(f"evaluator of task {task!r} returned {len(new)} per-example scores for "
+                                      f"{len(idx)} examples; nothing was stored")
+            if len(old) != start:  # extended by another run since the plan: its scores stand
+                continue
+            n_total = samples[task][1] if task in samples else self.n_examples(task)
+            self.store.put_samples(self.key, self.task_identities[task], task, c, np.concatenate([old, new]), n_total,
+                                   seconds, kind)
+
+    def stored_metrics(self, coefficients) -> np.ndarray:
+        """Metrics (T,) at `coefficients` from the store alone: full-set values, else the mean of the
+        stored per-example scores (KeyError naming a task the store has nothing of)."""
+        c = np.asarray(coefficients, dtype=float)
+        have = self.stored(c)
+        samples = self._stored_samples(c) if len(have) < len(self.tasks) else {}
+        out = []
+        for t in self.tasks:
+            if t in have:
+                out.append(have[t])
+            elif t in samples:
+                out.append(float(np.mean(samples[t][0].astype(np.float32), dtype=np.float64)))
+            else:
+                raise KeyError(f"task {t!r} has no stored result at c={np.round(c, 4).tolist()}")
+        return np.array(out)
 
     def design(self, budget: int | None = None) -> np.ndarray:
         return sample_design(self.bounds, len(self.tasks), budget if budget is not None else self.spec.budget, self.spec.seed)

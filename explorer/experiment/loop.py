@@ -39,14 +39,9 @@ def unique_points(points: Iterable[tuple[np.ndarray, str]]) -> list[tuple[np.nda
 
 
 def check_executor(experiment, executor) -> None:
-    """Subsampled evaluation stores per-example scores, which only the in-process executor returns;
-    `evaluation.examples` is checked against every task's set before anything is measured."""
+    """`evaluation.examples` is checked against every task's set before anything is measured, whichever
+    executor measures (each one sends `experiment.plan`'s work and stores it through `experiment.record`)."""
     experiment.check_examples()
-    if executor is not None and not isinstance(executor, InProcessExecutor) and experiment.examples_setting != "full":
-        from explorer.errors import SpecError
-
-        raise SpecError(f"evaluation.examples: {experiment.examples_setting!r} runs with the in-process executor "
-                        "only; use `examples: full` with --executor ray")
 
 
 def evaluate_points(experiment, points: Iterable[tuple[np.ndarray, str]], executor=None, bar=None) -> None:
