@@ -4,6 +4,7 @@
     python -m benchmarks.subsample --zoo           # also the 8-task demo zoo (real CLIP evaluations)
     python -m benchmarks.subsample --quick         # the hidden testbed only, fewer settings
     python -m benchmarks.subsample --untuned       # the two testbeds no constant was tuned on, apart
+    python -m benchmarks.subsample --llm-only      # the LLM demo (4 skills, exact match), added to the table
 
 The unit of cost is examples evaluated (one image or prompt through a merged model), not points.
 Every arm runs the shipped loop (`explorer.experiment.loop.run_adaptive`, the default design at 8
@@ -242,26 +243,33 @@ def tpe_arm(tb, examples: int, prefs, measure, n_total: int, log, split: str = "
     return arm
 
 
-def zoo_arms(spec: Path, store: Path, settings, log) -> dict:
-    """The 8-task demo zoo through real `Experiment`s (the shipped path), one store for every arm."""
+def zoo_arms(spec: Path, store: Path, settings, log, name: str = "8-task demo zoo") -> dict:
+    """A demo (the 8-task zoo, the LLM demo) through real `Experiment`s (the shipped path), one store per arm."""
     import yaml
 
     from explorer.experiment.experiment import Experiment
 
     doc = yaml.safe_load(spec.read_text())
-    out = {"problem": "8-task demo zoo", "arms": {}}
+    out = {"problem": name, "arms": {}}
+
+    def absolute(params: dict) -> dict:  # data files named relative to the demo's spec
+        return {k: str((spec.parent / v).resolve()) if isinstance(v, str) and (spec.parent / v).is_file() else v
+                for k, v in params.items()}
+
     every = []
     prefs = preferences(len(doc["tasks"]))
     for setting in ["full", *settings]:
-        path = store.parent / f"subsample-{setting}.yaml"
+        path = store.parent / f"{spec.stem}-subsample-{setting}.yaml"
         d = dict(doc)
         d["evaluation"] = {"examples": setting}
         # one store per arm: the evaluation setting is not part of the experiment's key (values on the
         # full set are the same whatever the setting), so a shared store would serve one arm the other's
-        d["store"] = str(store.parent / f"subsample-{setting}.sqlite")
+        d["store"] = str(store.parent / (f"subsample-{setting}.sqlite" if spec.stem == "demo8" else
+                                         f"{spec.stem}-subsample-{setting}.sqlite"))
         d["model"] = {**doc["model"], **{k: str((spec.parent / v).resolve()) for k, v in doc["model"].items()
                                          if k in ("base", "config_dir")}}
-        d["tasks"] = {t: {**ts, "checkpoint": str((spec.parent / ts["checkpoint"]).resolve())} for t, ts in doc["tasks"].items()}
+        d["tasks"] = {t: {**ts, "checkpoint": str((spec.parent / ts["checkpoint"]).resolve()),
+                          "params": absolute(ts.get("params") or {})} for t, ts in doc["tasks"].items()}
         path.write_text(yaml.safe_dump(d, sort_keys=False))
         exp = Experiment.from_file(path)
         start = time.perf_counter()
@@ -288,7 +296,7 @@ def zoo_arms(spec: Path, store: Path, settings, log) -> dict:
                "before_picks": before, "seconds": round(time.perf_counter() - start, 1), "V": picks["V"].tolist()}
         out["arms"][f"ours, examples: {setting}"] = arm
         every.append(picks["V"])
-        log(f"zoo {setting}: { {k: v for k, v in arm.items() if k != 'V'} }")
+        log(f"{name} {setting}: { {k: v for k, v in arm.items() if k != 'V'} }")
         exp.release()
     allv = np.vstack(every)
     full = out["arms"]["ours, examples: full"]
@@ -323,6 +331,8 @@ def main(argv=None) -> int:
     ap.add_argument("--zoo", action="store_true", help="also the 8-task demo zoo (real CLIP evaluations)")
     ap.add_argument("--zoo-only", action="store_true", help="only the zoo; keep the testbeds' rows of the last run")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--llm-only", action="store_true",
+                    help="only the LLM demo (examples/demo_llm.yaml); keep the other rows of the last run")
     ap.add_argument("--untuned", action="store_true",
                     help="only the testbeds no constant was tuned on (explorer.demo.testbeds.UNTUNED_KINDS), "
                          "reported apart: results/subsample_untuned.{md,json}")
@@ -355,6 +365,12 @@ def main(argv=None) -> int:
         for kind in UNTUNED_KINDS:
             done = next((p for p in saved if p["problem"] == f"testbed {kind} T = 8"), None)
             problems.append(testbed_arms(kind, ["auto"], log, "validation", done, save_untuned, False))
+    elif args.llm_only:
+        problems = [p for p in json.loads(out.with_suffix(".json").read_text()) if p["problem"] != "LLM demo"] \
+            if out.with_suffix(".json").exists() else []
+        store = ROOT / "cache" / "bench-subsample" / "store.sqlite"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        problems.append(zoo_arms(ROOT / "examples" / "demo_llm.yaml", store, ["auto"], log, name="LLM demo"))
     elif args.zoo_only and out.with_suffix(".json").exists():
         problems = [p for p in json.loads(out.with_suffix(".json").read_text()) if p["problem"].startswith("testbed")]
     elif not args.zoo_only:

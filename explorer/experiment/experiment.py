@@ -408,7 +408,7 @@ class Experiment:
             self.record(c, kind, [item], [], jobs)                    # a kill loses one evaluation at most
         for item in self.engine.score_examples(c, {t: idx for t, (_, idx) in jobs.items()}, merged=bool(plain)):
             self.record(c, kind, [], [item], jobs)
-        return self.stored_metrics(c)
+        return self._metrics_from_store(c)
 
     def plan(self, coefficients, kind: str = "design") -> tuple[list[str], dict[str, tuple[int, np.ndarray]]]:
         """What measuring `coefficients` as `kind` still needs: (tasks to measure on their full sets,
@@ -459,7 +459,7 @@ class Experiment:
             self.store.put_samples(self.key, self.task_identities[task], task, c, np.concatenate([old, new]), n_total,
                                    seconds, kind)
 
-    def stored_metrics(self, coefficients) -> np.ndarray:
+    def _metrics_from_store(self, coefficients) -> np.ndarray:
         """Metrics (T,) at `coefficients` from the store alone: full-set values, else the mean of the
         stored per-example scores (KeyError naming a task the store has nothing of)."""
         c = np.asarray(coefficients, dtype=float)
