@@ -406,8 +406,9 @@ class Experiment:
         plain, jobs = self.plan(c, kind)
         for item in self.engine.measure(c, plain) if plain else ():  # each task stored as it finishes:
             self.record(c, kind, [item], [], jobs)                    # a kill loses one evaluation at most
-        for item in self.engine.score_examples(c, {t: idx for t, (_, idx) in jobs.items()}, merged=bool(plain)):
-            self.record(c, kind, [], [item], jobs)
+        if jobs:  # (the engine merges, and so loads the model, only when there is something to score)
+            for item in self.engine.score_examples(c, {t: idx for t, (_, idx) in jobs.items()}, merged=bool(plain)):
+                self.record(c, kind, [], [item], jobs)
         return self._metrics_from_store(c)
 
     def plan(self, coefficients, kind: str = "design") -> tuple[list[str], dict[str, tuple[int, np.ndarray]]]:
