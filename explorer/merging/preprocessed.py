@@ -8,8 +8,8 @@ Later merges are task arithmetic over these files, tensor by tensor as θ₀ + �
 order, so exports stay exact), with no preprocessing at any point; a second engine finds them by
 content: the folder is named by the experiment's content key and complete only when its `done.json`
 names the same key. Memory: one tensor's T pieces in float32 at most (TIES: two pieces, DARE: one,
-as their `preprocess_streamed` produces each piece again where needed); everything else moves in
-CHUNK-sized pieces.
+consensus: a float64 sum, a piece and a count, as their `preprocess_streamed` produces each piece
+again where needed); everything else moves in CHUNK-sized pieces.
 """
 from __future__ import annotations
 

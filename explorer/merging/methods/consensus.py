@@ -59,6 +59,35 @@ class Consensus(MergeMethod):
         keep = consensus_mask(stack, int(params["min_tasks"]), float(params["mask_lambda"]))
         return torch.where(keep, stack, torch.zeros_like(stack)).to(torch.float32)
 
+    def preprocess_streamed(self, fill, n_tasks: int, shape: tuple, key: str, params: Mapping, emit) -> None:
+        """The masks without the stack: the float64 sum of the pieces, then per piece its TALL mask
+        counted into a uint8 array, then each piece cut to the consensus (each piece produced three
+        times; two layers of float64, one piece and a quarter layer held, elementwise work in chunks).
+        Bit for bit `preprocess` (the sum is accumulated in the same order)."""
+        from explorer.merging.methods.ties import CHUNK
+
+        lam, k = float(params["mask_lambda"]), int(params["min_tasks"])
+        piece = torch.empty(shape, dtype=torch.float32)
+        total = torch.zeros(shape, dtype=torch.float64)
+        flat, tot = piece.view(-1), total.view(-1)
+        n = flat.numel()
+        for i in range(n_tasks):
+            fill(i, piece)
+            for s in range(0, n, CHUNK):
+                tot[s:s + CHUNK] += flat[s:s + CHUNK]
+        count = torch.zeros(n, dtype=torch.uint8)
+        for i in range(n_tasks):
+            fill(i, piece)
+            for s in range(0, n, CHUNK):
+                x = flat[s:s + CHUNK].to(torch.float64)
+                count[s:s + CHUNK] += x.abs() > lam * (tot[s:s + CHUNK] - x).abs()
+        del total, tot
+        for i in range(n_tasks):
+            fill(i, piece)
+            for s in range(0, n, CHUNK):
+                flat[s:s + CHUNK].masked_fill_(count[s:s + CHUNK] < k, 0)
+            emit(i, piece)
+
     def describe(self, params: Mapping) -> str:
         return (f"consensus TALL masks (task i marks the entries where |τᵢ| > {params['mask_lambda']:g}·|Σⱼτⱼ − τᵢ|; "
                 f"entries marked by fewer than {int(params['min_tasks'])} tasks are zeroed in every τᵢ)")
