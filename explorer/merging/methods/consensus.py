@@ -62,7 +62,8 @@ class Consensus(MergeMethod):
     def preprocess_streamed(self, fill, n_tasks: int, shape: tuple, key: str, params: Mapping, emit) -> None:
         """The masks without the stack: the float64 sum of the pieces, then per piece its TALL mask
         counted into a uint8 array, then each piece cut to the consensus (each piece produced three
-        times; two layers of float64, one piece and a quarter layer held, elementwise work in chunks).
+        times; the float64 sum (two pieces' size), one piece and a quarter-piece count held, elementwise
+        work in chunks).
         Bit for bit `preprocess` (the sum is accumulated in the same order)."""
         from explorer.merging.methods.ties import CHUNK
 
