@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-METHODS = ("task_arithmetic", "ties", "dare")
+METHODS = ("task_arithmetic", "ties", "dare", "consensus", "cart", "tsv")
 MB = 2 ** 20
 
 
@@ -112,7 +112,7 @@ def child(method: str, out: Path, points: int) -> dict:
         begin = time.perf_counter()
         targets = [k for k in keys if any(k in a.factors for a in adapters)]
         experts = preprocessed_experts(base, [DensifiedAdapter(base, a) for a in adapters], targets, params, folder,
-                                       method, log=lambda m: None, depth_keys=keys)
+                                       method, log=lambda m: None, depth_keys=keys, merged_only=True)
         extra = {"preprocess_seconds": time.perf_counter() - begin, "preprocess_peak_rss": vm("VmHWM"),
                  "preprocessed_bytes": sum(p.stat().st_size for p in folder.glob("*.safetensors"))}
         Path("/proc/self/clear_refs").write_text("5")

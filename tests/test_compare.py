@@ -82,3 +82,16 @@ def test_iso_c_exports_say_not_exact_and_write_the_merge_it_measured(toy, tmp_pa
     exp.engine.merger.apply(c)
     for key, value in exp.engine.model.state_dict().items():
         assert torch.allclose(merged[key].float(), value.float(), atol=1e-6), key
+
+
+def test_a_methods_new_definition_is_keyed_apart_and_shares_the_base(toy, monkeypatch):
+    """A method whose definition changed (TSV-M's revision 2: kᵢ = min(k, rank τᵢ)) gets a new content key, so
+    no store serves merges of the old definition; the base is still shared, other methods keep their keys."""
+    from explorer.experiment import Experiment
+    from explorer.merging.methods import get_method
+
+    before = {m: Experiment.from_file(toy, method=m) for m in ("tsv", "ties")}
+    monkeypatch.setattr(get_method("tsv"), "revision", get_method("tsv").revision + 1)
+    after = {m: Experiment.from_file(toy, method=m) for m in ("tsv", "ties")}
+    assert after["tsv"].key != before["tsv"].key and after["tsv"].model_key == before["tsv"].model_key
+    assert after["ties"].key == before["ties"].key

@@ -297,40 +297,77 @@ def test_lora_demo_explores_a_front(tmp_path_factory, tmp_path, capsys):
     assert (tmp_path / "export" / "merged-adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_tsv_from_the_factors_equals_tsv_on_the_dense_layers():
-    """Factor SVDs (QR + r × r core) give TSV-M's pieces without a dense SVD, equal to the dense computation."""
-    from explorer.merging.lora import LoraFactors, factor_svd, tsv_factors
-    from explorer.merging.methods.tsv import tsv_pieces
+@pytest.mark.parametrize("name,params", [("tsv", {}), ("cart", {"rank_ratio": 0.08}), ("cart", {"rank_ratio": 0.5})])
+def test_tsv_and_cart_from_the_cores_equal_them_on_the_dense_layers(name, params):
+    """Ranks below TSV-M's k, one adapter that leaves the layer alone: the pieces from the factors' cores
+    (two QRs, no dense SVD) equal the method on the densified float64 layers, within 1e-6."""
+    from explorer.merging.lora import LoraFactors, layer_cores
+    from explorer.merging.methods import get_method
 
     gen = torch.Generator().manual_seed(0)
-    m, n, t = 96, 40, 3  # k = 40 // 3 = 13 ≤ every rank
+    m, n = 96, 40  # TSV-M: k = 40 // 4 = 10 > ranks 4 and 6; CART 0.08: k = 3 < the deviations' ranks
     fs = [LoraFactors(torch.randn(r, n, generator=gen), torch.randn(m, r, generator=gen) * 0.1, s)
-          for r, s in ((16, 2.0), (13, 0.5), (20, 1.0 / math.sqrt(20)))]
-    dense = torch.stack([f.delta(torch.float64) for f in fs])
-    for f, d in zip(fs, dense):
-        u, sv, v = factor_svd(f)
-        assert torch.allclose(u @ torch.diag(sv) @ v.T, d, atol=1e-12)
-        assert torch.allclose(sv, torch.linalg.svdvals(d)[: f.rank], atol=1e-12)
-    pieces = tsv_factors(fs, (m, n))
-    want = tsv_pieces(dense).double()
-    for p, w in zip(pieces, want):
-        assert torch.allclose(p.delta(torch.float64), w, atol=1e-6)
-    small = [LoraFactors(f.a[:4], f.b[:, :4], f.scale) for f in fs]
-    assert tsv_factors(small, (m, n)) is None  # rank below k: left to the densified path
+          for r, s in ((16, 2.0), (4, 0.5), (6, 1.0 / math.sqrt(6)))] + [None]
+    dense = torch.stack([f.delta(torch.float64) if f else torch.zeros(m, n, dtype=torch.float64) for f in fs])
+    q, cores, p = layer_cores(fs, (m, n))
+    assert cores.shape == (4, 26, 26)
+    assert torch.allclose(q.T @ q, torch.eye(26, dtype=torch.float64)) and torch.allclose(p.T @ p, torch.eye(26, dtype=torch.float64))
+    for c, d in zip(cores, dense):
+        assert torch.allclose(q @ c @ p.T, d, atol=1e-12)
+    method, full = get_method(name), {"method": name, **params}
+    got = method.preprocess_core(cores, (m, n), "w", full)
+    want = method.preprocess(dense, "w", full).double()
+    scale = float(want.abs().max())
+    for g, w in zip(got, want):
+        assert float((q @ g @ p.T - w).abs().max()) <= 1e-6 * scale
 
 
-def test_tsv_on_full_rank_adapters_merges_from_the_factors_like_dense_tsv(zoos, tmp_path, capfd):
-    """Both adapters on the same modules with rank 16 = TSV-M's k: the engine takes the factor route
-    (no dense SVD, nothing preprocessed to disk) and merges what TSV-M on densified experts merges."""
+def test_tsv_on_adapters_of_rank_below_k_merges_from_the_cores_like_dense_tsv(zoos, tmp_path, capfd):
+    """Both adapters on the same modules with rank 4 < TSV-M's k = 16: the engine merges from the layers'
+    cores (no dense SVD, nothing preprocessed to disk) what TSV-M (kᵢ = min(k, rank τᵢ)) merges on
+    densified full experts."""
     base_dir, _ = zoos["f64"]
-    same = {"r": 16, "lora_alpha": 16, "target_modules": ["q_proj", "down_proj"], "use_rslora": False,
+    same = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "down_proj"], "use_rslora": False,
             "save_dtype": torch.float32}
     adapters = {t: train_adapter(base_dir, tmp_path / f"ad-{t}", t, seed=i + 5, **same) for i, t in enumerate(PROMPTS)}
     dense = {t: write_dense_expert(base_dir, p, tmp_path / f"dense-{t}") for t, p in adapters.items()}
     c = [0.8, 1.1]
     lora = merged_state(make_spec(tmp_path, base_dir, adapters, "peft", "{method: tsv}"), c)
     err = capfd.readouterr().err
-    assert "TSV-M from the factors" in err and "preprocessing" not in err
+    assert "TSV-M on each layer's cores" in err and "preprocessing" not in err
     full = merged_state(make_spec(tmp_path, base_dir, dense, "full", "{method: tsv}"), c)
     for k in lora:
         assert torch.allclose(lora[k], full[k], rtol=0, atol=1e-6), k
+
+
+def test_task_vectors_are_produced_whole_or_by_ranges_alike(zoos, tmp_path):
+    """Consensus builds its masks from chunks of every τᵢ: a range of a full expert's τ (read from its file)
+    is exactly that part of the whole τ; a LoRA τ's range (from the rows of B that hold it) is s·B·A's
+    elements within float32 rounding, the same every time it is asked for."""
+    from explorer.merging.lora import DensifiedAdapter, LoraAdapter
+    from explorer.merging.preprocessed import ChunkReader, task_vector_into
+    from explorer.merging.safetensors_file import SafetensorsCheckpoint
+
+    base_dir, adapters = zoos["bf16"]
+    base = SafetensorsCheckpoint(base_dir)
+    experts = [DensifiedAdapter(base, LoraAdapter(adapters["upper"])),
+               SafetensorsCheckpoint(write_dense_expert(base_dir, adapters["reverse"], tmp_path / "dense"))]
+    reader = ChunkReader(chunk=37)  # chunks that end mid-row
+    for expert in experts:
+        lora = isinstance(expert, DensifiedAdapter)
+        for key in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"):
+            shape = tuple(base.entries[key].shape)
+            whole = torch.empty(shape)
+            task_vector_into(expert, base, key, whole, reader)
+            flat = whole.view(-1)
+            if lora and key in expert.adapter.factors:
+                f = expert.adapter.factors[key]
+                assert torch.allclose(whole.double(), f.scale * (f.b.double() @ f.a.double()), rtol=1e-5, atol=1e-8)
+            for start, width in ((0, 5), (3, shape[1] + 7), (shape[1] - 1, 2), (flat.numel() - 9, 9)):
+                part, again = torch.full((width,), float("nan")), torch.full((width,), float("nan"))
+                task_vector_into(expert, base, key, part, reader, start)
+                task_vector_into(expert, base, key, again, reader, start)
+                assert torch.equal(part, again)
+                want = flat[start:start + width]
+                assert torch.equal(part, want) if not lora else torch.allclose(part, want, rtol=1e-6, atol=1e-9), \
+                    (expert.name, key, start)

@@ -83,16 +83,19 @@ def test_defaults_are_the_reference_values():
 
 
 def _ref_tsv(taus: list[np.ndarray]):
-    """Pieces U⊥ᵢ diag(Sᵢ) V⊥ᵢᵀ, the merged U⊥ŜV⊥ᵀ, U⊥, V⊥ and k, straight from the equations."""
+    """Pieces U⊥ᵢ diag(Sᵢ) V⊥ᵢᵀ, the merged U⊥ŜV⊥ᵀ, U⊥, V⊥ and k, straight from the equations: task i
+    keeps kᵢ = min(k, rank τᵢ) triplets (rank at float32 precision, revision 2)."""
     n_tasks = len(taus)
     m, n = taus[0].shape
     k = max(1, min(m, n) // n_tasks)
     svds = [np.linalg.svd(t, full_matrices=False) for t in taus]
-    u_hat = np.concatenate([u[:, :k] for u, _, _ in svds], axis=1)
-    v_hat = np.concatenate([vh[:k].T for _, _, vh in svds], axis=1)
-    s_hat = np.diag(np.concatenate([s[:k] for _, s, _ in svds]))
+    ks = [min(k, int(np.sum(s > s[0] * max(m, n) * 2.0 ** -23))) for _, s, _ in svds]
+    u_hat = np.concatenate([u[:, :ki] for (u, _, _), ki in zip(svds, ks)], axis=1)
+    v_hat = np.concatenate([vh[:ki].T for (_, _, vh), ki in zip(svds, ks)], axis=1)
+    s_hat = np.diag(np.concatenate([s[:ki] for (_, s, _), ki in zip(svds, ks)]))
     u_orth, v_orth = _polar(u_hat), _polar(v_hat)
-    pieces = [u_orth[:, i * k:(i + 1) * k] @ np.diag(svds[i][1][:k]) @ v_orth[:, i * k:(i + 1) * k].T
+    offsets = np.cumsum([0, *ks])
+    pieces = [u_orth[:, offsets[i]:offsets[i + 1]] @ np.diag(svds[i][1][:ks[i]]) @ v_orth[:, offsets[i]:offsets[i + 1]].T
               for i in range(n_tasks)]
     return pieces, u_orth @ s_hat @ v_orth.T, u_orth, v_orth, k
 
@@ -100,6 +103,7 @@ def _ref_tsv(taus: list[np.ndarray]):
 TSV_CASES = {  # shape, rank of each τᵢ (None: full), seed
     "6x5": ((6, 5), None, 1), "5x7": ((5, 7), None, 2), "12x9": ((12, 9), None, 3),
     "rank4_10x8": ((10, 8), 4, 4),  # rank-deficient τᵢ, rank ≥ k = 2
+    "rank2<k_12x9": ((12, 9), 2, 6),  # rank below k = 3: two triplets each, no null-space vectors
     "Tk>m_2x7": ((2, 7), None, 5),  # k = 1, Tk = 3 > m: U⊥ is a partial isometry
 }
 
@@ -157,6 +161,36 @@ def test_tsv_keeps_other_tensors_per_task(shape):
 def test_tsv_zero_task_vectors_give_zero():
     out = get_method("tsv").preprocess(torch.zeros(T, 6, 5), "w", {"method": "tsv"})
     assert torch.count_nonzero(out) == 0
+    one = _stack((6, 5), 9)
+    one[1] = 0  # a task that left the tensor alone gets no piece; the others are TSV-M of the two
+    out = get_method("tsv").preprocess(one, "w", {"method": "tsv"})
+    assert torch.count_nonzero(out[1]) == 0
+    pieces, *_ = _ref_tsv(_f64(one))
+    assert not pieces[1].any()
+    _close("tsv with a zero task", out, np.stack(pieces))
+
+
+@pytest.mark.parametrize("name,params", [("tsv", {}), ("cart", {"rank_ratio": 0.3}), ("cart", {"rank_ratio": 0.05}),
+                                         ("task_arithmetic", {}), ("lines", {})])
+@pytest.mark.parametrize("shape,rank", [((40, 30), 3), ((24, 50), 9), ((40, 30), 12)])
+def test_equivariant_methods_on_cores_equal_them_on_the_dense_task_vectors(name, params, shape, rank):
+    """Low-rank τᵢ = Q Cᵢ Pᵀ (Q, P orthonormal columns): the method on the small cores, lifted, is the
+    method on the dense τᵢ (what LoRA experts are merged by: merging/lora.py)."""
+    method = get_method(name)
+    assert method.equivariant
+    rng = np.random.default_rng(rank)
+    m, n = shape
+    p = q = min(T * rank, m, n)
+    big_q = np.linalg.qr(rng.standard_normal((m, p)))[0]
+    big_p = np.linalg.qr(rng.standard_normal((n, q)))[0]
+    cores = np.stack([rng.standard_normal((p, rank)) @ rng.standard_normal((rank, q)) for _ in range(T)])
+    dense = np.stack([big_q @ c @ big_p.T for c in cores])
+    full = {"method": name, **params}
+    want = method.preprocess(torch.tensor(dense), "w", full)
+    got = method.preprocess_core(torch.tensor(cores), shape, "w", full)
+    assert got.dtype == torch.float64
+    lifted = np.stack([big_q @ g @ big_p.T for g in got.numpy()])
+    _close(f"{name} on cores = on dense {shape} rank {rank}", lifted, want.double().numpy())
 
 
 # ----------------------------------------------------------------------------------------------- CART
@@ -425,7 +459,7 @@ def test_kth_largest_magnitude_is_exact_with_ties_and_zeros(dtype):
 @pytest.mark.parametrize("name,params", [("ties", {"density": 0.2}), ("ties", {"density": 1.0}),
                                          ("dare", {"density": 0.3, "seed": 4}),
                                          ("consensus", {"min_tasks": 2, "mask_lambda": 0.5})])
-@pytest.mark.parametrize("shape", [(3, 40, 31), (4, 17), (2, 1000, 3)])
+@pytest.mark.parametrize("shape", [(3, 40, 31), (4, 17), (2, 1000, 3), (3, 300, 500)])
 def test_streamed_preprocessing_equals_the_stacked_one(name, params, shape):
     """What the preprocessed-experts cache writes (pieces produced one at a time, TIES and DARE holding
     one or two of them) is bit for bit what the method computes on the whole stack."""
@@ -436,9 +470,9 @@ def test_streamed_preprocessing_equals_the_stacked_one(name, params, shape):
     assert torch.equal(x, before)  # the stacked version leaves its input alone
     got, filled = torch.full_like(x, float("nan")), []
 
-    def fill(i, out):
+    def fill(i, out, start=0):  # the whole piece, or its flat elements from `start`
         filled.append(i)
-        out.copy_(x[i])
+        out.copy_(x[i] if start == 0 and out.shape == x[i].shape else x[i].reshape(-1)[start:start + out.numel()])
 
     method.preprocess_streamed(fill, shape[0], tuple(shape[1:]), "layers.0.w", params, lambda i, p: got[i].copy_(p))
     assert torch.equal(got, want)

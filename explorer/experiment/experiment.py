@@ -47,7 +47,7 @@ from explorer.experiment.store import FIT_KINDS, Store
 from explorer.merging.checkpoints import checkpoint_files, content_hash
 from explorer.merging.devices import device_kind
 from explorer.merging.lora import check_adapter_folder
-from explorer.merging.methods.registry import merge_parameters
+from explorer.merging.methods.registry import get_method, merge_parameters
 
 DEFAULT_STORE = Path("cache") / "store.sqlite"
 
@@ -178,7 +178,9 @@ class Experiment:
         }
         if spec.model.experts_format != "full":  # LoRA experts: another model than full ones (same keys as before otherwise)
             model["experts_format"] = spec.model.experts_format
-        self.key = digest({**model, "merge": self.merge_parameters()})
+        merge = self.merge_parameters()
+        revision = get_method(merge["method"]).revision  # a method's changed definition is another merge
+        self.key = digest({**model, "merge": merge, **({"method_revision": revision} if revision > 1 else {})})
         # the checkpoints without the merge method: experiments sharing it share the base (c = 0 is θ₀)
         self.model_key = digest(model)
         self.task_identities = {t: self.task_identity(t, cache) for t in self.tasks}

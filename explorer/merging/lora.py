@@ -9,20 +9,21 @@ dense τᵢ is never held for more than one layer:
 
 - task arithmetic: θ₀ + Σ cᵢ sᵢ Bᵢ Aᵢ is one matmul of the concatenated factors,
   [c₁s₁B₁ | … | c_T s_T B_T] @ [A₁; …; A_T], added in place to θ₀'s float32 copy: one dense layer;
-- TSV-M, where every task's rank reaches its k = max(1, ⌊min(m, n)/T⌋) on every target: each τᵢ's
-  SVD from its factors (QR of Bᵢ and Aᵢᵀ, then an r × r core), the stacked top-k vectors
-  orthogonalised as TSV-M does, and the pieces τᵢ′ = U⊥,ᵢ Sᵢ V⊥,ᵢᵀ kept as factors (computed once,
-  no larger than the adapters): merged like task arithmetic;
+- methods whose preprocessing commutes with orthonormal bases (`MergeMethod.equivariant`: TSV-M,
+  CART, LiNeS, task arithmetic with LiNeS): one layer's τᵢ are Q Cᵢ Pᵀ with Q, P orthonormal bases of
+  the concatenated factors' column and row spaces (two QRs) and cores Cᵢ of at most Σrᵢ × Σrᵢ
+  (`layer_cores`); the method runs on the cores, and the merge is Q (Σ cᵢ Cᵢ′) Pᵀ, one matmul of
+  inner size Σrᵢ as for task arithmetic. Recomputed at each merge (milliseconds; keeping Q and P for
+  every layer would hold more than the adapters), never denser than the one output layer;
 - a method that is not linear (each merge's Σ cᵢ τᵢ transformed): one layer's T pieces densified at
   every point, as full experts are read whole at every point. Iso-C itself is refused by the spec
   for LoRA experts: it sizes all min(m, n) singular values alike, and beyond the update's rank Σrᵢ
   their directions are whatever null space the SVD routine returns;
-- every other method (TIES, DARE, CART, consensus, LiNeS, TSV-M with a rank below k) needs dense τᵢ
-  entries (top-k, masks, SVDs of the layer): `DensifiedAdapter` hands sᵢBᵢAᵢ to the
-  preprocessed-experts cache (preprocessed.py) one tensor at a time (`task_vector_into`, straight
-  into the method's buffer), so τᵢ′ is computed once, as for full experts, with at most one layer's
-  T pieces dense at a time (TIES two pieces, DARE one; the adapters' targets only); each merge then
-  reads it back one target tensor of one expert at a time.
+- the methods that need dense τᵢ entries (TIES, DARE, consensus: top-k, masks): `DensifiedAdapter`
+  hands sᵢBᵢAᵢ to the preprocessed-experts cache (preprocessed.py) one tensor at a time
+  (`task_vector_into`, straight into the method's buffer), so τᵢ′ is computed once, as for full
+  experts, with less than one layer's T pieces dense at a time; each merge then reads it back one
+  target tensor of one expert at a time.
 
 Exactness: a merged adapter (`write_merged_adapter`) reproduces task arithmetic exactly, rank
 Σ rᵢ, zero-padded where experts target different modules or ranks.
@@ -41,15 +42,15 @@ import torch
 
 from explorer.errors import CheckpointError
 from explorer.merging.methods import get_method
-from explorer.merging.methods.lines import apply_lines, layer_depths
-from explorer.merging.methods.tsv import nearest_orthonormal, tsv_rank
+from explorer.merging.methods.lines import apply_lines, apply_lines_, layer_depths
+from explorer.merging.preprocessed import ChunkReader
 from explorer.merging.safetensors_file import SafetensorsCheckpoint
 from explorer.merging.task_vectors import coefficient_vector
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-#: Elements read at a time from the preprocessed cache (16 MB of float32): one reused buffer.
-READ_CHUNK = 1 << 22
+#: Elements read at a time from θ₀ and the preprocessed cache at each merge (4 MiB of float32), into reused buffers.
+MERGE_CHUNK = 1 << 20
 #: peft's prefix of a wrapped model's keys (PeftModel.base_model.model is the transformers model).
 PEFT_PREFIX = "base_model.model."
 FACTOR_SUFFIXES = {".lora_A.weight": "a", ".lora_B.weight": "b"}
@@ -83,29 +84,24 @@ class LoraFactors:
         return (b @ self.a.to(device=device, dtype=dtype)).mul_(self.scale)
 
 
-def factor_svd(f: LoraFactors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD of s·B·A from the factors, in float64: U (out, r), S (r,), V (in, r) with s·B·A = U diag(S) Vᵀ.
-
-    QR of B and of Aᵀ leave an r × r core s·R_B·R_Aᵀ whose SVD gives the rest: no dense SVD of the layer."""
-    qb, rb = torch.linalg.qr(f.b.to(torch.float64))
-    qa, ra = torch.linalg.qr(f.a.to(torch.float64).T)
-    u, sv, vh = torch.linalg.svd(f.scale * (rb @ ra.T))
-    return qb @ u, sv, qa @ vh.T
-
-
-def tsv_factors(fs: list[LoraFactors], shape: tuple[int, int]) -> list[LoraFactors] | None:
-    """TSV-M's per-task pieces τᵢ′ = U⊥,ᵢ Sᵢ V⊥,ᵢᵀ of one layer as factors (B′ = U⊥,ᵢ Sᵢ, A′ = V⊥,ᵢᵀ, scale 1),
-    from the factor SVDs; None when a task's rank is below TSV-M's k (its dense SVD would add null-space
-    vectors that the SVD routine chooses: that case is left to the densified path, as for full experts)."""
+def layer_cores(fs: list[LoraFactors | None], shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's task vectors τᵢ = sᵢBᵢAᵢ as Q Cᵢ Pᵀ, float64: Q (m, p) and P (n, q) orthonormal bases
+    of the concatenated factors' spans (QR of [s₁B₁ | …] and of [A₁; …]ᵀ), cores Cᵢ (T, p, q) with
+    p, q ≤ Σrᵢ; Cᵢ = 0 where task i's adapter leaves the layer alone (None)."""
     m, n = shape
-    k = tsv_rank(min(m, n), len(fs))
-    if any(f.rank < k for f in fs):
-        return None
-    svds = [factor_svd(f) for f in fs]
-    u_orth = nearest_orthonormal(torch.cat([u[:, :k] for u, _, _ in svds], dim=1))
-    v_orth = nearest_orthonormal(torch.cat([v[:, :k] for _, _, v in svds], dim=1))
-    return [LoraFactors((v_orth[:, i * k:(i + 1) * k]).T.contiguous(), u_orth[:, i * k:(i + 1) * k] * sv[:k], 1.0)
-            for i, (_, sv, _) in enumerate(svds)]
+    device = next(f.a.device for f in fs if f is not None)
+    bs = [f.b.to(torch.float64) * f.scale if f is not None else torch.zeros((m, 0), dtype=torch.float64, device=device)
+          for f in fs]
+    as_ = [f.a.to(torch.float64) if f is not None else torch.zeros((0, n), dtype=torch.float64, device=device)
+           for f in fs]
+    q, rb = torch.linalg.qr(torch.cat(bs, dim=1))
+    p, ra = torch.linalg.qr(torch.cat(as_, dim=0).T)
+    cores, start = [], 0
+    for b in bs:
+        block = slice(start, start + b.shape[1])
+        cores.append(rb[:, block] @ ra[:, block].T)
+        start += b.shape[1]
+    return q, torch.stack(cores), p
 
 
 def _read_config(folder: Path, what: str) -> dict:
@@ -251,39 +247,43 @@ class DensifiedAdapter:
         wide = torch.float64 if t.dtype == torch.float64 else torch.float32
         return t.to(wide).add_(f.delta(wide))
 
-    def task_vector_into(self, key: str, out: torch.Tensor) -> None:
-        """τ = s·B·A of one tensor into `out` (its shape, float32) with no other dense copy; 0 where the
-        adapter leaves the tensor alone."""
+    def task_vector_into(self, key: str, out: torch.Tensor, start: int = 0) -> None:
+        """τ = s·B·A of one tensor into `out` (float32: the tensor's shape, one matmul with no other dense
+        copy; or flat for its elements [start, start + out.numel()), from the rows of B that hold them);
+        0 where the adapter leaves the tensor alone. A range may differ from the same elements of the
+        whole in the last bit (BLAS results depend on the operands' sizes): a method that mixes the two
+        would not be reproducible, so consensus asks for the same ranges every time."""
         f = self.adapter.factors.get(key)
         if f is None:
             out.zero_()
             return
-        torch.matmul(f.b.to(out.dtype), f.a.to(out.dtype), out=out)
-        out.mul_(f.scale)
+        a = f.a.to(out.dtype)
+        if start == 0 and tuple(out.shape) == tuple(self.entries[key].shape):
+            torch.matmul(f.b.to(out.dtype), a, out=out)
+            out.mul_(f.scale)
+            return
+        n = a.shape[1]
+        first, last = start // n, -(-(start + out.numel()) // n)
+        rows = (f.b[first:last].to(out.dtype) @ a).mul_(f.scale).view(-1)
+        out.view(-1).copy_(rows[start - first * n:start - first * n + out.numel()])
 
 
 def route(params: Mapping, adapters: list[LoraAdapter], base: SafetensorsCheckpoint, keys: list[str]) -> str:
     """How LoRA experts are merged under `params`:
 
-    'factors': task arithmetic, or TSV-M where every target's ranks reach k, from the factors (LoraMerger);
+    'factors': plain task arithmetic from the factors (LoraMerger; a merged adapter is exact);
+    'cores': an equivariant method (TSV-M, CART, LiNeS) on each layer's small cores at every merge (LoraMerger);
     'per_point': a method that is not linear (Iso-C) transforms each merge: one densified layer at a
     time at every point (LoraMerger), as full experts do;
-    'preprocess': every other method's τᵢ′ computed once, one densified layer at a time, into the
-    preprocessed-experts cache, then merged as full experts are (StreamingMerger)."""
+    'preprocess': every other method's τᵢ′ (TIES, DARE, consensus) computed once, one densified layer at a
+    time, into the preprocessed-experts cache, then read back at each merge (LoraMerger)."""
     method = get_method(params["method"])
-    if params.get("lines"):
-        return "preprocess" if method.linear else "per_point"
-    if params["method"] == "task_arithmetic":
-        return "factors"
     if not method.linear:
         return "per_point"
-    if params["method"] == "tsv":
-        merged = set(keys)
-        targets = {k for ad in adapters for k in ad.factors if k in merged}
-        t = len(adapters)
-        if all(k in ad.factors and ad.factors[k].rank >= tsv_rank(min(base.entries[k].shape), t)
-               for k in targets for ad in adapters):
-            return "factors"
+    if params["method"] == "task_arithmetic" and not params.get("lines"):
+        return "factors"
+    if method.equivariant:
+        return "cores"
     return "preprocess"
 
 
@@ -306,11 +306,10 @@ class LoraMerger:
         self.base, self.experts, self.keys = base, adapters, list(keys)
         self.device = torch.device(device)
         self.depths = layer_depths(self.keys) if self.params.get("lines") else {}
-        #: plain task arithmetic merges from the factors; anything else densifies one layer's T pieces,
-        #: except TSV-M where every task's rank reaches its k (factor SVDs, pieces kept as factors)
+        #: plain task arithmetic merges from the factors; equivariant methods from the layers' cores;
+        #: anything else densifies one layer's T pieces (or reads the preprocessed experts back)
         self.factor_level = self.params["method"] == "task_arithmetic" and not self.depths and preprocessed is None
-        self.tsv = self.params["method"] == "tsv" and not self.depths and preprocessed is None
-        self._tsv_pieces: dict[str, list[LoraFactors] | None] = {}
+        self.from_cores = self.merge_method.equivariant and not self.factor_level and preprocessed is None
         for ad in adapters:
             ad.check_base(base, self.keys)
         merged = set(self.keys)
@@ -324,13 +323,14 @@ class LoraMerger:
         self._factors = [{k: LoraFactors(f.a.to(self.device), f.b.to(self.device), f.scale)
                           for k, f in ad.factors.items() if k in merged} for ad in adapters]
         self.coefficients: np.ndarray | None = None
-        self._buffers: dict[torch.dtype, torch.Tensor] = {}
+        self._reader = ChunkReader(chunk=MERGE_CHUNK)
         self.adapter_bytes = sum(ad.nbytes for ad in adapters)
         (log or _stderr)(self.describe())
 
     def describe(self) -> str:
         how = ("task arithmetic from the factors, one dense layer at a time" if self.factor_level else
-               "TSV-M from the factors' SVDs (QR + r × r core), its pieces kept as factors" if self.tsv else
+               f"{self.merge_method.title} on each layer's cores (QR of the concatenated factors, cores of at most "
+               f"Σrᵢ × Σrᵢ), one dense layer at a time" if self.from_cores else
                f"{self.merge_method.title}'s τᵢ′ (computed once) read back one layer at a time"
                if self.preprocessed is not None else
                f"{self.merge_method.title} on one layer's {len(self.experts)} densified pieces at a time")
@@ -342,7 +342,13 @@ class LoraMerger:
         return torch.float64 if self.base.entries[key].dtype == torch.float64 else torch.float32
 
     def _base(self, key: str) -> torch.Tensor:
-        return self.base.read(key).to(device=self.device, dtype=self._acc_dtype(key))
+        """θ₀'s tensor in the accumulation dtype, read in chunks (no whole copy in the file's dtype)."""
+        dtype = self._acc_dtype(key)
+        out = torch.empty(tuple(self.base.entries[key].shape), dtype=dtype, device=self.device)
+        flat = out.view(-1)
+        for at, part in self._reader.float_chunks(self.base, key, dtype=dtype):
+            flat[at:at + part.numel()].copy_(part)
+        return out
 
     def _pieces(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         """τᵢ of one layer for every task, densified (T, out, in); zeros where an adapter leaves it alone."""
@@ -353,18 +359,19 @@ class LoraMerger:
                 stack[i] = fs[key].delta(dtype, self.device)
         return stack
 
-    def _tsv_factors(self, key: str) -> list[LoraFactors] | None:
-        """TSV-M's pieces of one layer as factors, computed once and kept (no larger than the adapters')."""
-        if key not in self._tsv_pieces:
-            fs = [f.get(key) for f in self._factors]
-            shape = tuple(self.base.entries[key].shape)
-            self._tsv_pieces[key] = None if any(f is None for f in fs) or len(shape) != 2 else tsv_factors(fs, shape)
-        return self._tsv_pieces[key]
+    def _core_pieces(self, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Q, the method's pieces as cores (T, p, q), P), float64: τᵢ′ = Q Cᵢ′ Pᵀ (LiNeS applied)."""
+        shape = tuple(self.base.entries[key].shape)
+        q, cores, p = layer_cores([f.get(key) for f in self._factors], shape)
+        pieces = self.merge_method.preprocess_core(cores, shape, key, self.params)
+        if self.depths:
+            apply_lines_(pieces, key, self.depths, self.params["lines"])
+        return q, pieces, p
 
     def _preprocessed(self, key: str, dtype: torch.dtype) -> torch.Tensor:
-        pieces = self._tsv_factors(key) if self.tsv else None
-        if pieces is not None:
-            return torch.stack([f.delta(torch.float32, self.device) for f in pieces]).to(dtype)
+        if self.from_cores:
+            q, pieces, p = self._core_pieces(key)
+            return torch.stack([(q @ piece @ p.T).to(dtype) for piece in pieces])
         stack = self.merge_method.preprocess(self._pieces(key, dtype), key, self.params)
         return apply_lines(stack, key, self.depths, self.params["lines"]) if self.depths else stack
 
@@ -379,21 +386,17 @@ class LoraMerger:
                 a = torch.cat([f.a.to(dtype) for f, _ in used], dim=0)
                 out.addmm_(b, a)
             return out
-        pieces = self._tsv_factors(key) if self.tsv else None
-        if pieces is not None:  # Σ cᵢ B′ᵢ A′ᵢ as one matmul, like task arithmetic
-            b = torch.cat([f.b.to(dtype) * float(ci) for f, ci in zip(pieces, c)], dim=1)
-            return out.addmm_(b, torch.cat([f.a.to(dtype) for f in pieces], dim=0))
-        if self.preprocessed is not None:  # (1 − Σcᵢ) θ₀ + Σ cᵢ (θ₀ + τᵢ′), read in chunks into one reused buffer
+        if self.from_cores:  # Q (Σ cᵢ Cᵢ′) Pᵀ: one matmul of inner size ≤ Σrᵢ, like task arithmetic
+            q, pieces, p = self._core_pieces(key)
+            core = torch.einsum("t,tpq->pq", torch.as_tensor(c, dtype=pieces.dtype, device=pieces.device), pieces)
+            return out.addmm_((q @ core).to(dtype), p.T.to(dtype))
+        if self.preprocessed is not None:  # (1 − Σcᵢ) θ₀ + Σ cᵢ (θ₀ + τᵢ′), read in chunks into reused buffers
             out.mul_(1.0 - float(np.sum(c)))
             flat = out.view(-1)
             for ck, ci in zip(self.preprocessed, c):
-                if float(ci) == 0.0:
-                    continue
-                n = ck.entries[key].numel
-                buf = self._read_buffer(ck.entries[key].dtype, min(n, READ_CHUNK))
-                for start in range(0, n, READ_CHUNK):
-                    part = ck.read_into(key, buf[: min(READ_CHUNK, n - start)], start)
-                    flat[start:start + part.numel()].add_(part.to(device=self.device, dtype=dtype), alpha=float(ci))
+                if float(ci) != 0.0:
+                    for at, part in self._reader.float_chunks(ck, key, dtype=dtype):
+                        flat[at:at + part.numel()].add_(part.to(self.device), alpha=float(ci))
             return out
         stack = self._preprocessed(key, dtype)
         ct = torch.as_tensor(c, dtype=stack.dtype, device=self.device)
@@ -401,12 +404,6 @@ class LoraMerger:
         if not self.merge_method.linear:
             delta = self.merge_method.combine(delta, key, self.params)
         return out.add_(delta.to(dtype))
-
-    def _read_buffer(self, dtype: torch.dtype, n: int) -> torch.Tensor:
-        buf = self._buffers.get(dtype)
-        if buf is None or buf.numel() < n:
-            buf = self._buffers[dtype] = torch.empty(n, dtype=dtype)
-        return buf
 
     # --- the merger's interface ----------------------------------------------------------------
     def _coefficients(self, coefficients) -> np.ndarray:

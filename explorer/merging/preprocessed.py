@@ -8,8 +8,8 @@ Later merges are task arithmetic over these files, tensor by tensor as θ₀ + �
 order, so exports stay exact), with no preprocessing at any point; a second engine finds them by
 content: the folder is named by the experiment's content key and complete only when its `done.json`
 names the same key. Memory: one tensor's T pieces in float32 at most (TIES: two pieces, DARE: one,
-consensus: a float64 sum, a piece and a count, as their `preprocess_streamed` produces each piece
-again where needed); everything else moves in CHUNK-sized pieces.
+consensus: a piece and a quarter-piece count, as their `preprocess_streamed` produces pieces, or
+chunks of them, again where needed); everything else moves in CHUNK-sized pieces.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch
 from explorer.merging.hf_folder import SafetensorsStreamWriter
 from explorer.merging.methods import get_method
 from explorer.merging.methods.lines import apply_lines_, layer_depths
-from explorer.merging.methods.ties import CHUNK
+from explorer.merging.methods.registry import CHUNK
 from explorer.merging.safetensors_file import SafetensorsCheckpoint
 from explorer.version import __version__
 
@@ -39,11 +39,12 @@ def needs_preprocessing(params: Mapping) -> bool:
 
 def preprocessed_experts(base: SafetensorsCheckpoint, experts: list[SafetensorsCheckpoint], keys: list[str],
                          params: Mapping, folder: Path, key: str, log=None,
-                         depth_keys: list[str] | None = None) -> list[SafetensorsCheckpoint]:
+                         depth_keys: list[str] | None = None, merged_only: bool = False) -> list[SafetensorsCheckpoint]:
     """θ₀ + τᵢ′ per expert (float32 where merged, θ₀ as it is elsewhere) under `folder`, written once
     for the content key `key` and reused after; returns them as checkpoints a streaming merge reads.
     `depth_keys`: the tensors LiNeS depths are counted over, when not `keys` (LoRA experts merge only
-    their targets, at the depths full experts would have)."""
+    their targets, at the depths full experts would have). `merged_only`: write the `keys` only (LoRA
+    experts, whose merge reads nothing else back), not θ₀'s other tensors per expert."""
     folder = Path(folder)
     paths = [folder / f"expert-{i}.safetensors" for i in range(len(experts))]
     done = folder / DONE
@@ -52,15 +53,17 @@ def preprocessed_experts(base: SafetensorsCheckpoint, experts: list[SafetensorsC
     except (OSError, ValueError):
         complete = False
     if not complete:
-        _write(base, experts, keys, params, folder, paths, key, log, depth_keys)
+        _write(base, experts, keys, params, folder, paths, key, log, depth_keys, merged_only)
     return [SafetensorsCheckpoint(p, f"{ex.name} (preprocessed: {params['method']})") for p, ex in zip(paths, experts)]
 
 
-def _write(base, experts, keys, params, folder: Path, paths: list[Path], key: str, log, depth_keys=None) -> None:
+def _write(base, experts, keys, params, folder: Path, paths: list[Path], key: str, log, depth_keys=None,
+           merged_only: bool = False) -> None:
     method = get_method(params["method"])
     merged = set(keys)
     depths = layer_depths(depth_keys or keys) if params.get("lines") else {}
-    order = sorted(base.entries, key=lambda k: (str(base.entries[k].file), base.entries[k].offset))
+    order = sorted(merged if merged_only else base.entries,
+                   key=lambda k: (str(base.entries[k].file), base.entries[k].offset))
     specs = [(k, torch.float32 if k in merged else base.entries[k].dtype, tuple(base.entries[k].shape)) for k in order]
     tmp = folder.with_name(folder.name + f".partial{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -76,8 +79,8 @@ def _write(base, experts, keys, params, folder: Path, paths: list[Path], key: st
                 for w in writers:
                     w.append_parts(k, reader.chunks(base, k))
                 continue
-            def fill(i: int, out: torch.Tensor, k=k) -> None:
-                task_vector_into(experts[i], base, k, out, reader)
+            def fill(i: int, out: torch.Tensor, start: int = 0, k=k) -> None:
+                task_vector_into(experts[i], base, k, out, reader, start)
 
             def emit(i: int, piece: torch.Tensor, k=k) -> None:  # θ₀ + τᵢ′, θ₀ added a chunk at a time
                 if depths:
@@ -117,18 +120,21 @@ def release_freed_memory() -> None:
 _MALLOC_TRIM = None
 
 
-def task_vector_into(expert, base: SafetensorsCheckpoint, key: str, out: torch.Tensor, reader: "ChunkReader") -> None:
-    """τ = θ_expert − θ₀ of one tensor written into `out` (float32, the tensor's shape): from an
-    expert's own `task_vector_into` (LoRA: s·B·A from the factors), else a chunk at a time from its file."""
+def task_vector_into(expert, base: SafetensorsCheckpoint, key: str, out: torch.Tensor, reader: "ChunkReader",
+                     start: int = 0) -> None:
+    """τ = θ_expert − θ₀ of one tensor written into `out` (float32: the tensor's shape, or flat for its
+    elements [start, start + out.numel())): from an expert's own `task_vector_into` (LoRA: s·B·A from
+    the factors), else a chunk at a time from its file."""
     own = getattr(expert, "task_vector_into", None)
     if own is not None:
-        own(key, out)
+        own(key, out, start)
         return
     flat = out.view(-1)
-    for start, part in reader.float_chunks(expert, key):
-        flat[start:start + part.numel()].copy_(part)
-    for start, part in reader.float_chunks(base, key):
-        flat[start:start + part.numel()].sub_(part)
+    stop = start + flat.numel()
+    for at, part in reader.float_chunks(expert, key, start, stop):
+        flat[at - start:at - start + part.numel()].copy_(part)
+    for at, part in reader.float_chunks(base, key, start, stop):
+        flat[at - start:at - start + part.numel()].sub_(part)
 
 
 class ChunkReader:
@@ -137,32 +143,35 @@ class ChunkReader:
     def __init__(self, chunk: int = CHUNK):
         self.chunk = chunk
         self._raw: dict[torch.dtype, torch.Tensor] = {}
-        self._wide: torch.Tensor | None = None
+        self._wide: dict[torch.dtype, torch.Tensor] = {}
 
     def _buffer(self, dtype: torch.dtype) -> torch.Tensor:
         if dtype not in self._raw:
             self._raw[dtype] = torch.empty(self.chunk, dtype=dtype)
         return self._raw[dtype]
 
-    def chunks(self, ck: SafetensorsCheckpoint, key: str):
-        """Flat pieces of tensor `key` in its own dtype (each valid until the next is read)."""
+    def chunks(self, ck: SafetensorsCheckpoint, key: str, start: int = 0, stop: int | None = None):
+        """Flat pieces of tensor `key` (elements [start, stop)) in its own dtype (each valid until the next is read)."""
         e = ck.entries[key]
+        stop = e.numel if stop is None else stop
         buf = self._buffer(e.dtype)
-        for start in range(0, e.numel, self.chunk):
-            yield ck.read_into(key, buf[: min(self.chunk, e.numel - start)], start)
+        for at in range(start, stop, self.chunk):
+            yield ck.read_into(key, buf[: min(self.chunk, stop - at)], at)
 
-    def float_chunks(self, ck, key: str):
-        """(start, flat float32 piece) of tensor `key`; a checkpoint without `read_into` is read whole."""
+    def float_chunks(self, ck, key: str, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.float32):
+        """(element index, flat piece in `dtype`) of tensor `key` from `start` to `stop`; a checkpoint without
+        `read_into` is read whole."""
         if not hasattr(ck, "read_into"):
             whole = ck.read(key).reshape(-1)
-            for start in range(0, whole.numel(), self.chunk):
-                yield start, whole[start:start + self.chunk].to(torch.float32)
+            stop = whole.numel() if stop is None else stop
+            for at in range(start, stop, self.chunk):
+                yield at, whole[at:min(at + self.chunk, stop)].to(dtype)
             return
-        start = 0
-        for part in self.chunks(ck, key):
-            if part.dtype != torch.float32:
-                if self._wide is None:
-                    self._wide = torch.empty(self.chunk, dtype=torch.float32)
-                part = self._wide[: part.numel()].copy_(part)
-            yield start, part
-            start += part.numel()
+        at = start
+        for part in self.chunks(ck, key, start, stop):
+            if part.dtype != dtype:
+                if dtype not in self._wide:
+                    self._wide[dtype] = torch.empty(self.chunk, dtype=dtype)
+                part = self._wide[dtype][: part.numel()].copy_(part)
+            yield at, part
+            at += part.numel()

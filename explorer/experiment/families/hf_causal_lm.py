@@ -189,7 +189,7 @@ class HFCausalLM:
                 # only the targets move (τ = 0 elsewhere, and every method keeps a zero τ at zero)
                 targets = [k for k in keys if any(k in ad.factors for ad in experts)]
                 pre = preprocessed_experts(base, [DensifiedAdapter(base, ad) for ad in experts], targets, params,
-                                           folder, experiment.key, log=_stderr, depth_keys=keys)
+                                           folder, experiment.key, log=_stderr, depth_keys=keys, merged_only=True)
             engine.merger = LoraMerger(engine.model, base, experts, keys, params, device=engine.device, log=_stderr,
                                        preprocessed=pre)
         else:

@@ -18,7 +18,9 @@ ViT-B/32 × 8 tasks and `initial_merge_rank_ratio` 0.08 with coefficient 1.0 as 
 their adaptive variant; the default here is 0.08. A prior p ≠ 1 (θ̄ + p·Σ LowRank) is not on MAP's
 diagonal c = (s, …, s), which scales θ̄ − θ₀ too. Their code truncates only attention/MLP weight
 matrices (keys with "attn"/"mlp", without "ln"/"bias"); here every 2-D tensor is truncated (positional
-embeddings and projections too). SVDs run in float64; the result is float32.
+embeddings and projections too). SVDs run in float64; the result is float32. For LoRA experts the
+SVDs run on the small cores of the factors (merging/lora.py): a rank k above the deviation's rank
+(≤ Σ rᵢ) keeps it whole, as the dense truncation does up to zero singular values.
 """
 from __future__ import annotations
 
@@ -43,16 +45,18 @@ def low_rank(x: torch.Tensor, k: int) -> torch.Tensor:
     return (u[:, :k] * s[:k]) @ vh[:k]
 
 
-def cart_pieces(stack: torch.Tensor, rank_ratio: float) -> torch.Tensor:
-    """τᵢ′ = τ̄/T + LowRankₖ(τᵢ − τ̄) (2-D) or τ̄/T + τᵢ − τ̄ (other shapes), float32."""
+def cart_pieces(stack: torch.Tensor, rank_ratio: float, shape: tuple | None = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """τᵢ′ = τ̄/T + LowRankₖ(τᵢ − τ̄) (2-D) or τ̄/T + τᵢ − τ̄ (other shapes), in `dtype`. `shape`: the
+    tensor's (m, n) when `stack` holds cores of larger low-rank task vectors (k comes from it)."""
     t = stack.shape[0]
     x = stack.to(torch.float64)
     mean = x.mean(dim=0)
     deviation = x - mean
     if x.ndim == 3 and x.numel():
-        k = cart_rank(min(x.shape[1], x.shape[2]), rank_ratio)
+        k = cart_rank(min(shape or x.shape[1:]), rank_ratio)
         deviation = torch.stack([low_rank(deviation[i], k) for i in range(t)])
-    return (mean / t + deviation).to(torch.float32)
+    return (mean / t + deviation).to(dtype)
 
 
 def check_rank_ratio(params: Mapping) -> None:
@@ -70,8 +74,13 @@ class Cart(MergeMethod):
     def check(self, params: Mapping) -> None:
         check_rank_ratio(params)
 
+    equivariant = True
+
     def preprocess(self, stack: torch.Tensor, key: str, params: Mapping) -> torch.Tensor:
         return cart_pieces(stack, float(params["rank_ratio"]))
+
+    def preprocess_core(self, cores: torch.Tensor, shape: tuple, key: str, params: Mapping) -> torch.Tensor:
+        return cart_pieces(cores, float(params["rank_ratio"]), shape, dtype=torch.float64)
 
     def describe(self, params: Mapping) -> str:
         return (f"CART (τ̄ = mean of the τᵢ; per 2-D tensor τᵢ′ = τ̄/T + the rank-max(1, ⌊{params['rank_ratio']:g}·r⌋) "

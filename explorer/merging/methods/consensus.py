@@ -22,7 +22,7 @@ from typing import Mapping
 import torch
 
 from explorer.errors import SpecError
-from explorer.merging.methods.registry import MergeMethod, register
+from explorer.merging.methods.registry import CHUNK, MergeMethod, register
 
 
 def tall_masks(stack: torch.Tensor, mask_lambda: float) -> torch.Tensor:
@@ -60,32 +60,30 @@ class Consensus(MergeMethod):
         return torch.where(keep, stack, torch.zeros_like(stack)).to(torch.float32)
 
     def preprocess_streamed(self, fill, n_tasks: int, shape: tuple, key: str, params: Mapping, emit) -> None:
-        """The masks without the stack: the float64 sum of the pieces, then per piece its TALL mask
-        counted into a uint8 array, then each piece cut to the consensus (each piece produced three
-        times; the float64 sum (two pieces' size), one piece and a quarter-piece count held, elementwise
-        work in chunks).
+        """The masks a chunk at a time: every task's elements of one chunk (T chunks of float32), their
+        float64 sum and TALL marks counted into a uint8 array, then each piece, produced again chunk by
+        chunk, cut to the consensus. Held: one piece, a quarter-piece count and T chunks.
         Bit for bit `preprocess` (the sum is accumulated in the same order)."""
-        from explorer.merging.methods.ties import CHUNK
-
         lam, k = float(params["mask_lambda"]), int(params["min_tasks"])
-        piece = torch.empty(shape, dtype=torch.float32)
-        total = torch.zeros(shape, dtype=torch.float64)
-        flat, tot = piece.view(-1), total.view(-1)
-        n = flat.numel()
-        for i in range(n_tasks):
-            fill(i, piece)
-            for s in range(0, n, CHUNK):
-                tot[s:s + CHUNK] += flat[s:s + CHUNK]
+        n = int(torch.Size(shape).numel())
+        parts = torch.empty((n_tasks, min(CHUNK, n)), dtype=torch.float32)
         count = torch.zeros(n, dtype=torch.uint8)
+        for s in range(0, n, CHUNK):
+            width = min(CHUNK, n - s)
+            for i in range(n_tasks):
+                fill(i, parts[i, :width], s)
+            x = parts[:, :width].to(torch.float64)
+            total = torch.zeros(width, dtype=torch.float64)
+            for i in range(n_tasks):
+                total += x[i]
+            for i in range(n_tasks):
+                count[s:s + width] += x[i].abs() > lam * (total - x[i]).abs()
+        del parts
+        piece = torch.empty(shape, dtype=torch.float32)
+        flat = piece.view(-1)
         for i in range(n_tasks):
-            fill(i, piece)
-            for s in range(0, n, CHUNK):
-                x = flat[s:s + CHUNK].to(torch.float64)
-                count[s:s + CHUNK] += x.abs() > lam * (tot[s:s + CHUNK] - x).abs()
-        del total, tot
-        for i in range(n_tasks):
-            fill(i, piece)
-            for s in range(0, n, CHUNK):
+            for s in range(0, n, CHUNK):  # the same ranges as the masks were counted from
+                fill(i, flat[s:s + CHUNK], s)
                 flat[s:s + CHUNK].masked_fill_(count[s:s + CHUNK] < k, 0)
             emit(i, piece)
 

@@ -6,8 +6,8 @@ from typing import Mapping
 
 import torch
 
-from explorer.merging.methods.registry import MergeMethod, register
-from explorer.merging.methods.ties import CHUNK, check_density
+from explorer.merging.methods.registry import CHUNK, MergeMethod, register
+from explorer.merging.methods.ties import check_density
 
 
 def _generator(seed: int, key: str) -> torch.Generator:

@@ -121,6 +121,7 @@ class Lines(MergeMethod):
     title = "task arithmetic + LiNeS"
     parameters = ()
     defaults = {"alpha": 0.0, "beta": 1.0}
+    equivariant = True
 
     def check(self, params: Mapping) -> None:
         if "alpha" in params or "beta" in params:  # the `merge.lines` mapping

@@ -25,6 +25,8 @@ BUILTIN = {"task_arithmetic": "explorer.merging.methods.task_arithmetic",
            "iso_c": "explorer.merging.methods.iso_c"}
 
 _REGISTRY: dict[str, "MergeMethod"] = {}
+#: Elements a streamed preprocessing works on at a time (256 KB of float32): its temporaries stay this small.
+CHUNK = 1 << 16
 
 
 class MergeMethod:
@@ -43,6 +45,12 @@ class MergeMethod:
     defaults: dict = {}
     mergekit: str | None = None
     linear = True
+    #: τ′ of task vectors Q Xᵢ Pᵀ is Q τ′(X)ᵢ Pᵀ for any Q, P with orthonormal columns (the identity and
+    #: SVD-based methods), so low-rank task vectors (LoRA) are preprocessed as their small cores Xᵢ
+    equivariant = False
+    #: Bumped when the method's definition changes what it computes: enters the experiment's content key
+    #: (from 2 on), so a store never mixes merges of two definitions
+    revision = 1
 
     def check(self, params: Mapping) -> None:
         """Raise SpecError naming the parameter at fault (`merge.<name>`)."""
@@ -56,10 +64,11 @@ class MergeMethod:
 
     def preprocess_streamed(self, fill, n_tasks: int, shape: tuple, key: str, params: Mapping, emit) -> None:
         """`preprocess` for pieces that can be produced again: `fill(i, out)` writes τᵢ of tensor `key`
-        into `out` (float32, `shape`), `emit(i, piece)` takes τᵢ′ (and may overwrite it), for i in order.
+        into `out` (float32, `shape`), `fill(i, out, start)` only its flat elements [start, start + out.numel())
+        into a flat `out`; `emit(i, piece)` takes τᵢ′ (and may overwrite it), for i in order.
 
         Here the T pieces are stacked (one layer × T in memory); methods that need less (TIES, DARE:
-        one or two pieces at a time) override it."""
+        one or two pieces at a time; consensus: a piece and its mask count) override it."""
         import torch
 
         stack = torch.empty((n_tasks, *shape), dtype=torch.float32)
@@ -68,6 +77,14 @@ class MergeMethod:
         stack = self.preprocess_(stack, key, params)
         for i in range(n_tasks):
             emit(i, stack[i])
+
+    def preprocess_core(self, cores: torch.Tensor, shape: tuple, key: str, params: Mapping) -> torch.Tensor:
+        """`preprocess` of task vectors τᵢ = Q Cᵢ Pᵀ of a tensor of `shape` (m, n) given as their cores Cᵢ
+        (T, p, q), float64 in and out; only for `equivariant` methods (ranks that depend on the tensor's
+        size are taken from `shape`, not from the cores)."""
+        if not self.equivariant:
+            raise NotImplementedError(f"merge method {self.name!r} needs the dense entries of its task vectors")
+        return self.preprocess(cores, key, params).to(cores.dtype)
 
     def combine(self, delta: torch.Tensor, key: str, params: Mapping) -> torch.Tensor:
         """The merged update of one tensor from Σ cᵢ τᵢ′ (float32, the tensor's shape): itself when linear."""

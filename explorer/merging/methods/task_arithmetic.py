@@ -8,3 +8,4 @@ from explorer.merging.methods.registry import MergeMethod, register
 class TaskArithmetic(MergeMethod):
     title = "task arithmetic"
     mergekit = "task_arithmetic"
+    equivariant = True

@@ -6,7 +6,7 @@ from typing import Mapping
 import torch
 
 from explorer.errors import SpecError
-from explorer.merging.methods.registry import MergeMethod, register
+from explorer.merging.methods.registry import CHUNK, MergeMethod, register
 
 
 def check_density(params: Mapping) -> None:
@@ -14,9 +14,6 @@ def check_density(params: Mapping) -> None:
         raise SpecError(f"merge.density must be in (0, 1], got {params['density']}")
 
 
-#: Elements per step of the in-place versions: their temporaries stay this small whatever the layer, so
-#: preprocessing one layer costs its T pieces and little more (issue #17's memory bar).
-CHUNK = 1 << 16
 #: Integers with the bit layout of each float type: non-negative floats order like their bits.
 _BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
          torch.bfloat16: torch.int16}

@@ -13,9 +13,15 @@ Tk > m the stacked vectors cannot all be orthonormal and U⊥ is the partial iso
 Tensors that are not 2-D (biases, norms, embeddings of other ranks, conv kernels) keep each task's τᵢ
 as it is. The reference averages them (every task weighted 1/T); kept per task, MAP's coefficient scales
 each task's own update, and at c = eᵢ those tensors equal expert i's (at c = (1, …, 1) they are the sum,
-not the mean). All SVDs run in float64 (the result is float32); a task vector of rank below k makes the
-stacked vectors, and so the result, depend on the SVD routine's choice of null-space vectors, as in the
-reference.
+not the mean). All SVDs run in float64 (the result is float32).
+
+Rank-deficient task vectors (revision 2): a task keeps kᵢ = min(k, rank τᵢ) triplets, the rank counted
+at float32 precision (singular values above σ₁·max(m, n)·2⁻²³). The reference keeps k regardless; below
+the rank the extra "singular vectors" of a zero singular value are whatever null-space basis the SVD
+routine returns, and stacked with the other tasks' they move the orthogonalisation of every kept vector,
+so the merge would depend on the LAPACK build. This matters for LoRA experts (rank r ≪ k: their pieces
+are computed from the factors' small cores, merging/lora.py) and for a zero task vector (kᵢ = 0, no
+piece); generic full fine-tunes have rank ≥ k and are unchanged.
 """
 from __future__ import annotations
 
@@ -37,35 +43,57 @@ def nearest_orthonormal(a: torch.Tensor) -> torch.Tensor:
     return p @ qh
 
 
-def tsv_pieces(stack: torch.Tensor) -> torch.Tensor:
-    """Per-task TSV-M pieces of one 2-D tensor's stacked task vectors (T, m, n), float32."""
+def numerical_rank(s: torch.Tensor, shape: tuple) -> int:
+    """Singular values `s` (descending) above s₁·max(m, n)·2⁻²³: the rank at float32 precision."""
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return 0
+    return int((s > s[0] * max(shape) * 2.0 ** -23).sum())
+
+
+def tsv_pieces(stack: torch.Tensor, shape: tuple | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per-task TSV-M pieces of one 2-D tensor's stacked task vectors (T, m, n), in `dtype`.
+    `shape`: the tensor's (m, n) when `stack` holds cores of larger low-rank task vectors (k and the
+    rank tolerance come from it)."""
     t, m, n = stack.shape
+    shape = tuple(shape or (m, n))
     if stack.numel() == 0:
-        return stack.to(torch.float32)
-    k = tsv_rank(min(m, n), t)
+        return stack.to(dtype)
+    k = tsv_rank(min(shape), t)
     lefts, values, rights = [], [], []
     for i in range(t):  # one task at a time: the full SVD of a large matrix is the memory peak
         u, s, vh = torch.linalg.svd(stack[i].to(torch.float64), full_matrices=False)
-        lefts.append(u[:, :k])
-        values.append(s[:k])
-        rights.append(vh[:k].T)
-    u_orth = nearest_orthonormal(torch.cat(lefts, dim=1))   # (m, Tk), task i's block at columns ik..(i+1)k
-    v_orth = nearest_orthonormal(torch.cat(rights, dim=1))  # (n, Tk)
-    u_blocks = u_orth.reshape(m, t, k).permute(1, 0, 2)      # (T, m, k)
-    v_blocks = v_orth.reshape(n, t, k).permute(1, 0, 2)      # (T, n, k)
-    s = torch.stack(values)                                  # (T, k)
-    return torch.einsum("tmk,tk,tnk->tmn", u_blocks, s, v_blocks).to(torch.float32)
+        ki = min(k, numerical_rank(s, shape))
+        lefts.append(u[:, :ki])
+        values.append(s[:ki])
+        rights.append(vh[:ki].T)
+    out = torch.zeros((t, m, n), dtype=torch.float64)
+    if sum(v.numel() for v in values) == 0:
+        return out.to(dtype)
+    u_orth = nearest_orthonormal(torch.cat(lefts, dim=1))   # (m, Σkᵢ), task i's block after the others'
+    v_orth = nearest_orthonormal(torch.cat(rights, dim=1))  # (n, Σkᵢ)
+    start = 0
+    for i, s in enumerate(values):
+        block = slice(start, start + s.numel())
+        torch.matmul(u_orth[:, block] * s, v_orth[:, block].T, out=out[i])
+        start += s.numel()
+    return out.to(dtype)
 
 
 @register("tsv")
 class TaskSingularVectors(MergeMethod):
     title = "TSV-M"
+    equivariant = True
+    revision = 2  # kᵢ = min(k, rank τᵢ)
+
     def preprocess(self, stack: torch.Tensor, key: str, params: Mapping) -> torch.Tensor:
         if stack.ndim != 3:
             return stack.to(torch.float32)
         return tsv_pieces(stack)
 
+    def preprocess_core(self, cores: torch.Tensor, shape: tuple, key: str, params: Mapping) -> torch.Tensor:
+        return tsv_pieces(cores, shape, dtype=torch.float64)
+
     def describe(self, params: Mapping) -> str:
-        return ("TSV-M (per 2-D tensor: each τᵢ keeps its top max(1, ⌊r/T⌋) singular triplets, the stacked "
-                "singular vectors of all tasks are orthogonalised (U⊥ = PQᵀ, same for V), τᵢ′ = U⊥,ᵢ Sᵢ V⊥,ᵢᵀ; "
+        return ("TSV-M (per 2-D tensor: each τᵢ keeps its top min(max(1, ⌊r/T⌋), rank τᵢ) singular triplets, the "
+                "stacked singular vectors of all tasks are orthogonalised (U⊥ = PQᵀ, same for V), τᵢ′ = U⊥,ᵢ Sᵢ V⊥,ᵢᵀ; "
                 "other tensors keep τᵢ)")
