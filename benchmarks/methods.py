@@ -4,6 +4,8 @@
     python -m benchmarks.methods                  # both 8-task testbeds (hidden, deep), all linear methods
     python -m benchmarks.methods --zoo            # also the 8-task demo zoo, from `merge-explorer compare`'s store
     python -m benchmarks.methods --quick          # 4 tasks, fewer front points (a minute)
+    python -m benchmarks.methods --llm --keep     # add the LLM demo's rows to the last run's
+    python -m benchmarks.methods --untuned --keep # add the two landscapes no constant was tuned on
 
 Every method runs the same engine (`explore`, the default design: adaptive at 8 tasks, 2P = 90
 evaluations) on the testbed whose experts are that method's θ₀ + τᵢ′ (`Testbed.merged_by`), so each
@@ -92,13 +94,13 @@ def judge(out: dict, weights: np.ndarray, every: np.ndarray) -> None:
         out["methods"][m]["wins"] = int(np.sum(np.argmin(scores, axis=1) == j))
 
 
-def zoo_problem(store: Path, spec: Path, methods, fidelity_points: int = 20) -> dict:
-    """The 8-task demo zoo from `merge-explorer compare`'s store (nothing new is measured if it ran),
-    plus each method's shown front re-measured at `fidelity_points` points (stored as checks)."""
+def zoo_problem(store: Path, spec: Path, methods, fidelity_points: int = 20, name: str = "8-task demo zoo") -> dict:
+    """A demo (the 8-task zoo, the LLM demo) from `merge-explorer compare`'s store (nothing new is measured
+    if it ran), plus each method's shown front re-measured at `fidelity_points` points (stored as checks)."""
     from explorer.experiment.compare import compare
 
     cmp = compare(spec, methods, store_path=store, progress=False)
-    out = {"problem": "8-task demo zoo", "methods": {}}
+    out = {"problem": name, "methods": {}}
     for j, run in enumerate(cmp.runs):
         exp, result = run.experiment, run.result
         rows = np.flatnonzero(result.front_trusted) if np.any(result.front_trusted) else np.arange(len(result.front_predicted))
@@ -119,7 +121,7 @@ def zoo_problem(store: Path, spec: Path, methods, fidelity_points: int = 20) -> 
             "median": float(np.median(err)), "worst_task": float(np.max(np.median(err, axis=0))),
             "coverage": float(np.mean(inside)),
         }
-        print(f"zoo {run.method}: fidelity median {np.median(err):.2f} coverage {np.mean(inside):.0%}", flush=True)
+        print(f"{name} {run.method}: fidelity median {np.median(err):.2f} coverage {np.mean(inside):.0%}", flush=True)
     return out
 
 
@@ -143,20 +145,39 @@ def main(argv=None) -> int:
     ap.add_argument("--zoo", action="store_true", help="add the 8-task demo zoo (runs `compare` on its store)")
     ap.add_argument("--zoo-store", default=str(ROOT / "cache" / "compare8.sqlite"))
     ap.add_argument("--zoo-only", action="store_true", help="keep the testbeds' rows of the last run (--out .json)")
+    ap.add_argument("--llm", action="store_true", help="add the LLM demo (4 skills, tiny Llama; `compare` on its store)")
+    ap.add_argument("--llm-store", default=str(ROOT / "cache" / "compare-llm.sqlite"))
+    ap.add_argument("--untuned", action="store_true", help="add the 8-task landscapes no constant was tuned on "
+                    "(fashion-relabel, fashion-views)")
+    ap.add_argument("--keep", action="store_true", help="keep every problem of the last run (--out .json) but those rerun")
     ap.add_argument("--methods", default=",".join(LINEAR))
     ap.add_argument("--out", default=str(RESULTS / "methods"))
     args = ap.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     n_tasks, front_points = (4, 300) if args.quick else (8, 1000)
     out = Path(args.out)
-    if args.zoo_only:
+    if args.keep:
+        problems = json.loads(out.with_suffix(".json").read_text())
+    elif args.zoo_only:
         problems = [p for p in json.loads(out.with_suffix(".json").read_text()) if p["problem"].startswith("testbed")]
     else:
         problems = [run_problem(kind, n_tasks, [m for m in methods if m != "iso_c"], front_points)
                     for kind in ("hidden", "deep")]
+    if args.untuned:
+        from explorer.demo.testbeds import UNTUNED_KINDS
+
+        done = {f"testbed {kind} T = {n_tasks}" for kind in UNTUNED_KINDS}
+        problems = [p for p in problems if p["problem"] not in done]
+        problems += [run_problem(kind, n_tasks, [m for m in methods if m != "iso_c"], front_points)
+                     for kind in UNTUNED_KINDS]
+    every = ["task_arithmetic", "ties", "tsv", "cart", "consensus", "iso_c"]
     if args.zoo or args.zoo_only:
-        problems.append(zoo_problem(Path(args.zoo_store), ROOT / "examples" / "demo8.yaml",
-                                    ["task_arithmetic", "ties", "tsv", "cart", "consensus", "iso_c"]))
+        problems = [p for p in problems if p["problem"] != "8-task demo zoo"]
+        problems.append(zoo_problem(Path(args.zoo_store), ROOT / "examples" / "demo8.yaml", every))
+    if args.llm:  # ensure the demo's checkpoints exist: `merge-explorer demo --kind llm` builds them
+        problems = [p for p in problems if p["problem"] != "LLM demo (4 skills)"]
+        problems.append(zoo_problem(Path(args.llm_store), ROOT / "examples" / "demo_llm.yaml", every,
+                                    name="LLM demo (4 skills)"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(problems, indent=1) + "\n")
     table = markdown(problems)
