@@ -403,7 +403,8 @@ class Testbed:
                 stack = apply_lines(stack, k, depths, params["lines"])
             for i, t in enumerate(self.tasks):
                 experts[t][k] = (b + stack[i]).to(self.base[k].dtype)
-        suffix = "-".join([params["method"]] + (["lines"] if depths else []))
+        name = params["method"] + (f"r{method.revision}" if method.revision > 1 else "")  # a new definition: new truth
+        suffix = "-".join([name] + (["lines"] if depths else []))
         return replace(self, name=f"{self.name}-{suffix}", experts=experts, n_calls=0, _splits={}, _truth={})
 
     # ---------------------------------------------------------------- real evaluation

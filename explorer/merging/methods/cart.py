@@ -31,7 +31,8 @@ from typing import Mapping
 import torch
 
 from explorer.errors import SpecError
-from explorer.merging.methods.registry import MergeMethod, register
+from explorer.merging.methods.gram import project_, short_side
+from explorer.merging.methods.registry import CHUNK, MergeMethod, register
 
 
 def cart_rank(r: int, rank_ratio: float) -> int:
@@ -59,6 +60,22 @@ def cart_pieces(stack: torch.Tensor, rank_ratio: float, shape: tuple | None = No
     return (mean / t + deviation).to(dtype)
 
 
+def mean_of_pieces(fill, n_tasks: int, shape: tuple) -> torch.Tensor:
+    """τ̄ of pieces that `fill(i, out, start)` produces by ranges: float32, summed in float64 a chunk at a time."""
+    n = int(torch.Size(shape).numel())
+    mean = torch.empty(shape, dtype=torch.float32)
+    flat = mean.view(-1)
+    part = torch.empty(min(CHUNK, n), dtype=torch.float32)
+    for s in range(0, n, CHUNK):
+        width = min(CHUNK, n - s)
+        total = torch.zeros(width, dtype=torch.float64)
+        for i in range(n_tasks):
+            fill(i, part[:width], s)
+            total += part[:width]
+        flat[s:s + width] = total / n_tasks
+    return mean
+
+
 def check_rank_ratio(params: Mapping) -> None:
     v = params.get("rank_ratio")
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < float(v) <= 1.0:
@@ -81,6 +98,21 @@ class Cart(MergeMethod):
 
     def preprocess_core(self, cores: torch.Tensor, shape: tuple, key: str, params: Mapping) -> torch.Tensor:
         return cart_pieces(cores, float(params["rank_ratio"]), shape, dtype=torch.float64)
+
+    def preprocess_streamed(self, fill, n_tasks: int, shape: tuple, key: str, params: Mapping, emit) -> None:
+        """Two pieces held, not the stack: τ̄ (float32, summed in float64 a chunk at a time), then per task
+        τᵢ − τ̄ in place, its top-k singular vectors of the short side from the Gram matrix (gram.py),
+        the projection onto them in place, + τ̄/T. Within float32 rounding of `preprocess`."""
+        if len(shape) != 2 or 0 in shape:
+            return super().preprocess_streamed(fill, n_tasks, shape, key, params, emit)
+        mean = mean_of_pieces(fill, n_tasks, shape)
+        k = cart_rank(min(shape), float(params["rank_ratio"]))
+        piece = torch.empty(shape, dtype=torch.float32)
+        for i in range(n_tasks):
+            fill(i, piece)
+            piece.sub_(mean)
+            project_(piece, short_side(piece, k)[0])
+            emit(i, piece.add_(mean, alpha=1.0 / n_tasks))
 
     def describe(self, params: Mapping) -> str:
         return (f"CART (τ̄ = mean of the τᵢ; per 2-D tensor τᵢ′ = τ̄/T + the rank-max(1, ⌊{params['rank_ratio']:g}·r⌋) "

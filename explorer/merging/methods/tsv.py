@@ -19,7 +19,10 @@ Rank-deficient task vectors (revision 2): a task keeps kᵢ = min(k, rank τᵢ)
 at float32 precision (singular values above σ₁·max(m, n)·2⁻²³). The reference keeps k regardless; below
 the rank the extra "singular vectors" of a zero singular value are whatever null-space basis the SVD
 routine returns, and stacked with the other tasks' they move the orthogonalisation of every kept vector,
-so the merge would depend on the LAPACK build. This matters for LoRA experts (rank r ≪ k: their pieces
+so the merge would depend on the LAPACK build. For the same reason the stacked vectors' polar factor is
+taken on their range: where the stack is rank-deficient (singular values ≤ 1e-6·σ₁, e.g. an
+embedding whose padding row no task changed, with Tk = m) the SVD's PQᵀ would add a direction of the
+routine's choosing. This matters for LoRA experts (rank r ≪ k: their pieces
 are computed from the factors' small cores, merging/lora.py) and for a zero task vector (kᵢ = 0, no
 piece); generic full fine-tunes have rank ≥ k and are unchanged.
 """
@@ -29,6 +32,7 @@ from typing import Mapping
 
 import torch
 
+from explorer.merging.methods.gram import BLOCK, top_singular
 from explorer.merging.methods.registry import MergeMethod, register
 
 
@@ -37,10 +41,17 @@ def tsv_rank(r: int, n_tasks: int) -> int:
     return max(1, r // n_tasks)
 
 
+#: Singular values of the stacked singular vectors below this share of the largest count as zero: their
+#: directions are not determined by the stack (the SVD routine's choice), so the polar factor leaves them out.
+POLAR_TOL = 1e-6
+
+
 def nearest_orthonormal(a: torch.Tensor) -> torch.Tensor:
-    """PQᵀ for a = PΣQᵀ (thin SVD): the orthogonal polar factor of `a`."""
-    p, _, qh = torch.linalg.svd(a, full_matrices=False)
-    return p @ qh
+    """PQᵀ for a = PΣQᵀ (thin SVD): the orthogonal polar factor of `a`, on its range where `a` is rank-deficient
+    (singular values ≤ POLAR_TOL·σ₁ left out)."""
+    p, s, qh = torch.linalg.svd(a, full_matrices=False)
+    keep = s > s[:1].clamp_min(0) * POLAR_TOL if s.numel() else s > 0
+    return p[:, keep] @ qh[keep]
 
 
 def numerical_rank(s: torch.Tensor, shape: tuple) -> int:
@@ -48,6 +59,24 @@ def numerical_rank(s: torch.Tensor, shape: tuple) -> int:
     if s.numel() == 0 or float(s[0]) == 0.0:
         return 0
     return int((s > s[0] * max(shape) * 2.0 ** -23).sum())
+
+
+def polar_(a: torch.Tensor) -> torch.Tensor:
+    """`nearest_orthonormal` of a tall float32 matrix in place, through its K × K Gram matrix (float64):
+    a ← a W Λ^(-1/2) Wᵀ over the eigenvalues above POLAR_TOL² of the largest: `nearest_orthonormal`'s PQᵀ."""
+    if a.shape[1] == 0:
+        return a
+    g = torch.zeros((a.shape[1], a.shape[1]), dtype=torch.float64)
+    for r in range(0, a.shape[0], BLOCK):
+        b = a[r:r + BLOCK].to(torch.float64)
+        g.addmm_(b.T, b)
+    lam, w = torch.linalg.eigh(g)
+    keep = lam > lam.max().clamp_min(0) * POLAR_TOL ** 2
+    w = w[:, keep]
+    inv_sqrt = (w / lam[keep].sqrt()) @ w.T
+    for r in range(0, a.shape[0], BLOCK):
+        a[r:r + BLOCK] = a[r:r + BLOCK].to(torch.float64) @ inv_sqrt
+    return a
 
 
 def tsv_pieces(stack: torch.Tensor, shape: tuple | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -92,6 +121,39 @@ class TaskSingularVectors(MergeMethod):
 
     def preprocess_core(self, cores: torch.Tensor, shape: tuple, key: str, params: Mapping) -> torch.Tensor:
         return tsv_pieces(cores, shape, dtype=torch.float64)
+
+    def preprocess_streamed(self, fill, n_tasks: int, shape: tuple, key: str, params: Mapping, emit) -> None:
+        """No stack and no dense SVD: each task's top triplets from its Gram matrix (gram.py, one piece
+        held), the stacked singular vectors (float32, at most one piece's size on each side)
+        orthogonalised through their own Gram matrix, then each piece U⊥,ᵢ Sᵢ V⊥,ᵢᵀ a block of rows at
+        a time. Within float32 rounding of `preprocess`."""
+        if len(shape) != 2 or 0 in shape:
+            return super().preprocess_streamed(fill, n_tasks, shape, key, params, emit)
+        k, tol = tsv_rank(min(shape), n_tasks), max(shape) * 2.0 ** -23
+        m, n = shape
+        piece = torch.empty(shape, dtype=torch.float32)
+        # the long side's vectors straight into their stack (float32, T·k columns at most: one piece)
+        stack_long = torch.empty((max(m, n), n_tasks * k), dtype=torch.float32)
+        shorts, values, used = [], [], 0
+        for i in range(n_tasks):
+            fill(i, piece)
+            u, sv, v = top_singular(piece, k, tol, stack_long[:, used:])
+            shorts.append((u if m <= n else v).to(torch.float32))
+            values.append(sv)
+            used += sv.numel()
+        stack_long = stack_long[:, :used]
+        stack_short = torch.cat(shorts, dim=1)
+        del shorts
+        u_orth = polar_(stack_short if m <= n else stack_long)
+        v_orth = polar_(stack_long if m <= n else stack_short)
+        start = 0
+        for i, sv in enumerate(values):
+            cols = slice(start, start + sv.numel())
+            right = v_orth[:, cols].to(torch.float64).T
+            for r in range(0, shape[0], BLOCK):
+                piece[r:r + BLOCK] = (u_orth[r:r + BLOCK, cols].to(torch.float64) * sv) @ right
+            start += sv.numel()
+            emit(i, piece)
 
     def describe(self, params: Mapping) -> str:
         return ("TSV-M (per 2-D tensor: each τᵢ keeps its top min(max(1, ⌊r/T⌋), rank τᵢ) singular triplets, the "
