@@ -9,7 +9,7 @@ is dense and full-rank (random), the hardest case for the SVD-based methods. Eac
 fresh process: load the base with transformers (family hf_causal_lm's loader), reset the peak RSS,
 preprocess, read the peak (VmHWM). Writes benchmarks/results/preprocess_memory.{json,md}.
 
-    .venv/bin/python benchmarks/bench_preprocess_memory.py [--layers 1] [--out /tmp/preprocess-bench]
+    .venv/bin/python benchmarks/bench_preprocess_memory.py [--layers 1] [--out /tmp/preprocess-bench] [--methods tsv --keep]
 """
 from __future__ import annotations
 
@@ -71,16 +71,24 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("/tmp/preprocess-bench"))
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--keep", action="store_true", help="keep the other methods' rows of the last run")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from the json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.out)))
+        return
+    if args.report_only:
+        write_report(json.loads((RESULTS / "preprocess_memory.json").read_text()), args.layers)
         return
     sys.path.insert(0, str(ROOT))
     from benchmarks.bench_llm_memory import generate
 
     generate(args.out, args.layers, experts=3)
     runs = []
+    if args.keep and (RESULTS / "preprocess_memory.json").exists():
+        runs = [r for r in json.loads((RESULTS / "preprocess_memory.json").read_text())
+                if r["method"] not in args.methods.split(",")]
     for method in args.methods.split(","):
         proc = subprocess.run([sys.executable, __file__, "--child", method, "--out", str(args.out)],
                               capture_output=True, text=True)
@@ -88,9 +96,14 @@ def main() -> None:
             raise SystemExit(f"{method}: {proc.stderr.strip().splitlines()[-1]}")
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(runs[-1], flush=True)
+    write_report(runs, args.layers)
+
+
+def write_report(runs: list[dict], layers: int) -> None:
+    """benchmarks/results/preprocess_memory.{json,md} from the children's numbers."""
     r0 = runs[0]
     lines = [f"# One-time preprocessing of full experts: Llama-shaped bf16 base of {r0['base_bytes'] / 1e9:.2f} GB "
-             f"({args.layers} layers), {r0['experts']} experts, dense full-rank task vectors", "",
+             f"({layers} layers), {r0['experts']} experts, dense full-rank task vectors", "",
              f"largest tensor in float32 {r0['largest_bytes'] / MB:.0f} MiB; bar: RSS with the base loaded + "
              f"{r0['experts']} × that", "",
              "| method | peak RSS − RSS with base loaded | bar (T × largest tensor) | ratio | seconds | within |",

@@ -18,7 +18,9 @@ ViT-B/32 × 8 tasks and `initial_merge_rank_ratio` 0.08 with coefficient 1.0 as 
 their adaptive variant; the default here is 0.08. A prior p ≠ 1 (θ̄ + p·Σ LowRank) is not on MAP's
 diagonal c = (s, …, s), which scales θ̄ − θ₀ too. Their code truncates only attention/MLP weight
 matrices (keys with "attn"/"mlp", without "ln"/"bias"); here every 2-D tensor is truncated (positional
-embeddings and projections too). SVDs run in float64; the result is float32. For LoRA experts the
+embeddings and projections too). SVDs run in float64; the result is float32. On streamed models
+(`preprocess_streamed`) the truncation is the projection onto the top-k singular vectors of the short
+side, taken from its Gram matrix (gram.py), with τ̄ and one piece held instead of the T pieces. For LoRA experts the
 SVDs run on the small cores of the factors (merging/lora.py): a rank k above the deviation's rank
 (≤ Σ rᵢ) keeps it whole, as the dense truncation does up to zero singular values.
 """

@@ -38,8 +38,9 @@ def short_side(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(W, S): the top k singular vectors of the short side (U when m ≤ n, else V; float64, orthonormal to
     rounding whatever their accuracy) and singular values, from the Gram matrix; non-positive eigenvalues
     (rank below k) are dropped."""
-    lam, vecs = torch.linalg.eigh(short_side_gram(x))
-    lam, vecs = lam.flip(0)[:k], vecs.flip(1)[:, :k]
+    lam, vecs = torch.linalg.eigh(short_side_gram(x))  # ascending: the top k are the last columns
+    top = max(0, lam.numel() - k)
+    lam, vecs = lam[top:].flip(0), vecs[:, top:].flip(1)
     keep = int((lam > 0).sum())
     return vecs[:, :keep].contiguous(), lam[:keep].sqrt()
 

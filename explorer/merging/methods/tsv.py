@@ -13,7 +13,9 @@ Tk > m the stacked vectors cannot all be orthonormal and U⊥ is the partial iso
 Tensors that are not 2-D (biases, norms, embeddings of other ranks, conv kernels) keep each task's τᵢ
 as it is. The reference averages them (every task weighted 1/T); kept per task, MAP's coefficient scales
 each task's own update, and at c = eᵢ those tensors equal expert i's (at c = (1, …, 1) they are the sum,
-not the mean). All SVDs run in float64 (the result is float32).
+not the mean). All SVDs run in float64 (the result is float32); on streamed models
+(`preprocess_streamed`) each task's top triplets come from its Gram matrix and the stacked vectors'
+polar factor from theirs (gram.py), one piece and the float32 stacks held instead of the T pieces.
 
 Rank-deficient task vectors (revision 2): a task keeps kᵢ = min(k, rank τᵢ) triplets, the rank counted
 at float32 precision (singular values above σ₁·max(m, n)·2⁻²³). The reference keeps k regardless; below
@@ -71,9 +73,11 @@ def polar_(a: torch.Tensor) -> torch.Tensor:
         b = a[r:r + BLOCK].to(torch.float64)
         g.addmm_(b.T, b)
     lam, w = torch.linalg.eigh(g)
+    del g
     keep = lam > lam.max().clamp_min(0) * POLAR_TOL ** 2
     w = w[:, keep]
     inv_sqrt = (w / lam[keep].sqrt()) @ w.T
+    del w
     for r in range(0, a.shape[0], BLOCK):
         a[r:r + BLOCK] = a[r:r + BLOCK].to(torch.float64) @ inv_sqrt
     return a
@@ -143,9 +147,10 @@ class TaskSingularVectors(MergeMethod):
             used += sv.numel()
         stack_long = stack_long[:, :used]
         stack_short = torch.cat(shorts, dim=1)
-        del shorts
+        del shorts, piece  # no piece is held while the stacks are orthogonalised
         u_orth = polar_(stack_short if m <= n else stack_long)
         v_orth = polar_(stack_long if m <= n else stack_short)
+        piece = torch.empty(shape, dtype=torch.float32)
         start = 0
         for i, sv in enumerate(values):
             cols = slice(start, start + sv.numel())
