@@ -7,9 +7,10 @@ as θ₀ + τᵢ′ in float32 to one safetensors file per expert, so peak memor
 Later merges are task arithmetic over these files, tensor by tensor as θ₀ + Σ cᵢ τᵢ′ (mergekit's
 order, so exports stay exact), with no preprocessing at any point; a second engine finds them by
 content: the folder is named by the experiment's content key and complete only when its `done.json`
-names the same key. Memory: one tensor's T pieces in float32 at most (TIES: two pieces, DARE: one,
-consensus: a piece and a quarter-piece count, as their `preprocess_streamed` produces pieces, or
-chunks of them, again where needed); everything else moves in CHUNK-sized pieces.
+names the same key. Memory: less than one tensor's T pieces in float32, as each method's
+`preprocess_streamed` produces pieces, or chunks of them, again where needed (DARE: one piece, TIES:
+two, consensus: one and a quarter-piece count, CART: τ̄ and one, TSV-M: one and the stacked singular
+vectors; a method without its own keeps the T pieces); everything else moves in CHUNK-sized pieces.
 """
 from __future__ import annotations
 
