@@ -371,3 +371,30 @@ def test_task_vectors_are_produced_whole_or_by_ranges_alike(zoos, tmp_path):
                 want = flat[start:start + width]
                 assert torch.equal(part, want) if not lora else torch.allclose(part, want, rtol=1e-6, atol=1e-9), \
                     (expert.name, key, start)
+
+
+def test_lora_tsv_export_writes_what_was_evaluated(zoos, tmp_path):
+    """TSV-M from the layers' cores: the exported merged folder is the model that was evaluated, and the
+    densified experts θ₀ + τᵢ′ handed to mergekit sum (c-weighted) to the same merge."""
+    from transformers import AutoModelForCausalLM
+
+    from explorer.export import write_merged
+
+    base_dir, adapters = zoos["f32"]
+    exp = Experiment.from_file(make_spec(tmp_path, base_dir, adapters, merge="{method: tsv}"))
+    c = np.array([0.7, 0.45])
+    paths = write_merged(exp, c, tmp_path / "export")
+    assert set(paths) == {"merged"}  # TSV-M is not a sum of the factors: no merged adapter
+    written = AutoModelForCausalLM.from_pretrained(str(paths["merged"]), local_files_only=True, dtype=torch.float32)
+    exp.engine.merger.apply(c)
+    evaluated = exp.engine.model.state_dict()
+    for k, v in written.state_dict().items():
+        assert torch.equal(v, evaluated[k]), k
+    moved = 0
+    for key, b, experts in exp.engine.merger.iter_preprocessed():
+        if b is None:
+            continue
+        want = b.double() + sum(float(ci) * (x.double() - b.double()) for ci, x in zip(c, experts))
+        assert torch.allclose(evaluated[key].double(), want, rtol=0, atol=1e-6), key
+        moved += int(not torch.equal(experts[0], b))
+    assert moved == 7  # the upper adapter's targets (q, v, up in 2 layers, lm_head)
