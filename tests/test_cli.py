@@ -75,8 +75,11 @@ def test_interrupted_run_resumes_without_reevaluating(toy):
     store = toy.parent / "store.sqlite"
     log = toy.parent / "calls.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOY_DELAY="0.05", TOY_CALL_LOG=str(log))
+    # Ctrl-C as a terminal sends it: SIGINT at its default disposition in the run, even where the suite
+    # itself was started with SIGINT ignored (a background job of a non-interactive shell passes that on)
     proc = subprocess.Popen([sys.executable, "-m", "explorer.cli", "run", str(toy), "--no-progress"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while len(rows(store)) < 15 and time.time() < deadline:
         time.sleep(0.1)
