@@ -28,13 +28,6 @@ METHODS = ("ties", "dare", "consensus", "cart", "tsv")
 MB = 2 ** 20
 
 
-def vm(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def child(method: str, out: Path) -> dict:
     import torch
 
@@ -43,6 +36,8 @@ def child(method: str, out: Path) -> dict:
     from explorer.merging.methods.registry import merge_parameters
     from explorer.merging.preprocessed import preprocessed_experts
     from explorer.merging.safetensors_file import SafetensorsCheckpoint
+
+    from benchmarks.bench_lora_memory import vm  # peak and current RSS from /proc/self/status
 
     torch.set_num_threads(2)
     base = SafetensorsCheckpoint(out / "base")
