@@ -28,6 +28,7 @@ import streamlit as st
 from explorer import app_state as S
 from explorer import figures as F
 from explorer.errors import ExplorerError
+from explorer.front_vega import coefficients_of, front_2d_spec
 from explorer.experiment.store import CHECK_KINDS
 from explorer.html_explorer import explorer_bytes
 from explorer.vouch import decision_reason
@@ -488,11 +489,13 @@ def front_view(v: ViewState) -> None:
         fig = F.front_3d(v.result, tuple(idx), v.chosen, v.refs, v.verified, v.units, v.evaluated)
         st.plotly_chart(fig, key=f"front3d:{v.ekey}", config=PLOT_CONFIG)
         st.caption("Click a point in the 2-D view below to select it.")
-    fig = F.front_2d(v.result, (idx[0], idx[1]), v.chosen, v.refs, v.verified, v.units, v.evaluated,
-                     others=v.others, method=v.method)
-    event = st.plotly_chart(fig, key=f"front2d:{v.ekey}", on_select="rerun", selection_mode="points",
-                            config=PLOT_CONFIG)
-    handle_selection(event, "front2d")
+    # Vega-Lite, not Plotly: the first page then needs no Plotly bundle (explorer/front_vega.py says why)
+    spec = front_2d_spec(v.result, (idx[0], idx[1]), v.chosen, v.refs, v.verified, v.units, v.evaluated,
+                         others=v.others, method=v.method)
+    event = st.vega_lite_chart(spec=spec, key=f"front2d:{v.ekey}", on_select="rerun", width="stretch")
+    picked = coefficients_of(spec, (event or {}).get("selection"))
+    handle_selection({"selection": {"points": [] if picked is None else [{"customdata": picked.tolist()}]}},
+                     "front2d")
     if v.others:
         st.caption(f"The points and the chosen merge are {v.method}'s. Dashed lines: the fronts of "
                    + ", ".join(title for title, _ in v.others) + " on the same models (predicted; "

@@ -4,7 +4,7 @@ Serves the app exactly as users get it: `./run.sh` (setup and demo steps skipped
 MERGE_EXPLORER_SKIP_SETUP=1, the server command unchanged: scripts/serve.py, .streamlit/config.toml)
 on a free port, waits until it answers, then opens the page in headless Chromium (Playwright,
 Debian's /usr/bin/chromium). One load = from `page.goto` to the moment a plot's data are drawn (a
-plotly scatter trace) and the chosen coefficients are on the page. Rows:
+point of the front view) and the chosen coefficients are on the page. Rows:
 - cold: the first visitor after a server start, over `--cold-starts` starts (median <= 3 s);
 - new visitors (a fresh browser context, nothing cached) and returning ones (the same context, a
   new tab: JavaScript from the cache) on the last server (median <= 3 s).
@@ -37,7 +37,8 @@ CHROMIUM = os.environ.get("MERGE_EXPLORER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run"]
 TARGET_S = 3.0
-PLOTS = ".js-plotly-plot .scatterlayer .trace"  # a drawn data trace, not just an empty plot frame
+#: a drawn point of the front view (Vega-Lite, explorer/front_vega.py), not just an empty chart frame
+PLOTS = '[data-testid="stVegaLiteChart"] .mark-symbol.role-mark path'
 CHOSEN = ".st-key-chosen-coefficients"
 
 

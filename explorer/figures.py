@@ -178,6 +178,60 @@ def frontier_2d(points: np.ndarray, senses: Sequence[float]) -> np.ndarray:
 
 
 # --- front views -------------------------------------------------------------------------------
+@dataclass
+class FrontGeometry:
+    """What the 2-D front draws, in metric units and free of any renderer: the Plotly figure (report,
+    HTML explorer's siblings) and the app's Vega-Lite view (`explorer.front_vega`) draw the same points."""
+
+    pair: tuple[int, int]
+    tasks: list
+    units: Units
+    evaluated: tuple          # (coefficients, metrics) of the measured points
+    front: np.ndarray         # (n, T) predicted front
+    std: np.ndarray           # (n, T) its predictive std (NaN where unknown)
+    trusted: np.ndarray       # (n,) bool: the surrogates vouch for the point
+    edge: np.ndarray          # indices of the 2-D frontier of the points choices come from, in order of x
+    others: list              # (title, (k, 2) frontier of another method's front)
+    references: list          # base, experts, task arithmetic, verified merges (Markers)
+    xrange: list
+    yrange: list
+    drawn: np.ndarray         # (m, 2) every marker a label could cover (not the chosen one)
+    x_values: np.ndarray      # the values the axis formats are chosen from
+    y_values: np.ndarray
+
+
+def front_2d_geometry(result, pair: tuple[int, int], chosen: Chosen | None = None, markers: Sequence[Marker] = (),
+                      verified: Sequence[Marker] = (), units: Units | None = None, evaluated=None,
+                      others: Sequence[tuple[str, object]] = ()) -> FrontGeometry:
+    i, j = pair
+    tasks = result.tasks
+    units = units or units_for(tasks, None, result.senses)
+    C, M = evaluated if evaluated is not None else (result.samples, result.observed)
+    F = result.front_predicted
+    xs = np.concatenate([M[:, i], F[:, i]])
+    ys = np.concatenate([M[:, j], F[:, j]])
+    trusted = _front_trusted(result)
+    shown = np.flatnonzero(trusted) if trusted.any() else np.arange(len(F))  # the edge of what choices come from
+    edge = shown[frontier_2d(F[shown][:, [i, j]], result.senses[[i, j]])]
+    rings = []
+    for title, other in others:  # other merge methods' fronts, for comparison
+        G = other.front_predicted
+        keep = np.flatnonzero(_front_trusted(other)) if np.any(_front_trusted(other)) else np.arange(len(G))
+        rings.append((title, G[keep[frontier_2d(G[keep][:, [i, j]], other.senses[[i, j]])]][:, [i, j]]))
+    references = list(markers) + list(verified)
+    extra = [m.metrics for m in references]
+    if chosen is not None:
+        extra += [chosen.predicted] + ([chosen.measured] if chosen.measured is not None else [])
+    allx = np.concatenate([xs, [e[i] for e in extra]])
+    ally = np.concatenate([ys, [e[j] for e in extra]])
+    # every marker a label could cover, but the chosen merge's: it lies on the front, which labels avoid, and
+    # leaving it out keeps the placement (cached) the same while a slider moves it
+    drawn = np.column_stack([np.concatenate([xs, [m.metrics[i] for m in references]]),
+                             np.concatenate([ys, [m.metrics[j] for m in references]])])
+    return FrontGeometry((i, j), list(tasks), units, (C, M), F, _front_std(result), trusted, edge, rings, references,
+                         _padded(allx, 0.1), _padded(ally, 0.12), drawn, xs, ys)
+
+
 def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, markers: Sequence[Marker] = (),
              verified: Sequence[Marker] = (), units: Units | None = None, evaluated=None,
              others: Sequence[tuple[str, object]] = (), method: str | None = None) -> go.Figure:
@@ -189,17 +243,13 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
     methods on the same checkpoints, each drawn as its own 2-D frontier (one colour per method), so
     that the fronts can be compared; `method` names this result's method in the legend.
     """
+    g = front_2d_geometry(result, pair, chosen, markers, verified, units, evaluated, others)
     i, j = pair
-    tasks = result.tasks
-    units = units or units_for(tasks, None, result.senses)
-    C, M = evaluated if evaluated is not None else (result.samples, result.observed)
-    F = result.front_predicted
-    xs = np.concatenate([M[:, i], F[:, i]])
-    ys = np.concatenate([M[:, j], F[:, j]])
+    tasks, units, (C, M), F, S, trusted, edge = g.tasks, g.units, g.evaluated, g.front, g.std, g.trusted, g.edge
+    xs, ys = g.x_values, g.y_values
     hover = (f"{tasks[i]} = %{{x:{units.hoverformat(tasks[i], xs)}}}<br>{tasks[j]} = %{{y:{units.hoverformat(tasks[j], ys)}}}"
              f"<br>{_coefficient_hover(tasks)}")
     fig = _figure()
-    trusted, S = _front_trusted(result), _front_std(result)
     colour, symbol, name = STYLE["front"]
     fig.add_trace(_trace("scatter", 
         x=F[trusted, i], y=F[trusted, j], mode="markers",
@@ -213,17 +263,12 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
             marker=dict(color=colour, size=6, opacity=0.6, symbol=symbol, line=dict(color=colour, width=1)),
             customdata=result.front_coefficients[~trusted],
             hovertemplate=hover + "<extra>not vouched for</extra>"))
-    shown = np.flatnonzero(trusted) if trusted.any() else np.arange(len(F))  # the edge of what choices come from
-    edge = shown[frontier_2d(F[shown][:, [i, j]], result.senses[[i, j]])]
     colour, _, name = STYLE["frontier"]
     fig.add_trace(_trace("scatter", 
         x=F[edge, i], y=F[edge, j], mode="lines", name=f"front of {method} (predicted)" if others and method else name,
         line=dict(color=colour, width=2.5), hoverinfo="skip"))
-    for k, (title, other) in enumerate(others):  # other merge methods' fronts, for comparison
-        G = other.front_predicted
-        keep = np.flatnonzero(_front_trusted(other)) if np.any(_front_trusted(other)) else np.arange(len(G))
-        ring = keep[frontier_2d(G[keep][:, [i, j]], other.senses[[i, j]])]
-        fig.add_trace(_trace("scatter", x=G[ring, i], y=G[ring, j], mode="lines", name=f"front of {title} (predicted)",
+    for k, (title, ring) in enumerate(g.others):
+        fig.add_trace(_trace("scatter", x=ring[:, 0], y=ring[:, 1], mode="lines", name=f"front of {title} (predicted)",
                              line=dict(color=METHOD_COLOURS[k % len(METHOD_COLOURS)], width=2, dash="dash"),
                              hovertemplate=f"{title}<br>{tasks[i]} = %{{x}}<br>{tasks[j]} = %{{y}}<extra></extra>"))
     fig.add_trace(_trace("scatter",
@@ -237,21 +282,12 @@ def front_2d(result, pair: tuple[int, int], chosen: Chosen | None = None, marker
         x=M[:, i], y=M[:, j], mode="markers", name=name,
         marker=dict(color=colour, size=8, symbol=symbol, line=dict(color="white", width=0.5)),
         customdata=C, hovertemplate=hover + "<extra>evaluated</extra>"))
-    extra = [m.metrics for m in list(markers) + list(verified)]
-    if chosen is not None:
-        extra += [chosen.predicted] + ([chosen.measured] if chosen.measured is not None else [])
-    allx = np.concatenate([xs, [e[i] for e in extra]])
-    ally = np.concatenate([ys, [e[j] for e in extra]])
-    xrange, yrange = _padded(allx, 0.1), _padded(ally, 0.12)
-    # every marker a label could cover, but the chosen merge's: it lies on the front, which labels avoid, and
-    # leaving it out keeps the placement (cached) the same while a slider moves it
-    drawn = np.column_stack([np.concatenate([xs, [m.metrics[i] for m in list(markers) + list(verified)]]),
-                             np.concatenate([ys, [m.metrics[j] for m in list(markers) + list(verified)]])])
-    kinds = {m.kind for m in list(markers) + list(verified)}
+    xrange, yrange, drawn = g.xrange, g.yrange, g.drawn
+    kinds = {m.kind for m in g.references}
     names = [tr.name for tr in fig.data] + [STYLE.get(k, STYLE["verified"])[2] for k in kinds]
     entries = len(names) + (0 if chosen is None else 1 + (chosen.measured is not None))
     columns = 2 if max(len(n or "") for n in names) <= LEGEND_TWO_COLUMNS_CHARS else 1
-    _add_markers_2d(fig, list(markers) + list(verified), i, j, tasks, hover, (xrange, yrange, drawn))
+    _add_markers_2d(fig, g.references, i, j, tasks, hover, (xrange, yrange, drawn))
     if chosen is not None:
         _add_chosen_2d(fig, chosen, i, j, tasks, hover)
     _layout(fig, f"Front: {tasks[i]} vs {tasks[j]}", height=HEIGHT + legend_growth_px(entries, columns))

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_browser import browser_page, serve, wait_for_plots  # noqa: E402
+from tests.test_browser import FRONT, browser_page, serve, wait_for_plots  # noqa: E402
 
 
 def main() -> int:
@@ -27,7 +27,7 @@ def main() -> int:
                app_args=("--store", args.store, "--present")) as url, browser_page() as page:
         page.goto(url, timeout=300_000)
         wait_for_plots(page, 300_000)
-        page.locator(".js-plotly-plot").first.screenshot(path=args.out)
+        page.locator(FRONT).first.screenshot(path=args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -26,6 +26,7 @@ def warm(app_argv: list[str]) -> str:
 
     from explorer import app_state as S
     from explorer import figures as F
+    from explorer.front_vega import front_2d_spec
 
     args = S.app_args(app_argv)
     if args.spec == S.DEFAULT_SPEC and not S.demo_ready(args.spec)[0]:
@@ -37,7 +38,7 @@ def warm(app_argv: list[str]) -> str:
     exp = handle.experiment
     units = F.units_for(exp.tasks, {t: exp.spec.tasks[t].metric for t in exp.tasks}, exp.senses)
     chosen = S.chosen_view(result.decide(), handle.stored(result.decide().coefficients))
-    F.front_2d(result, (0, 1), chosen, refs, verified, units, (C, M), others=tuple(handle.sibling_fronts())).to_json()
+    front_2d_spec(result, (0, 1), chosen, refs, verified, units, (C, M), others=tuple(handle.sibling_fronts()))
     return (f"serve: {exp.spec.name!r} opened and fitted in {time.perf_counter() - start:.1f} s, "
             "before the first visitor")
 

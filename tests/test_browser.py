@@ -84,8 +84,12 @@ def browser_page():
             browser.close()
 
 
+FRONT = '[data-testid="stVegaLiteChart"]'  # the front view (explorer/front_vega.py)
+FRONT_POINTS = FRONT + " .mark-symbol.role-mark path"
+
+
 def wait_for_plots(page, timeout_ms: int = 120_000) -> None:
-    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=timeout_ms)
+    page.wait_for_selector(FRONT_POINTS, timeout=timeout_ms)
     page.wait_for_selector(".st-key-chosen-coefficients", timeout=timeout_ms)
     wait_idle(page, timeout_ms)
 
@@ -97,19 +101,15 @@ def wait_idle(page, timeout_ms: int = 60_000) -> None:
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
 
 
-#: (label, marker) pairs of the first plot whose boxes on screen overlap by more than a pixel each way (a label
-#: against its own marker does not count): what a reader sees as a label hiding a marker.
+#: Labels of the front view whose boxes on screen overlap a marker (its own included) by more than a
+#: pixel each way: what a reader sees as a label hiding a marker.
 LABEL_OVERLAPS_JS = """() => {
-  const plot = document.querySelector('.js-plotly-plot');
-  const markers = [], labels = [];
-  plot.querySelectorAll('.scatterlayer .trace').forEach((trace, t) => {
-    trace.querySelectorAll('.points path.point').forEach((p, k) => markers.push([t, k, p.getBoundingClientRect()]));
-    trace.querySelectorAll('.textpoint text').forEach((x, k) => { if (x.textContent) labels.push([t, k, x.textContent, x.getBoundingClientRect()]); });
-  });
-  plot.querySelectorAll('.annotation .annotation-text').forEach((x) => labels.push([-1, -1, x.textContent, x.getBoundingClientRect()]));
+  const plot = document.querySelector('[data-testid="stVegaLiteChart"]');
+  const markers = [...plot.querySelectorAll('.mark-symbol.role-mark path')].map((p) => p.getBoundingClientRect());
+  const labels = [...plot.querySelectorAll('.mark-text.role-mark text')].filter((x) => x.textContent)
+    .map((x) => [x.textContent, x.getBoundingClientRect()]);
   const out = [];
-  for (const [t, k, text, a] of labels) for (const [u, j, b] of markers) {
-    if (t === u && k === j) continue;
+  for (const [text, a] of labels) for (const b of markers) {
     const w = Math.min(a.right, b.right) - Math.max(a.left, b.left), h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
     if (w > 1 && h > 1) out.push(text);
   }
@@ -144,7 +144,7 @@ def test_slider_moves_chosen_point_in_browser(toy_spec):
     with serve(toy_spec, ARTIFACTS / "streamlit-server.log") as url, browser_page() as page:
         page.goto(url, wait_until="domcontentloaded")
         wait_for_plots(page)
-        assert page.locator(".js-plotly-plot").count() >= 1
+        assert page.locator(FRONT).count() == 1 and page.locator(".js-plotly-plot").count() == 0  # no Plotly bundle
         labels = page.evaluate(LABEL_OVERLAPS_JS)  # the front view at 1280x800: no label hides a marker
         assert labels["labels"] >= 5 and labels["overlaps"] == [], labels["overlaps"]
         before = chosen_text(page)
@@ -158,6 +158,24 @@ def test_slider_moves_chosen_point_in_browser(toy_spec):
         assert after != before
         assert "high%3A10" in page.url or "high:10" in page.url  # the choice is in the URL
         page.screenshot(path=str(ARTIFACTS / "browser-slider-moved.png"), full_page=False)
+        # a click on a front point picks it: the tooltip's coefficients become the chosen ones
+        points, shown = page.locator(FRONT_POINTS), None
+        for k in range(0, points.count(), 7):
+            points.nth(k).hover(force=True)
+            tip = page.locator("#vg-tooltip-element")
+            tip.wait_for(state="visible", timeout=10_000)
+            text = tip.inner_text()
+            if re.search(r"point\s+front\b", text):
+                shown = re.findall(r"c\[\w+\] = (-?\d+\.\d+)", text)
+                if shown != re.findall(r"-?\d+\.\d+", after):
+                    break
+        assert shown, "no front point found under the cursor"
+        points.nth(k).click(force=True)
+        page.wait_for_function(
+            "(old) => { const e = document.querySelector('.st-key-chosen-coefficients'); return e && e.innerText !== old; }",
+            arg=after, timeout=60_000)
+        wait_idle(page)
+        assert re.findall(r"-?\d+\.\d+", chosen_text(page)) == shown
         assert not page.locator('[data-testid="stException"]').count()
 
 
