@@ -14,6 +14,8 @@ load, so compare versions side by side in one run. Exit status 0 when both media
     python benchmarks/bench_page_load.py [--spec examples/demo.yaml] [--loads 5] [--cold-starts 5] [--present]
     python benchmarks/bench_page_load.py --serve streamlit --app-root /tmp/old-checkout   # an older app,
         served as its run.sh did (`streamlit run app.py` with run.sh's options, its own config.toml)
+    python benchmarks/bench_page_load.py --app-root /tmp/prev --plotly-front   # a release whose run.sh skips
+        setup (a `git worktree` with .venv linked in) and whose front view was a Plotly figure
 
 Prints one line per load and writes benchmarks/results/page_load.json (--out to change).
 """
@@ -39,6 +41,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 TARGET_S = 3.0
 #: a drawn point of the front view (Vega-Lite, explorer/front_vega.py), not just an empty chart frame
 PLOTS = '[data-testid="stVegaLiteChart"] .mark-symbol.role-mark path'
+PLOTLY_PLOTS = ".js-plotly-plot .scatterlayer .trace"  # the same for releases that drew the front with Plotly
 CHOSEN = ".st-key-chosen-coefficients"
 
 
@@ -94,7 +97,7 @@ def server(app_root: Path, app_args: list[str], log: Path, timeout: float = 180.
             proc.wait()
 
 
-def one_load(browser, url: str, timeout_ms: int, context=None) -> float:
+def one_load(browser, url: str, timeout_ms: int, context=None, plots: str = PLOTS) -> float:
     """Seconds from navigation to plots and chosen point on screen, in a new tab (a new streamlit
     session) of `context`, or of a fresh context when None (a new visitor)."""
     own = context is None
@@ -103,7 +106,7 @@ def one_load(browser, url: str, timeout_ms: int, context=None) -> float:
     try:
         start = time.perf_counter()
         page.goto(url, wait_until="commit")
-        page.wait_for_selector(PLOTS, timeout=timeout_ms)
+        page.wait_for_selector(plots, timeout=timeout_ms)
         page.wait_for_selector(CHOSEN, timeout=timeout_ms)
         elapsed = time.perf_counter() - start
         if page.locator('[data-testid="stException"]').count():
@@ -131,6 +134,8 @@ def main(argv=None) -> int:
     parser.add_argument("--loads", type=int, default=5, help="warm loads per kind of visitor after the first")
     parser.add_argument("--present", action="store_true", help="serve in present mode (app flag --present)")
     parser.add_argument("--label", default="", help="a name for this run in the results")
+    parser.add_argument("--plotly-front", action="store_true",
+                        help="wait for a Plotly trace instead (an app release that drew the front with Plotly)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one load may take")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "page_load.json"))
     args = parser.parse_args(argv)
@@ -141,6 +146,7 @@ def main(argv=None) -> int:
     root = Path(args.app_root).resolve()
     log = ROOT / "test-artifacts" / "bench-page-load.log"
     ms = int(args.timeout * 1000)
+    plots = PLOTLY_PLOTS if args.plotly_front else PLOTS
     firsts, starts, warm, returning, loads = [], [], [], [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
@@ -149,18 +155,18 @@ def main(argv=None) -> int:
                 loads.append(round(os.getloadavg()[0], 2))
                 with server(root, app_args, log, serve=args.serve) as (url, start_s):
                     starts.append(start_s)
-                    firsts.append(one_load(browser, url, ms))
+                    firsts.append(one_load(browser, url, ms, plots=plots))
                     print(f"cold start {k + 1}: server answered after {start_s:.1f} s, first visitor {firsts[-1]:.2f} s "
                           f"(load average {loads[-1]})")
                     if k < args.cold_starts - 1:
                         continue
                     for n in range(args.loads):
-                        warm.append(one_load(browser, url, ms))
+                        warm.append(one_load(browser, url, ms, plots=plots))
                         print(f"warm load {n + 1}, new visitor: {warm[-1]:.2f} s")
                     visitor = browser.new_context(viewport={"width": 1280, "height": 800})
-                    one_load(browser, url, ms, visitor)  # fills this visitor's cache
+                    one_load(browser, url, ms, visitor, plots)  # fills this visitor's cache
                     for n in range(args.loads):
-                        returning.append(one_load(browser, url, ms, visitor))
+                        returning.append(one_load(browser, url, ms, visitor, plots))
                         print(f"warm load {n + 1}, returning visitor: {returning[-1]:.2f} s")
                     visitor.close()
         finally:
