@@ -1,8 +1,9 @@
 """UI latency: what a slider move costs without re-running any evaluation (surrogate only).
 
 One update = decide (weights, minimums -> front point) + building every figure of the app's views
-(2-D front, 3-D front, parallel coordinates, radar, landscape, surrogate quality) + serialising
-them to JSON (what streamlit sends to the browser). Measured on the toy experiment (T=3, a really
+(the 2-D front as the app draws it, a Vega-Lite spec, and as the report draws it, a Plotly figure;
+3-D front, parallel coordinates, radar, landscape, surrogate quality) + serialising them to JSON
+(what streamlit sends to the browser; the app itself builds only the open tab's). Measured on the toy experiment (T=3, a really
 trained MLP; the demo spec when --demo is given and its store is filled) and on a synthetic T=8
 exploration with an analytic evaluator. Target: < 200 ms for T=8.
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from explorer import figures as F  # noqa: E402
 from explorer.app_state import choose  # noqa: E402
+from explorer.front_vega import front_2d_spec  # noqa: E402
 
 TARGET_MS = 200.0
 
@@ -96,9 +98,12 @@ def one_update(result, refs, evaluated, weights, minimums, quality=None) -> tupl
                        [r for r in refs if r.kind == "verified"], pair=(0, 1),
                        triple=(0, 1, 2) if len(tasks) >= 3 else None, landscape_task=0, landscape_axes=(0, 1),
                        evaluated=evaluated, quality=quality)
+    spec = front_2d_spec(result, (0, 1), chosen, [r for r in refs if r.kind != "verified"],
+                         [r for r in refs if r.kind == "verified"], evaluated=evaluated)
     t2 = time.perf_counter()
     for fig in figs.values():
         fig.to_json()
+    json.dumps(spec)
     t3 = time.perf_counter()
     return 1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2)
 
