@@ -170,16 +170,21 @@ class KrigingSurrogate:
         _, _, _, k = self._cross(coefficients)
         return (k @ self.alpha_) * self.z_scale_ + self.z_mean_
 
-    def _link_std(self, coefficients, k=None, phi=None):
-        a2, b2, _, _ = np.exp(self.params_)
+    def _link_std(self, coefficients, k=None, phi=None, measurement: bool = True):
+        a2, b2, _, s2 = np.exp(self.params_)
         if k is None:
             _, phi, _, k = self._cross(coefficients)
-        prior = a2 * np.sum(phi**2, axis=1) + b2
+        prior = a2 * np.sum(phi**2, axis=1) + b2 + (s2 if measurement else 0.0)
         var = prior - np.einsum("ij,jk,ik->i", k, self.kinv_, k)
         return np.sqrt(np.clip(var, 1e-12, None)) * self.z_scale_ * self.calibration_
 
     def predict(self, coefficients: np.ndarray, return_std: bool = False):
-        """Predicted metric (k,); with return_std, also its standard deviation (k,), metric units."""
+        """Predicted metric (k,); with return_std, also the std (k,, metric units) of a new full-set
+        measurement there: the posterior std of the smooth part plus the nugget s², the ruggedness between
+        nearby merges that no number of points removes. The calibration factor is fitted on left-out
+        measurements, whose variance holds s² too; without it the calibrated std of a new point was too
+        small (±2 std covered 61 % of the picks' measurements on a testbed; benchmarks/pick_coverage.py).
+        As `QuadraticSurrogate`'s σ²(1 + leverage) and scikit-learn's GP with a white-noise kernel."""
         c = np.atleast_2d(np.asarray(coefficients, dtype=float))
         _, phi, _, k = self._cross(c)
         z = (k @ self.alpha_) * self.z_scale_ + self.z_mean_
@@ -187,6 +192,14 @@ class KrigingSurrogate:
         if not return_std:
             return mean
         return mean, metric_std(self.link_, z, self._link_std(c, k, phi))
+
+    def epistemic_std(self, coefficients: np.ndarray) -> np.ndarray:
+        """The std of the smooth part alone (metric units): what more points can reduce, so what the
+        adaptive design places points by."""
+        c = np.atleast_2d(np.asarray(coefficients, dtype=float))
+        _, phi, _, k = self._cross(c)
+        z = (k @ self.alpha_) * self.z_scale_ + self.z_mean_
+        return metric_std(self.link_, z, self._link_std(c, k, phi, measurement=False))
 
     def gradient(self, coefficients: np.ndarray) -> np.ndarray:
         """d predict / d c at each row, shape (k, T); used by the front refinement."""
