@@ -414,18 +414,23 @@ def ss_picked():
 
 
 def handle_selection(event, key: str) -> None:
-    """A click on any view picks the clicked point's coefficients (carried in customdata)."""
+    """A click on a Plotly view picks the clicked point's coefficients (carried in customdata)."""
     points = (event or {}).get("selection", {}).get("points", []) if event else []
-    sig = str([p.get("customdata") for p in points])
+    picked = [np.asarray(p["customdata"], dtype=float) for p in points
+              if p.get("customdata") is not None and len(np.atleast_1d(p["customdata"])) > 1]
+    select_point(picked[0] if picked else None, key)
+
+
+def select_point(coefficients, key: str) -> None:
+    """Make a clicked point the choice, once per click (a rerun repeats the last selection event)."""
+    sig = None if coefficients is None else str(np.round(coefficients, 12).tolist())
     ss = st.session_state
     if ss.get(f"_sel:{key}") == sig:
         return
     ss[f"_sel:{key}"] = sig
-    for p in points:
-        data = p.get("customdata")
-        if data is not None and len(np.atleast_1d(data)) > 1:
-            ss["_picked"] = np.asarray(data, dtype=float)
-            st.rerun()
+    if coefficients is not None:
+        ss["_picked"] = np.asarray(coefficients, dtype=float)
+        st.rerun()
 
 
 @dataclass
@@ -493,9 +498,7 @@ def front_view(v: ViewState) -> None:
     spec = front_2d_spec(v.result, (idx[0], idx[1]), v.chosen, v.refs, v.verified, v.units, v.evaluated,
                          others=v.others, method=v.method)
     event = st.vega_lite_chart(spec=spec, key=f"front2d:{v.ekey}", on_select="rerun", width="stretch")
-    picked = coefficients_of(spec, (event or {}).get("selection"))
-    handle_selection({"selection": {"points": [] if picked is None else [{"customdata": picked.tolist()}]}},
-                     "front2d")
+    select_point(coefficients_of(spec, (event or {}).get("selection")), "front2d")
     if v.others:
         st.caption(f"The points and the chosen merge are {v.method}'s. Dashed lines: the fronts of "
                    + ", ".join(title for title, _ in v.others) + " on the same models (predicted; "

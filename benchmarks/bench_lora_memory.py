@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.publish import RESULTS, publish  # noqa: E402
 MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 METHODS = ("task_arithmetic", "ties", "dare", "consensus", "cart", "tsv")
@@ -206,10 +208,7 @@ def write_report(runs: list[dict], layers: int, rank: int) -> None:
                           if "readback_max_error_in_bf16_steps" in r) + " bf16 steps.", ""]
     lines += [*(f"{r['method']}: {r['describe']}; load average {tuple(round(x, 1) for x in r['load_average'])}"
                 for r in runs)]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "lora_memory.json").write_text(json.dumps(runs, indent=2) + "\n")
-    (RESULTS / "lora_memory.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("lora_memory", runs, lines)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.publish import RESULTS, publish  # noqa: E402
 METHODS = ("ties", "dare", "consensus", "cart", "tsv")
 MB = 2 ** 20
 
@@ -108,10 +110,7 @@ def write_report(runs: list[dict], layers: int) -> None:
         lines.append(f"| {r['method']} | {extra / MB:.0f} MiB | {bar / MB:.0f} MiB | {extra / bar:.2f} | "
                      f"{r['seconds']:.0f} | {'yes' if extra <= bar else 'NO'} |")
     lines += ["", *(f"{r['method']}: load average {tuple(round(x, 1) for x in r['load_average'])}" for r in runs)]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "preprocess_memory.json").write_text(json.dumps(runs, indent=2) + "\n")
-    (RESULTS / "preprocess_memory.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("preprocess_memory", runs, lines)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.preferences import preferences  # noqa: E402
+from benchmarks.publish import publish  # noqa: E402
 from benchmarks.subsample import TestbedRun, judge_front  # noqa: E402
 from explorer.core.decision import decide  # noqa: E402
 from explorer.core.kriging import KrigingSurrogate  # noqa: E402
@@ -102,8 +103,6 @@ def main(argv=None) -> int:
     for kind in args.kinds:
         out.append(one_testbed(kind, args.draws))
         print(json.dumps(out[-1]), flush=True)
-    res = ROOT / "benchmarks" / "results"
-    (res / "pick_coverage.json").write_text(json.dumps(out, indent=2) + "\n")
     pct = lambda v: "—" if v is None else f"{v:.0%}"  # noqa: E731
     lines = ["| testbed | picks ±2 std coverage: smooth part's std (before) / selection-aware / reported now (with "
              "nugget) | selection bias at the picks (pts, + = optimistic) | picks' mean error (pts) | front coverage: "
@@ -115,8 +114,7 @@ def main(argv=None) -> int:
         lines.append(f"| {r['testbed']} | {pct(c['smooth std (before)'])} / {pct(c['selection-aware std'])} / "
                      f"{pct(c['reported std (with nugget)'])} | {sb} | {r['picks_mean_error_pts']:+.2f} | "
                      f"{pct(f['smooth std (before)'])} / {pct(f['reported std (with nugget)'])} |")
-    (res / "pick_coverage.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("pick_coverage", out, lines)
     return 0
 
 

@@ -44,13 +44,12 @@ def front_2d_spec(result, pair: tuple[int, int], chosen: Chosen | None = None, m
     yfmt = g.units.hoverformat(tasks[j], g.y_values)
     rows: list[dict] = []
     coefficients: list = []
-    series: list[tuple[str, str, str, float, float]] = []  # (name, colour, shape, size px², opacity)
-
+    series: list[tuple[str, str, str, bool]] = []  # the legend: (name, colour, Vega shape, open symbol)
     look: dict[str, tuple[float, float, float]] = {}  # series -> (size px², opacity, stroke width) of its points
 
     def add_series(name, colour, symbol, size, opacity=1.0, width=1.0):
-        if name not in [s[0] for s in series]:
-            series.append((name, colour, SHAPES[symbol], size, opacity, symbol in OPEN))
+        if name not in look:
+            series.append((name, colour, SHAPES[symbol], symbol in OPEN))
             look[name] = (size, opacity, width)
 
     def point(x, y, name, layer, c=None, label="", **extra):
@@ -188,7 +187,7 @@ def _spec(g, rows, series, coefficients, xfmt, yfmt) -> dict:
                       "opacity": {"field": "opacity", "type": "quantitative", "scale": None},
                       "strokeWidth": {"field": "width", "type": "quantitative", "scale": None},
                       "fill": {"field": "series", "type": "nominal", "legend": None,
-                               "scale": {"domain": names, "range": ["transparent" if s[5] else s[1] for s in series]}},
+                               "scale": {"domain": names, "range": ["transparent" if s[3] else s[1] for s in series]}},
                       "tooltip": tooltip}},
         {"transform": [only("labels")], "mark": {"type": "rule", "strokeWidth": 1},
          "encoding": {"x": {**x, "field": "x1"}, "y": {**y, "field": "y1"}, "x2": {"field": "x2"},

@@ -106,10 +106,10 @@ class AdaptiveSampler:
         front = compute_front(surrogates, self.bounds, self.senses, n_candidates=1024, max_points=300,
                               seed=self.seed + round_no)
         cand = front.X
-        pairs = [s.predict(cand, return_std=True) for s in surrogates]
         # points go where more points help: the std of the smooth part where a family tells it apart
-        std = np.column_stack([s.epistemic_std(cand) if hasattr(s, "epistemic_std") else p[1]
-                               for s, p in zip(surrogates, pairs)])
+        pairs = [(s.predict(cand), s.epistemic_std(cand)) if hasattr(s, "epistemic_std")
+                 else s.predict(cand, return_std=True) for s in surrogates]
+        std = np.column_stack([p[1] for p in pairs])
         score = np.max(std / trust_thresholds(Y), axis=1)
         # never re-measure: damp candidates near measured points, then pick greedily with damping
         Uc, Us = (cand - lo) / width, (C - lo) / width
