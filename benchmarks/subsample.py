@@ -4,6 +4,7 @@
     python -m benchmarks.subsample --zoo           # also the 8-task demo zoo (real CLIP evaluations)
     python -m benchmarks.subsample --quick         # the hidden testbed only, fewer settings
     python -m benchmarks.subsample --untuned       # the two testbeds no constant was tuned on, apart
+    python -m benchmarks.subsample --large         # the same two on 9,200 images per task, apart
     python -m benchmarks.subsample --llm-only      # the LLM demo (4 skills, exact match), added to the table
 
 The unit of cost is examples evaluated (one image or prompt through a merged model), not points.
@@ -11,7 +12,8 @@ Every arm runs the shipped loop (`explorer.experiment.loop.run_adaptive`, the de
 tasks, 2P = 90 points) with `evaluation.examples` set to full, auto or a count; on the testbeds the
 loop drives `TestbedRun`, the experiment interface over a testbed's per-example scores (the same
 policy, `explorer.core.sampling.examples_for`, decides how many examples each point gets); on the
-zoo it drives a real `Experiment` and its store. Then, counted in the cost:
+zoo it drives a real `Experiment` and its store, one per arm, emptied first (`--resume` keeps it: a
+finished arm's stored picks and audit points would anchor a subsampled rerun). Then, counted in the cost:
 - the 10 preferences' picks, measured on the full sets (their margin and coverage are judged there);
 Not counted (an audit, as in the README's fidelity tables): 40 shown-front points measured on the
 full sets for fidelity (median |predicted − measured|, worst task's median, ±2 std coverage).
@@ -141,8 +143,9 @@ def judge_picks(result, prefs, measure) -> dict:
 def testbed_arms(kind: str, settings, log, split: str = "validation", done: dict | None = None, save=None,
                  equal_map: bool = True) -> dict:
     """One testbed: its validation split (300 images per task; picks judged by their real margin) or the
-    "augmented" split (3,000 per task; no dense truth there: picks judged by the achievement on
-    measured values, one scale for every arm, as on the zoo)."""
+    "augmented" split (3,000 per task) or, on the Fashion-MNIST testbeds, the "large" one (9,200 distinct
+    images per task); without a dense truth there, picks are judged by the achievement on
+    measured values, one scale for every arm, as on the zoo."""
     tb = make_testbed(kind, 8)
     t = tb.n_tasks
     prefs = preferences(t)
@@ -243,8 +246,13 @@ def tpe_arm(tb, examples: int, prefs, measure, n_total: int, log, split: str = "
     return arm
 
 
-def zoo_arms(spec: Path, store: Path, settings, log, name: str = "8-task demo zoo") -> dict:
-    """A demo (the 8-task zoo, the LLM demo) through real `Experiment`s (the shipped path), one store per arm."""
+def zoo_arms(spec: Path, store: Path, settings, log, name: str = "8-task demo zoo", resume: bool = False) -> dict:
+    """A demo (the 8-task zoo, the LLM demo) through real `Experiment`s (the shipped path), one store per arm.
+
+    Each arm starts from an empty store unless `resume`: a finished arm's store holds its picks and
+    audit points, measured on the full sets, and a subsampled run uses every such point as an anchor
+    for its subsamples (`Experiment.measured_examples`), so rerunning over it is not the same run.
+    """
     import yaml
 
     from explorer.experiment.experiment import Experiment
@@ -271,6 +279,9 @@ def zoo_arms(spec: Path, store: Path, settings, log, name: str = "8-task demo zo
         d["tasks"] = {t: {**ts, "checkpoint": str((spec.parent / ts["checkpoint"]).resolve()),
                           "params": absolute(ts.get("params") or {})} for t, ts in doc["tasks"].items()}
         path.write_text(yaml.safe_dump(d, sort_keys=False))
+        if not resume:
+            for old in Path(d["store"]).parent.glob(Path(d["store"]).name + "*"):  # the file, its -wal and -shm
+                old.unlink()
         exp = Experiment.from_file(path)
         start = time.perf_counter()
         result = exp.run(progress=False)
@@ -336,6 +347,11 @@ def main(argv=None) -> int:
     ap.add_argument("--untuned", action="store_true",
                     help="only the testbeds no constant was tuned on (explorer.demo.testbeds.UNTUNED_KINDS), "
                          "reported apart: results/subsample_untuned.{md,json}")
+    ap.add_argument("--large", action="store_true",
+                    help="only the untuned testbeds on Fashion-MNIST's 'large' split (9,200 images per task), "
+                         "reported apart: results/subsample_large.{md,json}")
+    ap.add_argument("--resume", action="store_true",
+                    help="the demos' arms continue from their stores (an interrupted run) instead of starting empty")
     ap.add_argument("--out", default=str(RESULTS / "subsample"))
     ap.add_argument("--combine", nargs="+", metavar="JSON", help="only write the report of these runs' results together")
     args = ap.parse_args(argv)
@@ -352,9 +368,8 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     problems = []
-    if args.untuned:
-        out = out.with_name(out.name + "_untuned")
-    if args.untuned:
+    if args.untuned or args.large:
+        out = out.with_name(out.name + ("_large" if args.large else "_untuned"))
         partial = out.with_suffix(".partial.json")
         saved = json.loads(partial.read_text()) if partial.exists() else []
 
@@ -362,20 +377,24 @@ def main(argv=None) -> int:
             saved[:] = [p for p in saved if p["problem"] != problem["problem"]] + [problem]
             partial.write_text(json.dumps(saved, indent=1))
 
+        # on 9,200 images auto measures 1,101 per design point: fixed counts below it show where it breaks
+        split, settings, equal = ("large", ["auto", 1000, 500], True) if args.large else ("validation", ["auto"], False)
         for kind in UNTUNED_KINDS:
-            done = next((p for p in saved if p["problem"] == f"testbed {kind} T = 8"), None)
-            problems.append(testbed_arms(kind, ["auto"], log, "validation", done, save_untuned, False))
+            label = f"testbed {kind} T = 8" + ("" if split == "validation" else f", {split}")
+            done = next((p for p in saved if p["problem"] == label or p["problem"].startswith(label + " (")), None)
+            problems.append(testbed_arms(kind, settings, log, split, done, save_untuned, equal))
     elif args.llm_only:
         problems = [p for p in json.loads(out.with_suffix(".json").read_text()) if p["problem"] != "LLM demo"] \
             if out.with_suffix(".json").exists() else []
         store = ROOT / "cache" / "bench-subsample" / "store.sqlite"
         store.parent.mkdir(parents=True, exist_ok=True)
-        problems.append(zoo_arms(ROOT / "examples" / "demo_llm.yaml", store, ["auto"], log, name="LLM demo"))
+        problems.append(zoo_arms(ROOT / "examples" / "demo_llm.yaml", store, ["auto"], log, name="LLM demo",
+                                 resume=args.resume))
     elif args.zoo_only and out.with_suffix(".json").exists():
         problems = [p for p in json.loads(out.with_suffix(".json").read_text()) if p["problem"].startswith("testbed")]
     elif not args.zoo_only:
         # most informative first; every arm is saved as it finishes, and a rerun skips finished arms
-        plan = [("hidden", "augmented", ["auto", 300], True), ("deep", "validation", ["auto"], False),
+        plan = [("hidden", "augmented", ["auto", 300, 600, 1000], True), ("deep", "validation", ["auto"], False),
                 ("hidden", "validation", ["auto", 60], False), ("deep", "augmented", ["auto"], True)]
         if args.quick:
             plan = plan[:1]
@@ -395,7 +414,7 @@ def main(argv=None) -> int:
     if args.zoo or args.zoo_only:
         store = ROOT / "cache" / "bench-subsample" / "store.sqlite"
         store.parent.mkdir(parents=True, exist_ok=True)
-        problems.append(zoo_arms(ROOT / "examples" / "demo8.yaml", store, ["auto"], log))
+        problems.append(zoo_arms(ROOT / "examples" / "demo8.yaml", store, ["auto"], log, resume=args.resume))
     out.with_suffix(".json").write_text(json.dumps(problems, indent=1))
     out.with_suffix(".md").write_text(markdown(problems) + "\n")
     print(markdown(problems))

@@ -103,3 +103,23 @@ def test_relabel_tasks_conflict_by_overlap():
         assert sorted(renamed[t]) == list(range(10)) and np.sum(renamed[t] != labels) == 4
     assert np.sum(renamed["cycle0"] != renamed["cycle1"]) == 3
     assert np.sum((renamed["cycle0"] != labels) & (renamed["cycle4"] != labels)) == 0
+
+
+def test_large_split_is_the_rest_of_fashion_mnist_test_set(cache):
+    """The 'large' split the subsampling benchmark measures savings on: 9,200 real images per task,
+    none of them in the validation or test split, and a merge's accuracies do not depend on the batch
+    (it is evaluated in smaller batches than the other splits)."""
+    from explorer.demo.testbeds import _fashion
+
+    splits = _fashion(0)
+    large, val, test = (splits[k][0].reshape(len(splits[k][0]), -1) for k in ("large", "validation", "test"))
+    assert len(large) == 9200
+    seen = {row.tobytes() for row in np.vstack([val, test])}
+    assert sum(row.tobytes() in seen for row in large) <= 5  # Fashion-MNIST holds a few pixel-equal images
+    tb = make_testbed("fashion-views", n_tasks=8, seed=0, cache_dir=cache)
+    C = np.random.default_rng(1).random((6, 8))
+    together = tb.values(C, split="large")
+    np.testing.assert_array_equal(together, np.vstack([tb.values(c[None], split="large") for c in C]))
+    assert together.shape == (6, 8) and np.all((together > 0.05) & (together < 1))
+    with pytest.raises(ValueError, match="'large' split is Fashion-MNIST's; testbed 'hidden'"):
+        make_testbed("hidden", n_tasks=8, seed=0, cache_dir=cache).values(C, split="large")

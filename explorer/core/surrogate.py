@@ -51,8 +51,9 @@ def quadratic_feature_jacobian(coefficients: np.ndarray) -> np.ndarray:
     return jac
 
 
-def calibration_factor(link: str, observed: np.ndarray, z_mean: np.ndarray, z_std: np.ndarray) -> float:
-    """Smallest std scale putting `COVERAGE_TARGET` of left-out measurements inside ±2 std.
+def calibration_factor(link: str, observed: np.ndarray, z_mean: np.ndarray, z_std: np.ndarray,
+                       target: float = COVERAGE_TARGET) -> float:
+    """Smallest std scale putting `target` of left-out measurements inside ±2 std.
 
     z_mean, z_std: left-out predictions and their std in link space. Intervals are mapped
     through the inverse link, so the coverage is counted in metric units.
@@ -60,7 +61,7 @@ def calibration_factor(link: str, observed: np.ndarray, z_mean: np.ndarray, z_st
     y = np.asarray(observed, dtype=float)
     for f in _CALIBRATION_GRID:
         lo, hi = link_inverse(link, z_mean - 2 * f * z_std), link_inverse(link, z_mean + 2 * f * z_std)
-        if np.mean((y >= lo - 1e-12) & (y <= hi + 1e-12)) >= COVERAGE_TARGET:
+        if np.mean((y >= lo - 1e-12) & (y <= hi + 1e-12)) >= target:
             return float(f)
     return float(_CALIBRATION_GRID[-1])
 

@@ -91,11 +91,15 @@ UNTUNED_KINDS = ("fashion-relabel", "fashion-views")
 #: four apart on none: conflict of graded strength, in the head and the layer under it.
 RELABELS = tuple(f"cycle{k}" for k in range(8))
 RELABEL_SPAN = 4
-#: Fashion-MNIST images per split (train from its training set, the rest from its test set).
+#: Fashion-MNIST images per split (train from its training set, the rest from its test set). The
+#: "large" split is the test set's other 9,200 images: distinct real images, for measuring what
+#: subsampling saves where sets are large (benchmarks/subsample.py --large).
 FASHION_SPLIT_SIZES = (3000, 300, 500)
 
 #: Train / validation / test images (scikit-learn ships 1797 digits).
 SPLIT_SIZES = (1000, 300, 497)
+#: Largest float64 buffer of one evaluation batch (the "large" split's pre-activations are 14 MB a merge).
+MAX_BATCH_BYTES = 2**29
 #: Bump when the build recipe changes, so cached weights are rebuilt.
 BUILD_VERSION = "2"
 DEFAULT_CACHE = Path("cache/testbeds")
@@ -186,11 +190,13 @@ def _fashion(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng([seed, 17])
     n_train, n_val, n_test = FASHION_SPLIT_SIZES
     pick = rng.permutation(len(train_y))[:n_train]
-    held = rng.permutation(len(test_y))[:n_val + n_test]
+    order = rng.permutation(len(test_y))
+    held = order[:n_val + n_test]
     out = {"train": (small(train_x[np.sort(pick)]), train_y[np.sort(pick)])}
-    val, test = np.sort(held[:n_val]), np.sort(held[n_val:])
+    val, test, rest = np.sort(held[:n_val]), np.sort(held[n_val:]), np.sort(order[n_val + n_test:])
     out["validation"] = (small(test_x[val]), test_y[val])
     out["test"] = (small(test_x[test]), test_y[test])
+    out["large"] = (small(test_x[rest]), test_y[rest])
     return out
 
 
@@ -419,9 +425,11 @@ class Testbed:
         if split not in self._splits:
             import torch
 
-            if split not in ("validation", "test", "augmented"):
-                raise ValueError(f"unknown split {split!r}; use 'validation', 'test' or 'augmented'")
+            if split not in ("validation", "test", "augmented", "large"):
+                raise ValueError(f"unknown split {split!r}; use 'validation', 'test', 'augmented' or 'large'")
             data = KINDS[self.kind].data
+            if split == "large" and data != "fashion":
+                raise ValueError(f"the 'large' split is Fashion-MNIST's; testbed {self.kind!r} is built on {data}")
             images, labels = _augmented(self.seed, data) if split == "augmented" else _images(data, self.seed)[split]
             names, merged = KINDS[self.kind].names, KINDS[self.kind].merged
             base = {k: v.double() for k, v in self.base.items()}
@@ -460,7 +468,7 @@ class Testbed:
         t, n_img, width = s["shape"]
         rows = t * n_img
         out = np.empty((len(C), t, n_img), dtype=bool) if per_example else np.empty((len(C), t))
-        chunk = max(1, min(chunk, len(C)))
+        chunk = max(1, min(chunk, len(C), MAX_BATCH_BYTES // (rows * width * 8)))  # the float64 buffer below
         # Coefficient-weighted sums run in float64 and are rounded once to float32, the rest runs in
         # float32 with one matrix product per merge (bmm), so a merge's accuracies do not depend on
         # the batch it is evaluated in. Buffers are reused: fresh large allocations cost more than the
