@@ -202,9 +202,11 @@ def testbed_arms(kind: str, settings, log, split: str = "validation", done: dict
     out["full_examples"] = full["examples"]
     if not truth:
         score_by_achievement(out, prefs)
-    for arm in out["arms"].values():
-        arm.pop("V", None)
-    return out
+    if save:
+        save(out)
+    # the report leaves out the picks' values; the partial file keeps them, so a rerun that adds an arm
+    # scores every arm again on one scale
+    return {**out, "arms": {k: {f: v for f, v in arm.items() if f != "V"} for k, arm in out["arms"].items()}}
 
 
 def score_by_achievement(out: dict, prefs) -> None:

@@ -79,7 +79,7 @@ class AdaptiveSampler:
             raise SpecError(f"budget {self.budget} is smaller than the initial design ({self.initial} points)")
         if self.batch < 1:
             raise SpecError("adaptive batch size must be at least 1")
-        self._pending_prediction: tuple[np.ndarray, np.ndarray] | None = None
+        self._pending_prediction: tuple | None = None  # (batch, predicted, std) of the last proposal
 
     @property
     def n_tasks(self) -> int:
@@ -125,17 +125,23 @@ class AdaptiveSampler:
             chosen.append(i)
             score = score * (1.0 - np.exp(-((Uc - Uc[i]) ** 2).sum(axis=1) / (2 * spread**2)))
         batch = cand[chosen]
-        self._pending_prediction = (batch.copy(), np.column_stack([p[0] for p in pairs])[chosen])
+        # what a user is told about these points before they are measured: mean and a new measurement's std
+        told = [s.predict(batch, return_std=True) for s in surrogates] if len(batch) else []
+        self._pending_prediction = (batch.copy(), np.column_stack([p[0] for p in pairs])[chosen],
+                                    np.column_stack([p[1] for p in told]) if told else None)
         return batch
 
     def record(self, batch: np.ndarray, measured: np.ndarray, n_total: int) -> float:
-        """Held-out RMS error (metric units) of the last proposal's predictions; appends to history."""
-        err = float("nan")
+        """Held-out RMS error (metric units) of the last proposal's predictions; appends to history,
+        with each point's error in units of the std it was predicted with ("held_out_z", (k, T)): how
+        the reported ± fares on front points before they were measured (benchmarks/pick_coverage.py)."""
+        err, z = float("nan"), []
         if self._pending_prediction is not None and len(batch):
-            _, predicted = self._pending_prediction
+            _, predicted, std = self._pending_prediction
             err = float(np.sqrt(np.mean((np.asarray(measured) - predicted) ** 2)))
+            z = ((np.asarray(measured) - predicted) / np.clip(std, 1e-12, None)).tolist()
         self.history.append({"round": len(self.history) + 1, "n_evaluations": int(n_total), "held_out_rmse": err,
-                             "batch": int(len(batch))})
+                             "batch": int(len(batch)), "held_out_z": z})
         self._pending_prediction = None
         return err
 
