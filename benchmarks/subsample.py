@@ -46,7 +46,7 @@ from explorer.core.decision import achievement  # noqa: E402
 from explorer.core.design import coefficient_key, default_budget, n_quadratic_terms  # noqa: E402
 from explorer.core.pareto import thin  # noqa: E402
 from explorer.core.result import fit_result  # noqa: E402
-from explorer.core.sampling import corrected_means, example_order, examples_for  # noqa: E402
+from explorer.core.sampling import corrected_means, example_order, examples_for, shared_variance  # noqa: E402
 from explorer.demo.testbeds import UNTUNED_KINDS, make_testbed  # noqa: E402
 from explorer.experiment.loop import run_adaptive  # noqa: E402
 from explorer.experiment.store import FIT_KINDS  # noqa: E402
@@ -90,16 +90,18 @@ class TestbedRun:
     def measured_examples(self, kinds=None):
         every = sorted(self.points.values(), key=lambda p: coefficient_key(p["c"]))
         M, noise = np.zeros((len(every), len(self.tasks))), np.zeros((len(every), len(self.tasks)))
+        level = np.zeros(len(self.tasks))
         for i in range(len(self.tasks)):  # the engine's correction of the shared error (core.sampling)
-            M[:, i], noise[:, i] = corrected_means([p["scores"][i, self.orders[i][:p["n"]]] for p in every],
-                                                   self.n_total)
+            scores = [p["scores"][i, self.orders[i][:p["n"]]] for p in every]
+            M[:, i], noise[:, i] = corrected_means(scores, self.n_total)
+            level[i] = shared_variance(scores, self.n_total)
         keep = np.array([kinds is None or p["kind"] in kinds for p in every], dtype=bool)
         rows = [p for p, k in zip(every, keep) if k]
         M, noise = M[keep], noise[keep]
         C = np.array([p["c"] for p in rows])
         counts = np.array([[p["n"]] * len(self.tasks) for p in rows])
         return C, M, [p["kind"] for p in rows], {"examples": counts, "n_total": counts * 0 + self.n_total,
-                                                  "noise_variance": noise}
+                                                  "noise_variance": noise, "shared_variance": level}
 
     def reference_points(self):
         t = len(self.tasks)
@@ -109,7 +111,8 @@ class TestbedRun:
         C, M, kinds, how = self.measured_examples(FIT_KINDS)
         noise = how["noise_variance"] if np.any(how["noise_variance"] > 0) else None
         return fit_result(self.tasks, C, M, self.bounds, True, self.spec.seed, front_points=1000,
-                          front_samples=np.array([k == "adaptive" for k in kinds]), noise_variance=noise)
+                          front_samples=np.array([k == "adaptive" for k in kinds]), noise_variance=noise,
+                          shared_variance=None if noise is None else how["shared_variance"])
 
     def finish(self):
         result = self.result()

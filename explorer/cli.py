@@ -84,7 +84,8 @@ def summary(experiment, result) -> str:
         if np.any(sub):
             text.append(f"measured on subsamples: {int(n[sub].min()):,}–{int(n[sub].max()):,} examples per task and point "
                         f"(sets of {int(total[sub].min()):,}–{int(total[sub].max()):,}), base, experts and task arithmetic "
-                        "included; the ± std includes their sampling noise; `verify` measures on every example")
+                        "included; the ± std includes their sampling noise and the part of it every point shares; `verify` "
+                        "measures on every example")
     poor = [t for t in result.tasks if result.surrogates[t].r2_cv_ < 0.8]
     if poor:
         text.append(f"warning: surrogate fit is poor (R² < 0.8) for {', '.join(poor)}: trust the front less there")

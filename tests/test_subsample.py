@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from explorer import cli
-from explorer.core.sampling import example_order, examples_for, sampling_variance
+from explorer.core.sampling import example_order, examples_for, sampling_variance, shared_variance
 from explorer.core.surrogate import QuadraticSurrogate
 from explorer.errors import EvaluationError
 from explorer.experiment.experiment import Experiment
@@ -127,6 +127,47 @@ def test_sampling_variance_is_binomial_with_the_finite_population_correction():
     assert sampling_variance(v, 1000) == pytest.approx(np.var(v, ddof=1) / 100 * 900 / 999)
     assert sampling_variance(v, 100) == 0.0
     assert sampling_variance(np.ones(50), 1000) > 0  # all right on a subsample is not certainty
+
+
+def test_the_level_error_points_share_is_what_is_left_after_the_correction():
+    """All points on one 40-example prefix: their common error is that prefix's sampling error, which
+    no number of points removes. With three points measured on every example, the shorter points are
+    shifted, and what they still share is the uncertainty of that shift; on full sets, nothing."""
+    rng = np.random.default_rng(0)
+    easy = rng.random(1000) < 0.7  # examples most merges get right
+    scores = [np.where(rng.random(1000) < 0.9, easy, ~easy).astype(float) for _ in range(12)]
+    short = [s[:40] for s in scores]
+    assert shared_variance(short, 1000) == pytest.approx(np.mean([sampling_variance(s, 1000) for s in short]))
+    mixed = short[:9] + scores[9:]
+    gaps = np.array([scores[a].mean() - scores[a][:40].mean() for a in (9, 10, 11)])
+    assert shared_variance(mixed, 1000) == pytest.approx(np.var(gaps, ddof=1) / 3)
+    assert shared_variance(mixed, 1000) < 0.2 * shared_variance(short, 1000)
+    assert shared_variance(scores, 1000) == 0.0
+
+
+def test_a_subsampled_front_s_std_holds_the_shared_error_until_picks_are_verified(tmp_path_factory, tmp_path):
+    """On the trained toy measured on 40 examples per point, the ± of a new full-set measurement is at
+    least the 40-example prefix's sampling error (the level every point shares); once six points are
+    verified on every example, the level is corrected and what is left of it shrinks; and the ± that
+    holds it covers the verified values where the ± without it misses one."""
+    spec = subsampled_toy(tmp_path_factory, tmp_path, 40)
+    assert cli.main(["run", str(spec), "--no-progress"]) == 0
+    exp = Experiment.from_file(spec)
+    before = exp.result()
+    _, _, _, how = exp.measured_examples()
+    level = how["shared_variance"]
+    assert np.all(level > 0)
+    picks = before.front_coefficients[np.linspace(0, len(before.front_coefficients) - 1, 6).astype(int)]
+    mean, std = before.predict(picks, return_std=True)
+    assert np.all(std >= np.sqrt(level) - 1e-12)
+    measured = np.array([exp.evaluate(c, "verify") for c in picks])
+    after = exp.result()
+    _, std_after = after.predict(picks, return_std=True)
+    assert np.sum(exp.measured_examples()[3]["shared_variance"]) < 0.5 * np.sum(level)
+    assert np.mean(std_after) < np.mean(std)
+    inside = np.abs(measured - mean) <= 2 * std
+    inside_without = np.abs(measured - mean) <= 2 * np.sqrt(np.clip(std**2 - level, 0, None))
+    assert np.mean(inside) >= 0.9 and np.mean(inside) > np.mean(inside_without)  # 18 of 18 against 17 of 18
 
 
 def test_weighting_by_known_noise_brings_the_fit_closer_to_the_full_set_metric():

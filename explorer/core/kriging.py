@@ -184,14 +184,17 @@ class KrigingSurrogate:
         nearby merges that no number of points removes. The calibration factor is fitted on left-out
         measurements, whose variance holds s² too; without it the calibrated std of a new point was too
         small (±2 std covered 61 % of the picks' measurements on a testbed; benchmarks/pick_coverage.py).
-        As `QuadraticSurrogate`'s σ²(1 + leverage) and scikit-learn's GP with a white-noise kernel."""
+        As `QuadraticSurrogate`'s σ²(1 + leverage) and scikit-learn's GP with a white-noise kernel. Plus,
+        on subsampled points, the level error they share (`shared_variance_`, set by
+        model_selection.fit_surrogate): the known noise is independent per point, this part is not."""
         c = np.atleast_2d(np.asarray(coefficients, dtype=float))
         _, phi, _, k = self._cross(c)
         z = (k @ self.alpha_) * self.z_scale_ + self.z_mean_
         mean = link_inverse(self.link_, z)
         if not return_std:
             return mean
-        return mean, metric_std(self.link_, z, self._link_std(c, k, phi))
+        return mean, np.sqrt(metric_std(self.link_, z, self._link_std(c, k, phi)) ** 2
+                             + getattr(self, "shared_variance_", 0.0))
 
     def epistemic_std(self, coefficients: np.ndarray) -> np.ndarray:
         """The std of the smooth part alone (metric units): what more points can reduce, so what the

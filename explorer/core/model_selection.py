@@ -36,12 +36,15 @@ def loo_rmse(surrogate, mask: np.ndarray | None = None) -> float:
 
 def fit_surrogate(coefficients: np.ndarray, metric: np.ndarray, higher_is_better: bool, bounds: np.ndarray,
                   family: str = "auto", link: str = "auto", front_samples: np.ndarray | None = None,
-                  noise_variance: np.ndarray | None = None):
+                  noise_variance: np.ndarray | None = None, shared_variance: float = 0.0):
     """Fit one task's surrogate; with family="auto", the family with the lower leave-one-out RMSE.
 
     front_samples: mask of samples placed on the predicted front; when there are enough, the
     choice is made on their left-out error, since that is where the front is shown.
     noise_variance: per sample, the known sampling variance of a subsampled measurement (0: full set).
+    shared_variance: the variance of the level error every subsampled sample shares (metric units²,
+    `sampling.shared_variance`); no number of points averages it away, so the std a surrogate reports
+    for a new full-set measurement includes it (`shared_variance_`).
     The fitted surrogate gets `family_`, `observed_` and `candidates_` ({family: LOO RMSE}).
     """
     if family not in FAMILIES:
@@ -52,6 +55,7 @@ def fit_surrogate(coefficients: np.ndarray, metric: np.ndarray, higher_is_better
         s = make_surrogate(name, higher_is_better, bounds, link).fit(coefficients, metric, noise_variance=noise_variance)
         s.observed_ = np.asarray(metric, dtype=float).ravel()
         s.family_ = name
+        s.shared_variance_ = float(shared_variance)
         fitted[name] = s
     scores = {name: loo_rmse(s, front_samples) for name, s in fitted.items()}
     best = min(tried, key=lambda name: (scores[name], tried.index(name)))

@@ -26,7 +26,7 @@ TRUST_RANGE_SHARE = 0.05
 
 #: Version of the surrogate and front code: part of the key of every cached front (front_cache.py).
 #: Bump it whenever a change to the fit or the front search changes the front for the same points.
-FIT_VERSION = "7"
+FIT_VERSION = "8"
 
 
 @dataclass
@@ -136,15 +136,16 @@ def trust_thresholds(observed: np.ndarray) -> np.ndarray:
 
 
 def fit_surrogates(tasks, samples, observed, bounds, senses, family: str = "auto", link: str = "auto",
-                   front_samples=None, noise_variance=None) -> dict:
+                   front_samples=None, noise_variance=None, shared_variance=None) -> dict:
     """One surrogate per task (family chosen per task by left-out error when "auto").
 
     front_samples: boolean mask of the samples that adaptive rounds placed on the predicted
     front; the family is chosen on their left-out error when there are enough of them.
     """
     noise = None if noise_variance is None else np.asarray(noise_variance, dtype=float).reshape(np.shape(observed))
+    shared = np.zeros(len(tasks)) if shared_variance is None else np.asarray(shared_variance, dtype=float).ravel()
     return {task: fit_surrogate(samples, observed[:, i], senses[i] > 0, bounds, family, link, front_samples,
-                                None if noise is None else noise[:, i])
+                                None if noise is None else noise[:, i], float(shared[i]))
             for i, task in enumerate(tasks)}
 
 
@@ -204,6 +205,7 @@ def fit_result(
     family: str = "auto",
     front_samples=None,
     noise_variance=None,
+    shared_variance=None,
 ) -> ExploreResult:
     """Fit one surrogate per task to (samples, observed) and compute the front inside the box.
 
@@ -213,14 +215,17 @@ def fit_result(
     no front search runs then; `surrogates` ({task: fitted surrogate}, from the same cache) skips
     the fitting. `family`: "auto" (per task, the lower leave-one-out error), "quadratic" (MAP)
     or "kriging" (see explorer.core.model_selection). `noise_variance` (n, T): each measurement's known
-    sampling variance when it was made on a subsample of the task's examples (explorer.core.sampling).
+    sampling variance when it was made on a subsample of the task's examples (explorer.core.sampling);
+    `shared_variance` (T,): per task, the variance of the level error those subsamples share
+    (`sampling.shared_variance`), part of the std of a new full-set measurement.
     """
     tasks = list(tasks)
     box = normalize_bounds(bounds, len(tasks))
     senses = task_senses(tasks, higher_is_better)
     samples, observed = np.asarray(samples, dtype=float), np.asarray(observed, dtype=float)
     if surrogates is None or set(surrogates) != set(tasks):
-        surrogates = fit_surrogates(tasks, samples, observed, box, senses, family, link, front_samples, noise_variance)
+        surrogates = fit_surrogates(tasks, samples, observed, box, senses, family, link, front_samples, noise_variance,
+                                    shared_variance)
     surrogates = {t: surrogates[t] for t in tasks}
     if front is None:
         search_box = box if front_bounds is None else normalize_bounds(front_bounds, len(tasks))

@@ -99,6 +99,32 @@ def link_noise(link: str, metric: np.ndarray, variance: np.ndarray) -> np.ndarra
 MIN_ANCHORS = 3
 
 
+def shared_variance(scores: list[np.ndarray], n_total: int) -> float:
+    """Variance of the level error that one task's points still share after `corrected_means`.
+
+    Why: the surrogates treat each point's sampling variance as independent noise, which more points
+    average away; the error common to every point does not average away, so a new full-set
+    measurement differs from the fitted level by it. It is the longest anchored prefix's own sampling
+    variance (0 once that prefix is the full set: verified picks, full-set front points), plus the
+    uncertainty of the mean gap the shorter points were shifted by.
+    """
+    lengths = np.array([len(s) for s in scores])
+    if len(scores) == 0 or np.all(lengths >= n_total):
+        return 0.0
+    levels = [n for n in np.unique(lengths)[::-1] if np.sum(lengths >= n) >= MIN_ANCHORS]
+    if not levels:
+        return float(np.mean([sampling_variance(s, n_total) for s in scores]))
+    top = int(levels[0])
+    anchors = np.flatnonzero(lengths >= top)
+    out = float(np.mean([sampling_variance(scores[a][:top], n_total) for a in anchors]))
+    shorter = np.unique(lengths[lengths < top])
+    if len(shorter) and len(anchors) > 1:
+        top_means = np.array([float(np.mean(scores[a][:top])) for a in anchors])
+        gaps = [top_means - np.array([float(np.mean(scores[a][:n])) for a in anchors]) for n in shorter]
+        out += max(float(np.var(g, ddof=1)) for g in gaps) / len(anchors)
+    return out
+
+
 def corrected_means(scores: list[np.ndarray], n_total: int) -> tuple[np.ndarray, np.ndarray]:
     """One task's values from per-example scores measured on prefixes of one order: (values, variances).
 

@@ -245,7 +245,9 @@ class QuadraticSurrogate:
         """Predicted metric at each row of `coefficients`, shape (k,); with return_std, (mean, std).
 
         std is in metric units (scikit-learn's GaussianProcessRegressor convention), calibrated on
-        left-out points; infinite when the design leaves no degrees of freedom to estimate it.
+        left-out points, with the level error subsampled points share (`shared_variance_`, set by
+        model_selection.fit_surrogate; 0 on full sets); infinite when the design leaves no degrees
+        of freedom to estimate it.
         """
         z = self.decision_function(coefficients)
         mean = link_inverse(self.link_, z)
@@ -254,7 +256,7 @@ class QuadraticSurrogate:
         xs = quadratic_features(coefficients) / self._std_scale
         lev = np.einsum("ij,jk,ik->i", xs, self._gram_inv, xs)
         sd = self.noise_scale_ * np.sqrt(1 + np.clip(lev, 0, None)) * self.calibration_
-        return mean, metric_std(self.link_, z, sd)
+        return mean, np.sqrt(metric_std(self.link_, z, sd) ** 2 + getattr(self, "shared_variance_", 0.0))
 
     def gradient(self, coefficients: np.ndarray) -> np.ndarray:
         """d predict / d c at each row, shape (k, T); used by the front refinement."""

@@ -28,7 +28,7 @@ from explorer.core.design import (
 )
 from explorer.core.explore import default_design
 from explorer.core.result import ExploreResult, fit_result
-from explorer.core.sampling import check_examples, corrected_means, example_order, examples_for
+from explorer.core.sampling import check_examples, corrected_means, example_order, examples_for, shared_variance
 from explorer.errors import EvaluationError, ExplorerError, SpecError
 from explorer.experiment import front_cache
 from explorer.experiment.families.registry import lookup as lookup_family
@@ -539,7 +539,8 @@ class Experiment:
     def measured_examples(self, kinds: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
         """`measured` plus how each value was measured: {"examples": (n, T) examples scored,
         "n_total": (n, T) the tasks' set sizes (0 where unknown: a full-set measurement) and
-        "noise_variance": (n, T) the known sampling variance of each value (0 on the full set)}."""
+        "noise_variance": (n, T) the known sampling variance of each value (0 on the full set) and
+        "shared_variance": (T,) the variance of the level error the subsampled values share}."""
         by_point: dict[str, dict] = {}
         ids = {v: k for k, v in self.task_identities.items()}
         ids.update({v: k for k, vs in self.previous_identities.items() for v in vs if v not in ids})
@@ -552,9 +553,12 @@ class Experiment:
         for row in self.store.samples(self.key):  # per-example scores: subsampled points, and anchors
             if row["task_identity"] == self.task_identities.get(row["task"]):
                 by_task.setdefault(row["task"], []).append(row)
+        level = np.zeros(len(self.tasks))  # per task, the level error subsampled values share
         for task, found in by_task.items():
             # a subsample's shared error corrected by points measured on longer prefixes (core.sampling)
-            values, variances = corrected_means([r["scores"] for r in found], max(r["n_total"] for r in found))
+            scores, n_total = [r["scores"] for r in found], max(r["n_total"] for r in found)
+            values, variances = corrected_means(scores, n_total)
+            level[self.tasks.index(task)] = shared_variance(scores, n_total)
             for row, value, variance in zip(found, values, variances):
                 entry = by_point.setdefault(coefficient_key(row["coefficients"]),
                                             {"c": row["coefficients"], "v": {}, "kind": row["kind"]})
@@ -573,11 +577,13 @@ class Experiment:
         t = len(self.tasks)
         if not rows:
             empty = np.empty((0, t))
-            return empty, empty, [], {"examples": empty, "n_total": empty, "noise_variance": empty}
+            return empty, empty, [], {"examples": empty, "n_total": empty, "noise_variance": empty,
+                                      "shared_variance": np.zeros(t)}
         C = np.array([r["c"] for r in rows], dtype=float)
         M = np.array([[r["v"][t] for t in self.tasks] for r in rows], dtype=float)
         how = np.array([[r.get("n", {}).get(t, (0, 0, 0.0)) for t in self.tasks] for r in rows], dtype=float)
-        info = {"examples": how[..., 0].astype(int), "n_total": how[..., 1].astype(int), "noise_variance": how[..., 2]}
+        info = {"examples": how[..., 0].astype(int), "n_total": how[..., 1].astype(int), "noise_variance": how[..., 2],
+                "shared_variance": level}
         return C, M, [r["kind"] for r in rows], info
 
     def result(self, front_points: int = 1000) -> ExploreResult:
@@ -594,7 +600,9 @@ class Experiment:
                 f"experiment {self.spec.name!r} has {len(C)} complete evaluations; a quadratic surrogate needs {need}: "
                 f"run `merge-explorer run` first"
             )
-        noise_option = {} if noise is None else {"noise_variance": np.round(noise, 12).tolist()}
+        shared = how["shared_variance"] if noise is not None else None
+        noise_option = {} if noise is None else {"noise_variance": np.round(noise, 12).tolist(),
+                                                 "shared_variance": np.round(shared, 12).tolist()}
         fit_key = front_cache.front_digest(C, M, self.bounds, self.senses, self.spec.seed, front_points,
                                            on_front=None if on_front is None else on_front.tolist(), **noise_option)
         front, surrogates = front_cache.load_fit(self.store, fit_key)
@@ -602,7 +610,7 @@ class Experiment:
             front = None
         result = fit_result(self.tasks, C, M, self.bounds, [s > 0 for s in self.senses], self.spec.seed,
                             front_points=front_points, front=front, surrogates=surrogates, front_samples=on_front,
-                            noise_variance=noise)
+                            noise_variance=noise, shared_variance=shared)
         if front is None or surrogates is None:
             front_cache.save_fit(self.store, fit_key, result, self.key)
         result.extra["references"] = self.references()
