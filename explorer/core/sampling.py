@@ -104,9 +104,11 @@ def shared_variance(scores: list[np.ndarray], n_total: int) -> float:
 
     Why: the surrogates treat each point's sampling variance as independent noise, which more points
     average away; the error common to every point does not average away, so a new full-set
-    measurement differs from the fitted level by it. It is the longest anchored prefix's own sampling
-    variance (0 once that prefix is the full set: verified picks, full-set front points), plus the
-    uncertainty of the mean gap the shorter points were shifted by.
+    measurement differs from the fitted level by it. Two merges' errors on the same n examples have
+    covariance c̄/n · (N − n)/(N − 1), c̄ the covariance of their per-example scores over examples (an
+    example most merges get wrong lowers them all); its mean over pairs of the longest anchored
+    prefix's points is the part they share (0 once that prefix is the full set: verified picks,
+    full-set front points). Shorter points add the uncertainty of the mean gap they were shifted by.
     """
     lengths = np.array([len(s) for s in scores])
     if len(scores) == 0 or np.all(lengths >= n_total):
@@ -116,7 +118,13 @@ def shared_variance(scores: list[np.ndarray], n_total: int) -> float:
         return float(np.mean([sampling_variance(s, n_total) for s in scores]))
     top = int(levels[0])
     anchors = np.flatnonzero(lengths >= top)
-    out = float(np.mean([sampling_variance(scores[a][:top], n_total) for a in anchors]))
+    out = 0.0
+    if top < n_total and top > 1:
+        X = np.array([np.asarray(scores[a][:top], dtype=float) for a in anchors])  # (points, examples)
+        k = len(X)
+        total = np.var(X.mean(axis=0), ddof=1) * k * k - np.sum(np.var(X, axis=1, ddof=1))
+        pair_cov = total / (k * (k - 1))  # mean over pairs i ≠ j of cov over examples
+        out = max(float(pair_cov), 0.0) / top * (n_total - top) / (n_total - 1)
     shorter = np.unique(lengths[lengths < top])
     if len(shorter) and len(anchors) > 1:
         top_means = np.array([float(np.mean(scores[a][:top])) for a in anchors])
