@@ -110,14 +110,11 @@ def shared_variance(scores: list[np.ndarray], n_total: int) -> float:
     prefix's points is the part they share (0 once that prefix is the full set: verified picks,
     full-set front points). Shorter points add the uncertainty of the mean gap they were shifted by.
     """
-    lengths = np.array([len(s) for s in scores])
+    lengths, top, anchors = _anchors(scores)
     if len(scores) == 0 or np.all(lengths >= n_total):
         return 0.0
-    levels = [n for n in np.unique(lengths)[::-1] if np.sum(lengths >= n) >= MIN_ANCHORS]
-    if not levels:
+    if top is None:
         return float(np.mean([sampling_variance(s, n_total) for s in scores]))
-    top = int(levels[0])
-    anchors = np.flatnonzero(lengths >= top)
     out = 0.0
     if top < n_total and top > 1:
         X = np.array([np.asarray(scores[a][:top], dtype=float) for a in anchors])  # (points, examples)
@@ -127,10 +124,24 @@ def shared_variance(scores: list[np.ndarray], n_total: int) -> float:
         out = max(float(pair_cov), 0.0) / top * (n_total - top) / (n_total - 1)
     shorter = np.unique(lengths[lengths < top])
     if len(shorter) and len(anchors) > 1:
-        top_means = np.array([float(np.mean(scores[a][:top])) for a in anchors])
-        gaps = [top_means - np.array([float(np.mean(scores[a][:n])) for a in anchors]) for n in shorter]
-        out += max(float(np.var(g, ddof=1)) for g in gaps) / len(anchors)
+        out += max(float(np.var(_gaps(scores, anchors, top, n), ddof=1)) for n in shorter) / len(anchors)
     return out
+
+
+def _anchors(scores: list[np.ndarray]) -> tuple[np.ndarray, int | None, np.ndarray | None]:
+    """(lengths, the longest prefix at least `MIN_ANCHORS` points reached, those points), or
+    (lengths, None, None) when no prefix was reached by that many."""
+    lengths = np.array([len(s) for s in scores])
+    levels = [n for n in np.unique(lengths)[::-1] if np.sum(lengths >= n) >= MIN_ANCHORS]
+    if not levels:
+        return lengths, None, None
+    top = int(levels[0])
+    return lengths, top, np.flatnonzero(lengths >= top)
+
+
+def _gaps(scores: list[np.ndarray], anchors: np.ndarray, top: int, n: int) -> np.ndarray:
+    """Per anchor, its mean over the first `top` examples minus its mean over the first `n`."""
+    return np.array([float(np.mean(scores[a][:top])) - float(np.mean(scores[a][:n])) for a in anchors])
 
 
 def corrected_means(scores: list[np.ndarray], n_total: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,19 +157,15 @@ def corrected_means(scores: list[np.ndarray], n_total: int) -> tuple[np.ndarray,
     uncertainty and the longest prefix's own sampling variance; points on the longest prefix or
     longer keep their plain mean and sampling variance. With too few longer points nothing is shifted.
     """
-    lengths = np.array([len(s) for s in scores])
+    lengths, top, anchors = _anchors(scores)
     means = np.array([float(np.mean(s)) for s in scores])
     variances = np.array([sampling_variance(s, n_total) for s in scores])
-    levels = [n for n in np.unique(lengths)[::-1] if np.sum(lengths >= n) >= MIN_ANCHORS]
-    if not levels:
+    if top is None:
         return means, variances
-    top = int(levels[0])
-    anchors = np.flatnonzero(lengths >= top)
-    top_means = np.array([float(np.mean(scores[a][:top])) for a in anchors])
     top_var = float(np.mean([sampling_variance(scores[a][:top], n_total) for a in anchors]))
     values, out_var = means.copy(), variances.copy()
     for n in np.unique(lengths[lengths < top]):
-        gaps = top_means - np.array([float(np.mean(scores[a][:n])) for a in anchors])
+        gaps = _gaps(scores, anchors, top, n)
         spread = float(np.var(gaps, ddof=1)) if len(gaps) > 1 else float(np.max(variances))
         short = lengths == n
         values[short] = means[short] + float(np.mean(gaps))
