@@ -9,7 +9,6 @@ import yaml
 from explorer import cli
 from explorer.core.sampling import example_order, examples_for, sampling_variance, shared_variance
 from explorer.core.surrogate import QuadraticSurrogate
-from explorer.errors import EvaluationError
 from explorer.experiment.experiment import Experiment
 from explorer.experiment.store import Store
 from tests import toy_zoo
