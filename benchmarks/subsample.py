@@ -47,6 +47,7 @@ from explorer.core.design import coefficient_key, default_budget, n_quadratic_te
 from explorer.core.pareto import thin  # noqa: E402
 from explorer.core.result import fit_result  # noqa: E402
 from explorer.core.sampling import corrected_means, example_order, examples_for, shared_variance  # noqa: E402
+from explorer.core.surrogate import front_scale  # noqa: E402
 from explorer.demo.testbeds import UNTUNED_KINDS, make_testbed  # noqa: E402
 from explorer.experiment.loop import run_adaptive  # noqa: E402
 from explorer.experiment.store import FIT_KINDS  # noqa: E402
@@ -68,6 +69,7 @@ class TestbedRun:
         self.n_total = tb.values(np.zeros((1, t)), split=split, per_example=True).shape[-1]
         self.orders = [example_order(self.n_total, f"testbed:{task}") for task in self.tasks]
         self.points: dict[str, dict] = {}
+        self.told: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # coefficient key -> (mean, std) told
         self.examples = 0
 
     def check_examples(self) -> list[str]:
@@ -103,16 +105,24 @@ class TestbedRun:
         return C, M, [p["kind"] for p in rows], {"examples": counts, "n_total": counts * 0 + self.n_total,
                                                   "noise_variance": noise, "shared_variance": level}
 
+    def tell(self, C, mean, std) -> None:
+        for c, m, sd in zip(C, mean, std):
+            self.told.setdefault(coefficient_key(c), (np.asarray(m, dtype=float), np.asarray(sd, dtype=float)))
+
     def reference_points(self):
         t = len(self.tasks)
         return [np.zeros(t)] + [np.eye(t)[i] for i in range(t)]
 
     def result(self):
         C, M, kinds, how = self.measured_examples(FIT_KINDS)
+        missing = (np.full(len(self.tasks), np.nan),) * 2
+        told = np.array([self.told.get(coefficient_key(c), missing) if k == "adaptive" else missing
+                         for c, k in zip(C, kinds)])  # (n, 2, T)
+        scale = front_scale(M, told[:, 0], told[:, 1], how["noise_variance"])
         noise = how["noise_variance"] if np.any(how["noise_variance"] > 0) else None
         return fit_result(self.tasks, C, M, self.bounds, True, self.spec.seed, front_points=1000,
                           front_samples=np.array([k == "adaptive" for k in kinds]), noise_variance=noise,
-                          shared_variance=None if noise is None else how["shared_variance"])
+                          shared_variance=None if noise is None else how["shared_variance"], front_scale=scale)
 
     def finish(self):
         result = self.result()

@@ -107,3 +107,63 @@ def test_progress_follows_the_adaptive_run(tmp_path):
     exp.run(budget=20, progress=False, tol=0.0)
     assert exp.progress(budget=20) == (total, total)
     assert exp.store.count(exp.key) // 4 == total  # exactly the points the bar promised
+
+
+def test_front_scale_fits_the_std_to_the_errors_rounds_made_before_measuring():
+    """Held-out front errors twice as wide as told ask for twice the std; as wide as told (counting a
+    subsample's own noise), for none; too few of them, or rows nobody was told about, change nothing."""
+    from explorer.core.surrogate import MIN_FRONT_ERRORS, front_scale
+
+    rng = np.random.default_rng(0)
+    n = 400
+    told_std = np.full((n, 2), 0.01)
+    wide = rng.normal(0, 0.02, (n, 2))
+    assert np.allclose(front_scale(wide, np.zeros((n, 2)), told_std), 2.0, atol=0.25)
+    noisy = rng.normal(0, 0.01 * np.sqrt(2), (n, 2))  # told 0.01 for the smooth part; the subsample adds as much
+    assert np.allclose(front_scale(noisy, np.zeros((n, 2)), told_std, np.full((n, 2), 1e-4)), 1.0, atol=0.15)
+    few = np.full((n, 2), np.nan)
+    few[: MIN_FRONT_ERRORS - 1] = 0.0
+    assert np.all(front_scale(wide, few, told_std) == 1.0)
+    half = np.zeros((n, 2))
+    half[::2] = np.nan  # the initial design: nothing was told there
+    assert np.allclose(front_scale(wide, half, told_std), 2.0, atol=0.3)
+
+
+def test_an_adaptive_run_stores_what_each_round_told_and_calibrates_its_std_on_it(tmp_path):
+    """Each adaptive point's told mean and std reach the store before it is measured, a resumed run
+    tells nothing twice, and the fitted std at the front is the left-out calibrated std times the factor
+    that puts 95.4 % of the rounds' held-out errors inside ±2 std."""
+    from explorer.cli import main
+    from explorer.core.result import fit_result
+    from explorer.core.surrogate import NOMINAL_COVERAGE
+    from explorer.experiment.experiment import Experiment
+    from explorer.experiment.store import FIT_KINDS
+    from tests.toy_zoo import build
+
+    spec = build(tmp_path)
+    exp = Experiment.from_file(spec)
+    result = exp.run(budget=40, progress=False, adaptive=True, tol=0.0)
+    C, M, kinds = exp.measured(FIT_KINDS)
+    told = exp.store.told(exp.key)
+    adaptive = [i for i, k in enumerate(kinds) if k == "adaptive"]
+    assert len(adaptive) >= 20 and len(told) == len(adaptive) * len(exp.tasks)
+    ids = [exp.task_identities[t] for t in exp.tasks]
+    from explorer.core.design import coefficient_key
+
+    mean = np.array([[told[(i, coefficient_key(C[r]))][0] for i in ids] for r in adaptive])
+    std = np.array([[told[(i, coefficient_key(C[r]))][1] for i in ids] for r in adaptive])
+    z = (M[adaptive] - mean) / std
+    history = np.vstack([np.atleast_2d(h["held_out_z"]) for h in result.extra["adaptive"] if h["held_out_z"]])
+    np.testing.assert_allclose(np.sort(np.abs(z), axis=0), np.sort(np.abs(history), axis=0), rtol=1e-9)
+    final = exp.result()
+    scale = np.array([final.surrogates[t].front_scale_ for t in exp.tasks])
+    assert np.all(scale != 1.0)
+    np.testing.assert_allclose(scale, np.quantile(np.abs(z), NOMINAL_COVERAGE, axis=0) / 2)
+    plain = fit_result(exp.tasks, final.samples, final.observed, exp.bounds, True, exp.spec.seed, front_points=50,
+                       front_samples=np.array([kinds[i] == "adaptive" for i in range(len(kinds))]))
+    X = final.front_coefficients[:20]
+    np.testing.assert_allclose(final.predict(X, return_std=True)[1], plain.predict(X, return_std=True)[1] * scale, rtol=1e-6)
+    inside = np.mean(np.abs(z) <= 2 * scale, axis=0)  # the quantile interpolates: within one error of the target
+    assert np.all(np.abs(inside - NOMINAL_COVERAGE) <= 1 / len(z) + 1e-9)
+    assert main(["run", str(spec), "--adaptive", "--budget", "40", "--no-progress"]) == 0  # resumes: nothing new
+    assert exp.store.told(exp.key) == told

@@ -36,6 +36,25 @@ def test_put_is_idempotent_and_keys_are_canonical(tmp_path):
     assert s.count("e") == 1
 
 
+def test_told_predictions_reach_stores_written_before_the_table_and_the_first_told_stands(tmp_path):
+    """A store from before the told table reads as having told nothing, read-only too; its first told
+    prediction adds the table without touching what it held; telling a point again changes nothing."""
+    path = tmp_path / "old.sqlite"
+    s = Store(path)
+    s.put("e", "t", "a", [0.1, 0.3], 0.5)
+    s.close()
+    raw = sqlite3.connect(path)
+    raw.execute("DROP TABLE told")
+    raw.commit()
+    raw.close()
+    assert Store(path, read_only=True).told("e") == {}
+    s = Store(path)
+    s.put_told("e", [("t", [0.1, 0.3], 0.52, 0.01), ("t", [0.2, 0.2], float("nan"), 0.01)])
+    s.put_told("e", [("t", [0.1, 0.30000000000000004], 0.9, 0.5)])
+    assert Store(path, read_only=True).told("e") == {("t", coefficient_key([0.1, 0.3])): (0.52, 0.01)}
+    assert s.count("e") == 1 and s.get("e", "t", [0.1, 0.3]) == 0.5
+
+
 def test_concurrent_writers_lose_nothing(tmp_path):
     path = tmp_path / "s.sqlite"
     Store(path).close()

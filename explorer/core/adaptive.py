@@ -33,6 +33,7 @@ from explorer.core.design import default_budget, n_quadratic_terms, normalize_bo
 from explorer.core.metrics import check_metrics, task_senses
 from explorer.core.pareto import compute_front
 from explorer.core.result import ExploreResult, fit_result, fit_surrogates, trust_thresholds
+from explorer.core.surrogate import front_scale
 from explorer.errors import SpecError
 
 
@@ -131,6 +132,13 @@ class AdaptiveSampler:
                                     np.column_stack([p[1] for p in told]) if told else None)
         return batch
 
+    @property
+    def told(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(batch, predicted mean, std) (metric units) of the last proposal before it is measured; None
+        when nothing was proposed. The std is that of a new measurement on the examples the fit saw."""
+        p = self._pending_prediction
+        return None if p is None or p[2] is None else p
+
     def record(self, batch: np.ndarray, measured: np.ndarray, n_total: int) -> float:
         """Held-out RMS error (metric units) of the last proposal's predictions; appends to history,
         with each point's error in units of the std it was predicted with ("held_out_z", (k, T)): how
@@ -203,12 +211,14 @@ def explore_adaptive(
     try:
         C = sampler.initial_design()
         Y = measure(C)
+        told = np.full((len(C), 2, t), np.nan)  # per point, the (mean, std) a round told before measuring it
         if callback:
             callback(C, Y)
         while len(C) < budget:
             new = sampler.propose(C, Y, min(sampler.batch, budget - len(C)))
             if len(new) == 0:
                 break
+            told = np.vstack([told, np.stack(sampler.told[1:], axis=1) if sampler.told else np.full((len(new), 2, t), np.nan)])
             measured = measure(new)
             C, Y = np.vstack([C, new]), np.vstack([Y, measured])
             sampler.record(new, measured, len(C))
@@ -221,7 +231,7 @@ def explore_adaptive(
             bar.close()
     front_samples = np.arange(len(C)) >= sampler.initial  # placed on the predicted front
     result = fit_result(tasks, C, Y, bounds, higher_is_better, seed, link, front_points, front_bounds,
-                        family=family, front_samples=front_samples)
+                        family=family, front_samples=front_samples, front_scale=front_scale(Y, told[:, 0], told[:, 1]))
     result.extra["adaptive"] = sampler.history
     return result
 

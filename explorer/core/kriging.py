@@ -186,14 +186,15 @@ class KrigingSurrogate:
         small (±2 std covered 61 % of the picks' measurements on a testbed; benchmarks/pick_coverage.py).
         As `QuadraticSurrogate`'s σ²(1 + leverage) and scikit-learn's GP with a white-noise kernel. Plus,
         on subsampled points, the level error they share (`shared_variance_`, set by
-        model_selection.fit_surrogate): the known noise is independent per point, this part is not."""
+        model_selection.fit_surrogate): the known noise is independent per point, this part is not. The
+        part before it is scaled by `front_scale_` (surrogate.front_scale; 1 without held-out front errors)."""
         c = np.atleast_2d(np.asarray(coefficients, dtype=float))
         _, phi, _, k = self._cross(c)
         z = (k @ self.alpha_) * self.z_scale_ + self.z_mean_
         mean = link_inverse(self.link_, z)
         if not return_std:
             return mean
-        return mean, np.sqrt(metric_std(self.link_, z, self._link_std(c, k, phi)) ** 2
+        return mean, np.sqrt((getattr(self, "front_scale_", 1.0) * metric_std(self.link_, z, self._link_std(c, k, phi))) ** 2
                              + getattr(self, "shared_variance_", 0.0))
 
     def epistemic_std(self, coefficients: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ def loo_rmse(surrogate, mask: np.ndarray | None = None) -> float:
 
 def fit_surrogate(coefficients: np.ndarray, metric: np.ndarray, higher_is_better: bool, bounds: np.ndarray,
                   family: str = "auto", link: str = "auto", front_samples: np.ndarray | None = None,
-                  noise_variance: np.ndarray | None = None, shared_variance: float = 0.0):
+                  noise_variance: np.ndarray | None = None, shared_variance: float = 0.0, front_scale: float = 1.0):
     """Fit one task's surrogate; with family="auto", the family with the lower leave-one-out RMSE.
 
     front_samples: mask of samples placed on the predicted front; when there are enough, the
@@ -45,6 +45,7 @@ def fit_surrogate(coefficients: np.ndarray, metric: np.ndarray, higher_is_better
     shared_variance: the variance of the level error every subsampled sample shares (metric units²,
     `sampling.shared_variance`); no number of points averages it away, so the std a surrogate reports
     for a new full-set measurement includes it (`shared_variance_`).
+    front_scale: the factor the adaptive rounds' held-out front errors ask of the std (`surrogate.front_scale`).
     The fitted surrogate gets `family_`, `observed_` and `candidates_` ({family: LOO RMSE}).
     """
     if family not in FAMILIES:
@@ -56,6 +57,7 @@ def fit_surrogate(coefficients: np.ndarray, metric: np.ndarray, higher_is_better
         s.observed_ = np.asarray(metric, dtype=float).ravel()
         s.family_ = name
         s.shared_variance_ = float(shared_variance)
+        s.front_scale_ = float(front_scale)
         fitted[name] = s
     scores = {name: loo_rmse(s, front_samples) for name, s in fitted.items()}
     best = min(tried, key=lambda name: (scores[name], tried.index(name)))

@@ -26,7 +26,7 @@ TRUST_RANGE_SHARE = 0.05
 
 #: Version of the surrogate and front code: part of the key of every cached front (front_cache.py).
 #: Bump it whenever a change to the fit or the front search changes the front for the same points.
-FIT_VERSION = "8"
+FIT_VERSION = "9"
 
 
 @dataclass
@@ -136,7 +136,7 @@ def trust_thresholds(observed: np.ndarray) -> np.ndarray:
 
 
 def fit_surrogates(tasks, samples, observed, bounds, senses, family: str = "auto", link: str = "auto",
-                   front_samples=None, noise_variance=None, shared_variance=None) -> dict:
+                   front_samples=None, noise_variance=None, shared_variance=None, front_scale=None) -> dict:
     """One surrogate per task (family chosen per task by left-out error when "auto").
 
     front_samples: boolean mask of the samples that adaptive rounds placed on the predicted
@@ -144,8 +144,9 @@ def fit_surrogates(tasks, samples, observed, bounds, senses, family: str = "auto
     """
     noise = None if noise_variance is None else np.asarray(noise_variance, dtype=float).reshape(np.shape(observed))
     shared = np.zeros(len(tasks)) if shared_variance is None else np.asarray(shared_variance, dtype=float).ravel()
+    scale = np.ones(len(tasks)) if front_scale is None else np.asarray(front_scale, dtype=float).ravel()
     return {task: fit_surrogate(samples, observed[:, i], senses[i] > 0, bounds, family, link, front_samples,
-                                None if noise is None else noise[:, i], float(shared[i]))
+                                None if noise is None else noise[:, i], float(shared[i]), float(scale[i]))
             for i, task in enumerate(tasks)}
 
 
@@ -206,6 +207,7 @@ def fit_result(
     front_samples=None,
     noise_variance=None,
     shared_variance=None,
+    front_scale=None,
 ) -> ExploreResult:
     """Fit one surrogate per task to (samples, observed) and compute the front inside the box.
 
@@ -217,7 +219,8 @@ def fit_result(
     or "kriging" (see explorer.core.model_selection). `noise_variance` (n, T): each measurement's known
     sampling variance when it was made on a subsample of the task's examples (explorer.core.sampling);
     `shared_variance` (T,): per task, the variance of the level error those subsamples share
-    (`sampling.shared_variance`), part of the std of a new full-set measurement.
+    (`sampling.shared_variance`), part of the std of a new full-set measurement. `front_scale` (T,): per
+    task, the std factor the adaptive rounds' held-out front errors ask for (`surrogate.front_scale`).
     """
     tasks = list(tasks)
     box = normalize_bounds(bounds, len(tasks))
@@ -225,7 +228,7 @@ def fit_result(
     samples, observed = np.asarray(samples, dtype=float), np.asarray(observed, dtype=float)
     if surrogates is None or set(surrogates) != set(tasks):
         surrogates = fit_surrogates(tasks, samples, observed, box, senses, family, link, front_samples, noise_variance,
-                                    shared_variance)
+                                    shared_variance, front_scale)
     surrogates = {t: surrogates[t] for t in tasks}
     if front is None:
         search_box = box if front_bounds is None else normalize_bounds(front_bounds, len(tasks))

@@ -23,7 +23,8 @@ from explorer.core.sampling import link_noise
 #: Target share of left-out measurements inside ±2 predictive std after calibration. Higher than
 #: the 80–95 % wanted on the front because the front is where the surrogates are optimistic: left-out
 #: errors over the whole design run smaller than errors at re-evaluated front points (8-task
-#: testbeds: a 95 % target gave 70–83 % there, 99 % gave 91–99 %; see benchmarks/results).
+#: testbeds: a 95 % target gave 70–83 % there, 99 % gave 91–99 %; see benchmarks/results). Where the
+#: adaptive rounds leave enough held-out front errors, `front_scale` then recalibrates each task on them.
 COVERAGE_TARGET = 0.975
 _CALIBRATION_GRID = np.exp(np.linspace(np.log(0.25), np.log(20.0), 120))
 
@@ -64,6 +65,34 @@ def calibration_factor(link: str, observed: np.ndarray, z_mean: np.ndarray, z_st
         if np.mean((y >= lo - 1e-12) & (y <= hi + 1e-12)) >= target:
             return float(f)
     return float(_CALIBRATION_GRID[-1])
+
+
+#: P(|Z| < 2) for a normal Z: the share of the adaptive rounds' held-out front errors ±2 std should hold.
+NOMINAL_COVERAGE = 0.954
+#: Held-out front errors a task needs before they recalibrate its std; with fewer, the left-out calibration stands.
+MIN_FRONT_ERRORS = 20
+
+
+def front_scale(measured: np.ndarray, told_mean: np.ndarray, told_std: np.ndarray, noise_variance=None,
+                target: float = NOMINAL_COVERAGE) -> np.ndarray:
+    """Per task (columns), the factor on the reported std that puts `target` of the adaptive rounds'
+    held-out errors inside ±2 std; 1 for a task with fewer than `MIN_FRONT_ERRORS` of them.
+
+    Why: the left-out calibration covers the whole design, where errors run smaller than at new points
+    on the front, and by task differently. Each adaptive round told a mean and std for the front points
+    it chose before they were measured (NaN rows: points nobody was told about), which is what a pick
+    is: an unmeasured front point. A value measured on a subsample adds its own sampling variance
+    (`noise_variance`, metric units²) to what the error may be. Rows (n, T) in metric units.
+    """
+    y, mu, sd = (np.atleast_2d(np.asarray(a, dtype=float)) for a in (measured, told_mean, told_std))
+    var = sd**2 + (0.0 if noise_variance is None else np.atleast_2d(np.asarray(noise_variance, dtype=float)))
+    z = np.abs(y - mu) / np.sqrt(np.clip(var, 1e-24, None))
+    out = np.ones(y.shape[1])
+    for i in range(y.shape[1]):
+        zi = z[np.isfinite(z[:, i]), i]
+        if len(zi) >= MIN_FRONT_ERRORS:
+            out[i] = float(np.clip(np.quantile(zi, target) / 2, _CALIBRATION_GRID[0], _CALIBRATION_GRID[-1]))
+    return out
 
 
 def r2_score(observed: np.ndarray, predicted: np.ndarray) -> float:
@@ -245,7 +274,8 @@ class QuadraticSurrogate:
         """Predicted metric at each row of `coefficients`, shape (k,); with return_std, (mean, std).
 
         std is in metric units (scikit-learn's GaussianProcessRegressor convention), calibrated on
-        left-out points, with the level error subsampled points share (`shared_variance_`, set by
+        left-out points and then on the held-out front errors (`front_scale_`, set by
+        model_selection.fit_surrogate; 1 without them), with the level error subsampled points share (`shared_variance_`, set by
         model_selection.fit_surrogate; 0 on full sets); infinite when the design leaves no degrees
         of freedom to estimate it.
         """
@@ -256,7 +286,8 @@ class QuadraticSurrogate:
         xs = quadratic_features(coefficients) / self._std_scale
         lev = np.einsum("ij,jk,ik->i", xs, self._gram_inv, xs)
         sd = self.noise_scale_ * np.sqrt(1 + np.clip(lev, 0, None)) * self.calibration_
-        return mean, np.sqrt(metric_std(self.link_, z, sd) ** 2 + getattr(self, "shared_variance_", 0.0))
+        return mean, np.sqrt((getattr(self, "front_scale_", 1.0) * metric_std(self.link_, z, sd)) ** 2
+                             + getattr(self, "shared_variance_", 0.0))
 
     def gradient(self, coefficients: np.ndarray) -> np.ndarray:
         """d predict / d c at each row, shape (k, T); used by the front refinement."""

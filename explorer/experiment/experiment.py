@@ -29,6 +29,7 @@ from explorer.core.design import (
 from explorer.core.explore import default_design
 from explorer.core.result import ExploreResult, fit_result
 from explorer.core.sampling import check_examples, corrected_means, example_order, examples_for, shared_variance
+from explorer.core.surrogate import front_scale
 from explorer.errors import EvaluationError, ExplorerError, SpecError
 from explorer.experiment import front_cache
 from explorer.experiment.families.registry import lookup as lookup_family
@@ -586,14 +587,35 @@ class Experiment:
                 "shared_variance": level}
         return C, M, [r["kind"] for r in rows], info
 
+    def tell(self, coefficients: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
+        """Store what the adaptive rounds predicted (mean, std (k, T), metric units) for points they are
+        about to measure, so the fit can calibrate its std on them once measured (`told_front_scale`)."""
+        ids = [self.task_identities[t] for t in self.tasks]
+        self.store.put_told(self.key, [(ids[i], c, m[i], sd[i]) for c, m, sd in zip(coefficients, mean, std)
+                                       for i in range(len(ids))])
+
+    def told_front_scale(self, C: np.ndarray, M: np.ndarray, kinds, noise) -> np.ndarray:
+        """Per task, `surrogate.front_scale` from the adaptive points among (C, M) and what they were told."""
+        told = self.store.told(self.key)
+        ids = [self.task_identities[t] for t in self.tasks]
+        pairs = np.full(M.shape + (2,), np.nan)
+        for r, (c, kind) in enumerate(zip(C, kinds)):
+            if kind == "adaptive":
+                key = coefficient_key(c)
+                for i, identity in enumerate(ids):
+                    pairs[r, i] = told.get((identity, key), (np.nan, np.nan))
+        return front_scale(M, pairs[..., 0], pairs[..., 1], noise)
+
     def result(self, front_points: int = 1000) -> ExploreResult:
         """Fit surrogates to the stored design points and compute the front (no model needed)."""
         C, M, kinds, how = self.measured_examples(FIT_KINDS)
         inside = np.all((C >= self.bounds[:, 0] - 1e-12) & (C <= self.bounds[:, 1] + 1e-12), axis=1) if len(C) else []
         C, M = C[inside], M[inside]
+        kinds = [k for k, keep in zip(kinds, inside) if keep]
         noise = how["noise_variance"][inside] if len(C) else None
+        scale = self.told_front_scale(C, M, kinds, noise) if len(C) else None
         noise = noise if noise is not None and np.any(noise > 0) else None
-        on_front = np.array([k == "adaptive" for k in kinds], dtype=bool)[inside] if len(kinds) else None
+        on_front = np.array([k == "adaptive" for k in kinds], dtype=bool) if len(kinds) else None
         need = n_quadratic_terms(len(self.tasks))
         if len(C) < need:
             raise SpecError(
@@ -604,13 +626,14 @@ class Experiment:
         noise_option = {} if noise is None else {"noise_variance": np.round(noise, 12).tolist(),
                                                  "shared_variance": np.round(shared, 12).tolist()}
         fit_key = front_cache.front_digest(C, M, self.bounds, self.senses, self.spec.seed, front_points,
-                                           on_front=None if on_front is None else on_front.tolist(), **noise_option)
+                                           on_front=None if on_front is None else on_front.tolist(),
+                                           front_scale=None if scale is None else np.round(scale, 12).tolist(), **noise_option)
         front, surrogates = front_cache.load_fit(self.store, fit_key)
         if surrogates is None:  # the front search may leave state on the surrogates: restore both or neither
             front = None
         result = fit_result(self.tasks, C, M, self.bounds, [s > 0 for s in self.senses], self.spec.seed,
                             front_points=front_points, front=front, surrogates=surrogates, front_samples=on_front,
-                            noise_variance=noise, shared_variance=shared)
+                            noise_variance=noise, shared_variance=shared, front_scale=scale)
         if front is None or surrogates is None:
             front_cache.save_fit(self.store, fit_key, result, self.key)
         result.extra["references"] = self.references()

@@ -104,6 +104,8 @@ def run_adaptive(experiment, budget: int | None = None, progress: bool = True, e
             new = sampler.propose(C, Y, min(sampler.batch, budget - len(C)), noise_variance=noise)
             if len(new) == 0:
                 break
+            if sampler.told is not None:  # what a user would be told there, kept to calibrate the final std
+                experiment.tell(*sampler.told)
             evaluate_points(experiment, [(c, "adaptive") for c in new], executor, bar)
             measured = np.array([experiment.evaluate(c, "adaptive") for c in new])  # read back from the store
             sampler.record(new, measured, len(C) + len(new))

@@ -65,12 +65,22 @@ CREATE TABLE IF NOT EXISTS samples (
     created REAL NOT NULL,
     PRIMARY KEY (experiment, task_identity, coeff_key)
 );
+CREATE TABLE IF NOT EXISTS told (
+    experiment TEXT NOT NULL,
+    task_identity TEXT NOT NULL,
+    coeff_key TEXT NOT NULL,
+    mean REAL NOT NULL,
+    std REAL NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (experiment, task_identity, coeff_key)
+);
 CREATE TABLE IF NOT EXISTS file_hashes (
     key TEXT PRIMARY KEY,
     digest TEXT NOT NULL
 );
 """
 SAMPLES_TABLE = SCHEMA.split(";")[2].strip()  # added to stores written before it, with their first sample
+TOLD_TABLE = SCHEMA.split(";")[3].strip()  # likewise, with the first prediction told
 T = TypeVar("T")
 #: Kinds of stored points. Fitted: the design and the adaptive rounds' points. Checks (verify, and
 #: each step of a polish) are shown, never fitted; "reference" (base, experts, task arithmetic) and
@@ -415,6 +425,35 @@ class Store:
         if not isinstance(blob, bytes) or len(blob) % 4:
             raise StoreError(f"{self.path}: experiment {experiment[:12]!r} has damaged per-example scores")
         return np.frombuffer(blob, dtype="<f4").astype(np.float64)
+
+    # what the adaptive rounds told before measuring (explorer.core.surrogate.front_scale) ---------
+    def put_told(self, experiment: str, rows) -> None:
+        """Record, in one transaction, the predicted mean and std (metric units) each (task identity,
+        coefficients) was told before it was measured; the first told prediction of a point stands."""
+        rows = [(experiment, i, coefficient_key(c), float(m), float(s), time.time()) for i, c, m, s in rows
+                if np.isfinite(m) and np.isfinite(s)]
+        if not rows:
+            return
+        pending = self._pending.get(experiment)
+
+        def statements(conn):
+            conn.execute(TOLD_TABLE)
+            if pending is not None:
+                self._upsert_experiment(conn, experiment, *pending)
+            conn.executemany("INSERT OR IGNORE INTO told(experiment, task_identity, coeff_key, mean, std, created)"
+                             " VALUES (?,?,?,?,?,?)", rows)
+
+        self._write(statements)
+        if pending is not None:
+            self._pending.pop(experiment, None)
+
+    def told(self, experiment: str) -> dict[tuple[str, str], tuple[float, float]]:
+        """{(task identity, coefficient key): (mean, std)} told for an experiment's points ({} for
+        stores written before the table existed)."""
+        if not self._read("SELECT 1 FROM sqlite_master WHERE type='table' AND name='told'"):
+            return {}
+        rows = self._read("SELECT task_identity, coeff_key, mean, std FROM told WHERE experiment=?", (experiment,))
+        return {(i, k): (float(m), float(s)) for i, k, m, s in rows}
 
     def count(self, experiment: str) -> int:
         return self._read("SELECT COUNT(*) FROM evaluations WHERE experiment=?", (experiment,), [(0,)])[0][0]

@@ -1,0 +1,101 @@
+"""How close can any smooth surrogate come along the shown front? The landscape's own ruggedness.
+
+A merge's accuracy on a few hundred examples is a step function of its coefficients: each example
+flips between right and wrong somewhere, so two nearly equal merges differ by a few examples. A
+smooth surrogate predicts the trend and cannot predict those steps, however many points it is fitted
+to. This measures that floor, on the points the benchmark's fidelity audit uses (FIDELITY_POINTS of
+the shown front of full-set MAP, as `benchmarks.subsample.judge_front` picks them):
+
+1. the shipped fit (the run's own surrogates, ~90 points): per task, median |predicted − measured|;
+2. a dense fit: the same surrogate family fitted to the run's points plus `--dense` more measured
+   around the shown front (five times the points, where the audit is); what is left is mostly the
+   landscape's ruggedness, not too few points;
+3. nearby merges: each audit point measured again a small step away (`--step`, in coefficient units);
+   median |difference| / √2 is the part of one measurement two merges that close do not share.
+
+    python -m benchmarks.ruggedness [--kinds fashion-relabel deep ...] [--split validation] [--dense 400]
+
+Writes benchmarks/results/ruggedness.{md,json}.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.publish import publish  # noqa: E402
+from benchmarks.subsample import FIDELITY_POINTS, TestbedRun  # noqa: E402
+from explorer.core.model_selection import make_surrogate  # noqa: E402
+from explorer.core.pareto import thin  # noqa: E402
+from explorer.demo.testbeds import UNTUNED_KINDS, make_testbed  # noqa: E402
+from explorer.experiment.loop import run_adaptive  # noqa: E402
+
+
+def one_testbed(kind: str, split: str, dense: int, step: float, seed: int = 0) -> dict:
+    tb = make_testbed(kind, 8)
+    result = run_adaptive(TestbedRun(tb, "full", None, split=split), None, progress=False)
+
+    def measure(C):
+        return tb.values(np.atleast_2d(C), split=split)
+
+    rows = np.flatnonzero(result.front_trusted) if np.any(result.front_trusted) else np.arange(len(result.front_predicted))
+    audit = rows[thin(result.front_predicted[rows], min(FIDELITY_POINTS, len(rows)), 0)]
+    C_audit = result.front_coefficients[audit]
+    V_audit = measure(C_audit)
+    shipped = np.median(np.abs(result.front_predicted[audit] - V_audit), axis=0) * 100
+
+    rng = np.random.default_rng(seed)
+    lo, hi = result.bounds[:, 0], result.bounds[:, 1]
+    width = hi - lo
+    around = result.front_coefficients[rng.choice(rows, dense)] + rng.normal(0, 0.05, (dense, len(lo))) * width
+    around = np.clip(around, lo, hi)
+    C_dense = np.vstack([result.samples, around])
+    V_dense = np.vstack([result.observed, measure(around)])
+    dense_err = []
+    for i, t in enumerate(result.tasks):
+        family = getattr(result.surrogates[t], "family_", "kriging")
+        s = make_surrogate(family, bool(result.senses[i] > 0), result.bounds, "auto").fit(C_dense, V_dense[:, i])
+        dense_err.append(np.median(np.abs(s.predict(C_audit) - V_audit[:, i])) * 100)
+
+    u = rng.normal(size=C_audit.shape)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    near = np.clip(C_audit + step * u * width, lo, hi)
+    nearby = np.median(np.abs(measure(near) - V_audit), axis=0) / np.sqrt(2) * 100
+    return {"testbed": kind + ("" if split == "validation" else f", {split}") + (" (untuned)" if kind in UNTUNED_KINDS else ""),
+            "tasks": list(result.tasks), "points": int(len(result.samples)), "dense_points": int(len(C_dense)),
+            "shipped": shipped.tolist(), "dense": dense_err, "nearby": nearby.tolist(), "step": step}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kinds", nargs="+", default=["deep", "hidden", *UNTUNED_KINDS])
+    ap.add_argument("--split", default="validation")
+    ap.add_argument("--dense", type=int, default=400)
+    ap.add_argument("--step", type=float, default=0.01)
+    ap.add_argument("--out", default="ruggedness")
+    args = ap.parse_args(argv)
+    out = []
+    for kind in args.kinds:
+        out.append(one_testbed(kind, args.split, args.dense, args.step))
+        print(out[-1], flush=True)
+    lines = [f"Per task, median |predicted − measured| (pts) at the {FIDELITY_POINTS} audited shown-front points: the "
+             "shipped fit; the same family fitted to five times the points around the front; half the spread "
+             f"between each audit point and one {args.step:g} away (what nearby merges do not share).", "",
+             "| testbed | fit | median over tasks | worst task | per task |", "|---|---|---:|---:|---|"]
+    for r in out:
+        for label, key in [(f"shipped ({r['points']} points)", "shipped"), (f"dense ({r['dense_points']} points)", "dense"),
+                           (f"nearby merges (step {r['step']:g})", "nearby")]:
+            v = np.array(r[key])
+            lines.append(f"| {r['testbed']} | {label} | {np.median(v):.2f} | {v.max():.2f} | "
+                         + " ".join(f"{x:.2f}" for x in v) + " |")
+    publish(args.out, out, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
