@@ -1,21 +1,22 @@
-"""How close can any smooth surrogate come along the shown front? The landscape's own ruggedness.
+"""What limits the shown front's fidelity: the family the rule chose, too few points, or the landscape?
 
 A merge's accuracy on a few hundred examples is a step function of its coefficients: each example
-flips between right and wrong somewhere, so two nearly equal merges differ by a few examples. A
-smooth surrogate predicts the trend and cannot predict those steps, however many points it is fitted
-to. This measures that floor, on the points the benchmark's fidelity audit uses (FIDELITY_POINTS of
-the shown front of full-set MAP, as `benchmarks.subsample.judge_front` picks them):
+flips between right and wrong somewhere, so two nearly equal merges can differ by a few examples, and
+no smooth surrogate predicts those steps. On the points the benchmark's fidelity audit uses
+(FIDELITY_POINTS of the shown front of full-set MAP, as `benchmarks.subsample.judge_front` picks
+them), per task, median |predicted − measured| of:
 
-1. the shipped fit (the run's own surrogates, ~90 points): per task, median |predicted − measured|;
-2. a dense fit: the same surrogate family fitted to the run's points plus `--dense` more measured
-   around the shown front (five times the points, where the audit is); what is left is mostly the
-   landscape's ruggedness, not too few points;
-3. nearby merges: each audit point measured again a small step away (`--step`, in coefficient units);
-   median |difference| / √2 is the part of one measurement two merges that close do not share.
+1. the shipped fit (the run's own surrogates, ~90 points, the family per task by the rule in
+   `explorer.core.model_selection`);
+2. each family on every task, fitted to the same points (is the rule's choice what costs?);
+3. a dense fit: the shipped family fitted to the run's points plus `--dense` more measured around the
+   shown front (five times the points, where the audit is): what is left is not too few points;
+4. nearby merges: each audit point measured again a small step away (`--step`, in coefficient units);
+   median |difference| / √2 is the part of one measurement that merges that close do not share.
 
-    python -m benchmarks.ruggedness [--kinds fashion-relabel deep ...] [--split validation] [--dense 400]
+    python -m benchmarks.fidelity_limits [--kinds fashion-relabel deep ...] [--split validation] [--dense 400]
 
-Writes benchmarks/results/ruggedness.{md,json}.
+Writes benchmarks/results/fidelity_limits[_<split>].{md,json}.
 """
 from __future__ import annotations
 
@@ -56,6 +57,11 @@ def one_testbed(kind: str, split: str, dense: int, step: float, seed: int = 0) -
     around = np.clip(around, lo, hi)
     C_dense = np.vstack([result.samples, around])
     V_dense = np.vstack([result.observed, measure(around)])
+    families = {}
+    for family in ("quadratic", "kriging"):
+        families[family] = [np.median(np.abs(make_surrogate(family, bool(result.senses[i] > 0), result.bounds, "auto")
+                                             .fit(result.samples, result.observed[:, i]).predict(C_audit) - V_audit[:, i])) * 100
+                            for i in range(len(result.tasks))]
     dense_err = []
     for i, t in enumerate(result.tasks):
         family = getattr(result.surrogates[t], "family_", "kriging")
@@ -68,7 +74,9 @@ def one_testbed(kind: str, split: str, dense: int, step: float, seed: int = 0) -
     nearby = np.median(np.abs(measure(near) - V_audit), axis=0) / np.sqrt(2) * 100
     return {"testbed": kind + ("" if split == "validation" else f", {split}") + (" (untuned)" if kind in UNTUNED_KINDS else ""),
             "tasks": list(result.tasks), "points": int(len(result.samples)), "dense_points": int(len(C_dense)),
-            "shipped": shipped.tolist(), "dense": dense_err, "nearby": nearby.tolist(), "step": step}
+            "chosen": [getattr(result.surrogates[t], "family_", "?") for t in result.tasks],
+            "shipped": shipped.tolist(), "quadratic": families["quadratic"], "kriging": families["kriging"],
+            "dense": [float(x) for x in dense_err], "nearby": nearby.tolist(), "step": step}
 
 
 def main(argv=None) -> int:
@@ -77,18 +85,23 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="validation")
     ap.add_argument("--dense", type=int, default=400)
     ap.add_argument("--step", type=float, default=0.01)
-    ap.add_argument("--out", default="ruggedness")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    args.out = args.out or ("fidelity_limits" + ("" if args.split == "validation" else f"_{args.split}"))
     out = []
     for kind in args.kinds:
         out.append(one_testbed(kind, args.split, args.dense, args.step))
         print(out[-1], flush=True)
     lines = [f"Per task, median |predicted − measured| (pts) at the {FIDELITY_POINTS} audited shown-front points: the "
-             "shipped fit; the same family fitted to five times the points around the front; half the spread "
-             f"between each audit point and one {args.step:g} away (what nearby merges do not share).", "",
+             "shipped fit (family per task by the rule: q = quadratic, k = kriging); each family on every task, same "
+             "points; the shipped family fitted to five times the points around the front; half the spread between "
+             f"each audit point and one {args.step:g} away (what nearby merges do not share).", "",
              "| testbed | fit | median over tasks | worst task | per task |", "|---|---|---:|---:|---|"]
     for r in out:
-        for label, key in [(f"shipped ({r['points']} points)", "shipped"), (f"dense ({r['dense_points']} points)", "dense"),
+        chosen = "".join(f[0] for f in r["chosen"])
+        for label, key in [(f"shipped ({r['points']} points; {chosen})", "shipped"),
+                           ("quadratic on every task", "quadratic"), ("kriging on every task", "kriging"),
+                           (f"dense ({r['dense_points']} points)", "dense"),
                            (f"nearby merges (step {r['step']:g})", "nearby")]:
             v = np.array(r[key])
             lines.append(f"| {r['testbed']} | {label} | {np.median(v):.2f} | {v.max():.2f} | "
