@@ -118,7 +118,7 @@ class TestbedRun:
         missing = (np.full(len(self.tasks), np.nan),) * 2
         told = np.array([self.told.get(coefficient_key(c), missing) if k == "adaptive" else missing
                          for c, k in zip(C, kinds)])  # (n, 2, T)
-        scale = front_scale(M, told[:, 0], told[:, 1], how["noise_variance"], how["shared_variance"])
+        scale = front_scale(M, told[:, 0], told[:, 1], how["noise_variance"])
         noise = how["noise_variance"] if np.any(how["noise_variance"] > 0) else None
         return fit_result(self.tasks, C, M, self.bounds, True, self.spec.seed, front_points=1000,
                           front_samples=np.array([k == "adaptive" for k in kinds]), noise_variance=noise,

@@ -74,23 +74,21 @@ MIN_FRONT_ERRORS = 20
 
 
 def front_scale(measured: np.ndarray, told_mean: np.ndarray, told_std: np.ndarray, noise_variance=None,
-                shared_variance=None, target: float = NOMINAL_COVERAGE) -> np.ndarray:
+                target: float = NOMINAL_COVERAGE) -> np.ndarray:
     """Per task (columns), the factor on the reported std that puts `target` of the adaptive rounds'
     held-out errors inside ±2 std; 1 for a task with fewer than `MIN_FRONT_ERRORS` of them.
 
     Why: the left-out calibration covers the whole design, where errors run smaller than at new points
     on the front, and by task differently. Each adaptive round told a mean and std for the front points
     it chose before they were measured (NaN rows: points nobody was told about), which is what a pick
-    is: an unmeasured front point. A value measured on a subsample adds the part of its sampling
-    variance (`noise_variance`, (n, T)) that the fit's points do not share with it (`shared_variance`,
-    (T,), `sampling.shared_variance`): the rest moves the fit and the value alike. Metric units.
+    is: an unmeasured front point, measured on the full set. Only values measured on the full set count
+    (`noise_variance` 0, (n, T)): a subsample shares its level error with the subsamples the fit saw,
+    so its error says little about a full-set measurement's. Metric units.
     """
     y, mu, sd = (np.atleast_2d(np.asarray(a, dtype=float)) for a in (measured, told_mean, told_std))
-    own = 0.0 if noise_variance is None else np.atleast_2d(np.asarray(noise_variance, dtype=float))
-    if shared_variance is not None:
-        own = np.clip(own - np.asarray(shared_variance, dtype=float).ravel()[None, :], 0.0, None)
-    var = sd**2 + own
-    z = np.abs(y - mu) / np.sqrt(np.clip(var, 1e-24, None))
+    z = np.abs(y - mu) / np.clip(sd, 1e-12, None)
+    if noise_variance is not None:
+        z[np.atleast_2d(np.asarray(noise_variance, dtype=float)) > 0] = np.nan
     out = np.ones(y.shape[1])
     for i in range(y.shape[1]):
         zi = z[np.isfinite(z[:, i]), i]

@@ -594,7 +594,7 @@ class Experiment:
         self.store.put_told(self.key, [(ids[i], c, m[i], sd[i]) for c, m, sd in zip(coefficients, mean, std)
                                        for i in range(len(ids))])
 
-    def told_front_scale(self, C: np.ndarray, M: np.ndarray, kinds, noise, shared) -> np.ndarray:
+    def told_front_scale(self, C: np.ndarray, M: np.ndarray, kinds, noise) -> np.ndarray:
         """Per task, `surrogate.front_scale` from the adaptive points among (C, M) and what they were told."""
         told = self.store.told(self.key)
         ids = [self.task_identities[t] for t in self.tasks]
@@ -604,7 +604,7 @@ class Experiment:
                 key = coefficient_key(c)
                 for i, identity in enumerate(ids):
                     pairs[r, i] = told.get((identity, key), (np.nan, np.nan))
-        return front_scale(M, pairs[..., 0], pairs[..., 1], noise, shared)
+        return front_scale(M, pairs[..., 0], pairs[..., 1], noise)
 
     def result(self, front_points: int = 1000) -> ExploreResult:
         """Fit surrogates to the stored design points and compute the front (no model needed)."""
@@ -613,7 +613,7 @@ class Experiment:
         C, M = C[inside], M[inside]
         kinds = [k for k, keep in zip(kinds, inside) if keep]
         noise = how["noise_variance"][inside] if len(C) else None
-        scale = self.told_front_scale(C, M, kinds, noise, how["shared_variance"]) if len(C) else None
+        scale = self.told_front_scale(C, M, kinds, noise) if len(C) else None
         noise = noise if noise is not None and np.any(noise > 0) else None
         on_front = np.array([k == "adaptive" for k in kinds], dtype=bool) if len(kinds) else None
         need = n_quadratic_terms(len(self.tasks))
