@@ -53,6 +53,12 @@ def test_told_predictions_reach_stores_written_before_the_table_and_the_first_to
     s.put_told("e", [("t", [0.1, 0.30000000000000004], 0.9, 0.5)])
     assert Store(path, read_only=True).told("e") == {("t", coefficient_key([0.1, 0.3])): (0.52, 0.01)}
     assert s.count("e") == 1 and s.get("e", "t", [0.1, 0.3]) == 0.5
+    raw = sqlite3.connect(path)
+    raw.execute("UPDATE told SET std='x'")  # damaged by hand: named, not a traceback
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreError, match="old.sqlite.*not a finite number"):
+        Store(path, read_only=True).told("e")
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):

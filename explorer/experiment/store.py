@@ -453,7 +453,7 @@ class Store:
         if not self._read("SELECT 1 FROM sqlite_master WHERE type='table' AND name='told'"):
             return {}
         rows = self._read("SELECT task_identity, coeff_key, mean, std FROM told WHERE experiment=?", (experiment,))
-        return {(i, k): (float(m), float(s)) for i, k, m, s in rows}
+        return {(i, k): (self._number(m, experiment), self._number(s, experiment)) for i, k, m, s in rows}
 
     def count(self, experiment: str) -> int:
         return self._read("SELECT COUNT(*) FROM evaluations WHERE experiment=?", (experiment,), [(0,)])[0][0]
