@@ -153,6 +153,29 @@ def judge_picks(result, prefs, measure) -> dict:
             "pick_error": float(np.median(np.abs(pred - V)) * 100)}
 
 
+def run_arm(tb, setting, budget, prefs, split: str, measure, truth: bool) -> dict:
+    """One run of ours on a testbed: points, examples spent (the run's and the picks' full-set
+    verifications), the picks' real margin (with a dense truth) and coverage, the shown front's fidelity."""
+    t = tb.n_tasks
+    run = TestbedRun(tb, setting, budget, split=split)
+    start = time.perf_counter()
+    result = run_adaptive(run, budget, progress=False)
+    points = len(run.points)
+    picks = judge_picks(result, prefs, lambda C: np.array([run.evaluate(c, "verify") for c in C]))
+    spent = run.examples  # the run's and the picks' (measured on the full sets, through the run)
+    before = judge_front(result, measure)
+    result = run.result()  # the front after the picks' full-set scores corrected the subsamples' level
+    margin = tb.real_margin(picks["C"]) * 100 if truth else np.full(len(prefs), np.nan)
+    return {"setting": str(setting), "points": points, "examples": int(spent),
+            "share": spent / ((default_budget(t) + len(prefs)) * run.n_total * t),
+            "margin_mean": float(margin.mean()), "margin_max": float(margin.max()),
+            "pick_coverage": picks["pick_coverage"], "pick_error": picks["pick_error"], "V": picks["V"].tolist(),
+            **judge_front(result, measure), "before_picks": before,
+            "families": "".join(getattr(s, "family_", "?")[0] for s in result.surrogates.values()),
+            "front_scale": [float(getattr(s, "front_scale_", 1.0)) for s in result.surrogates.values()],
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
 def testbed_arms(kind: str, settings, log, split: str = "validation", done: dict | None = None, save=None,
                  equal_map: bool = True) -> dict:
     """One testbed: its validation split (300 images per task; picks judged by their real margin) or the
@@ -172,25 +195,11 @@ def testbed_arms(kind: str, settings, log, split: str = "validation", done: dict
         return tb.values(np.atleast_2d(C), split=split)
 
     def ours(setting, budget=None, label=None):
-        if (label or f"ours, examples: {setting}") in out["arms"]:  # measured by an interrupted run
-            return out["arms"][label or f"ours, examples: {setting}"]
-        run = TestbedRun(tb, setting, budget, split=split)
-        start = time.perf_counter()
-        result = run_adaptive(run, budget, progress=False)
-        points = len(run.points)
-        picks = judge_picks(result, prefs, lambda C: np.array([run.evaluate(c, "verify") for c in C]))
-        spent = run.examples  # the run's and the picks' (measured on the full sets, through the run)
-        before = judge_front(result, measure)
-        result = run.result()  # the front after the picks' full-set scores corrected the subsamples' level
-        margin = tb.real_margin(picks["C"]) * 100 if truth else np.full(len(prefs), np.nan)
-        arm = {"setting": str(setting), "points": points, "examples": int(spent),
-               "share": spent / ((default_budget(t) + len(prefs)) * full_point),
-               "margin_mean": float(margin.mean()), "margin_max": float(margin.max()),
-               "pick_coverage": picks["pick_coverage"], "pick_error": picks["pick_error"], "V": picks["V"].tolist(),
-               **judge_front(result, measure), "before_picks": before,
-               "seconds": round(time.perf_counter() - start, 1)}
-        out["arms"][label or f"ours, examples: {setting}"] = arm
-        log(f"{name} {label or setting}: { {k: v for k, v in arm.items() if k != 'V'} }")
+        label = label or f"ours, examples: {setting}"
+        if label in out["arms"]:  # measured by an interrupted run
+            return out["arms"][label]
+        arm = out["arms"][label] = run_arm(tb, setting, budget, prefs, split, measure, truth)
+        log(f"{name} {label}: { {k: v for k, v in arm.items() if k != 'V'} }")
         if save:
             save(out)
         return arm

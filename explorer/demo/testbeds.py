@@ -386,6 +386,18 @@ class Testbed:
         return len(self.tasks)
 
     @property
+    def weights_digest(self) -> str:
+        """SHA-256 (first 12 hex digits) of the base and expert weights. Why: training on another CPU can
+        round differently and build a different landscape from the same seed, so a benchmark result
+        names the build it measured."""
+        h = hashlib.sha256()
+        for name, params in [("base", self.base)] + [(t, self.experts[t]) for t in self.tasks]:
+            for k in sorted(params):
+                h.update(f"{name}.{k}".encode())
+                h.update(params[k].detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:12]
+
+    @property
     def merged_layers(self) -> tuple[str, ...]:
         return KINDS[self.kind].merged
 
