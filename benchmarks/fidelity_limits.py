@@ -14,7 +14,7 @@ them), per task, median |predicted − measured| of:
 4. nearby merges: each audit point measured again a small step away (`--step`, in coefficient units);
    median |difference| / √2 is the part of one measurement that merges that close do not share.
 
-    python -m benchmarks.fidelity_limits [--kinds fashion-relabel deep ...] [--split validation] [--dense 400]
+    python -m benchmarks.fidelity_limits [--kinds fashion-relabel deep ...] [--split validation] [--dense 400] [--build 0]
 
 Writes benchmarks/results/fidelity_limits[_<split>].{md,json}.
 """
@@ -37,8 +37,8 @@ from explorer.demo.testbeds import UNTUNED_KINDS, make_testbed  # noqa: E402
 from explorer.experiment.loop import run_adaptive  # noqa: E402
 
 
-def one_testbed(kind: str, split: str, dense: int, step: float, seed: int = 0) -> dict:
-    tb = make_testbed(kind, 8)
+def one_testbed(kind: str, split: str, dense: int, step: float, seed: int = 0, build: int = 0) -> dict:
+    tb = make_testbed(kind, 8, seed=build)
     result = run_adaptive(TestbedRun(tb, "full", None, split=split), None, progress=False)
 
     def measure(C):
@@ -72,7 +72,8 @@ def one_testbed(kind: str, split: str, dense: int, step: float, seed: int = 0) -
     u /= np.linalg.norm(u, axis=1, keepdims=True)
     near = np.clip(C_audit + step * u * width, lo, hi)
     nearby = np.median(np.abs(measure(near) - V_audit), axis=0) / np.sqrt(2) * 100
-    return {"testbed": kind + ("" if split == "validation" else f", {split}") + (" (untuned)" if kind in UNTUNED_KINDS else ""),
+    return {"testbed": kind + ("" if build == 0 else f" s{build}") + ("" if split == "validation" else f", {split}")
+            + (" (untuned)" if kind in UNTUNED_KINDS or build else ""), "digest": tb.weights_digest,
             "tasks": list(result.tasks), "points": int(len(result.samples)), "dense_points": int(len(C_dense)),
             "chosen": [getattr(result.surrogates[t], "family_", "?") for t in result.tasks],
             "shipped": shipped.tolist(), "quadratic": families["quadratic"], "kriging": families["kriging"],
@@ -85,12 +86,13 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="validation")
     ap.add_argument("--dense", type=int, default=400)
     ap.add_argument("--step", type=float, default=0.01)
+    ap.add_argument("--build", type=int, default=0, help="the testbeds' build seed (landscape_seeds.py's --seeds)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     args.out = args.out or ("fidelity_limits" + ("" if args.split == "validation" else f"_{args.split}"))
     out = []
     for kind in args.kinds:
-        out.append(one_testbed(kind, args.split, args.dense, args.step))
+        out.append(one_testbed(kind, args.split, args.dense, args.step, build=args.build))
         print(out[-1], flush=True)
     lines = [f"Per task, median |predicted − measured| (pts) at the {FIDELITY_POINTS} audited shown-front points: the "
              "shipped fit (family per task by the rule: q = quadratic, k = kriging); each family on every task, same "
