@@ -161,12 +161,14 @@ def test_an_adaptive_run_stores_what_each_round_told_and_calibrates_its_std_on_i
     final = exp.result()
     scale = np.array([final.surrogates[t].front_scale_ for t in exp.tasks])
     assert np.all(scale != 1.0)
-    np.testing.assert_allclose(scale, np.quantile(np.abs(z), NOMINAL_COVERAGE, axis=0) / 2)
+    wanted = np.quantile(np.abs(z), NOMINAL_COVERAGE, axis=0) / 2
+    np.testing.assert_allclose(scale, np.clip(wanted, 0.25, 20.0))  # the factor's range is capped at [0.25, 20]
     plain = fit_result(exp.tasks, final.samples, final.observed, exp.bounds, True, exp.spec.seed, front_points=50,
                        front_samples=np.array([kinds[i] == "adaptive" for i in range(len(kinds))]))
     X = final.front_coefficients[:20]
     np.testing.assert_allclose(final.predict(X, return_std=True)[1], plain.predict(X, return_std=True)[1] * scale, rtol=1e-6)
     inside = np.mean(np.abs(z) <= 2 * scale, axis=0)  # the quantile interpolates: within one error of the target
-    assert np.all(np.abs(inside - NOMINAL_COVERAGE) <= 1 / len(z) + 1e-9)
+    free = (wanted > 0.25) & (wanted < 20.0)
+    assert np.all(np.abs(inside[free] - NOMINAL_COVERAGE) <= 1 / len(z) + 1e-9)
     assert main(["run", str(spec), "--adaptive", "--budget", "40", "--no-progress"]) == 0  # resumes: nothing new
     assert exp.store.told(exp.key) == told
