@@ -13,9 +13,10 @@ measured| and the coverage. The summary counts the landscapes that meet the bars
 task ≤ 2 points; picks' coverage 80–95 %).
 
     python -m benchmarks.landscape_seeds [--kinds deep ...] [--seeds 0 1 2] [--settings full auto] [--resume]
+    python -m benchmarks.landscape_seeds --combine A.json B.json ... [--out NAME]   (arms run apart, one table)
 
 Writes benchmarks/results/landscape_seeds.{md,json}; an interrupted run resumes from
-landscape_seeds.partial.json with --resume.
+landscape_seeds.partial.json with --resume. Every landscape records the FIT_VERSION it was measured with.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.preferences import preferences  # noqa: E402
 from benchmarks.publish import publish  # noqa: E402
 from benchmarks.subsample import RESULTS, run_arm  # noqa: E402
+from explorer.core.result import FIT_VERSION  # noqa: E402
 from explorer.demo.testbeds import KINDS, UNTUNED_KINDS, make_testbed  # noqa: E402
 
 WORST_TASK_BAR = 2.0
@@ -41,8 +43,11 @@ COVERAGE_BAND = (0.80, 0.95)
 def landscape(kind: str, seed: int, settings, done: dict, save, log) -> dict:
     tb = make_testbed(kind, 8, seed=seed)
     key = f"{kind} s{seed}"
-    out = done.setdefault(key, {"kind": kind, "seed": seed, "digest": tb.weights_digest,
+    out = done.setdefault(key, {"kind": kind, "seed": seed, "digest": tb.weights_digest, "fit_version": FIT_VERSION,
                                 "untuned": kind in UNTUNED_KINDS or seed != 0, "arms": {}})
+    if out.get("fit_version", FIT_VERSION) != FIT_VERSION:
+        raise SystemExit(f"{key}: the partial results were measured with FIT_VERSION {out['fit_version']}, this code is "
+                         f"{FIT_VERSION}; rerun without --resume")
     if out["digest"] != tb.weights_digest:
         raise SystemExit(f"{key}: the partial results measured build {out['digest']}, this machine built "
                          f"{tb.weights_digest}; rerun without --resume")
@@ -65,7 +70,9 @@ def in_bars(arm: dict) -> tuple[bool, bool]:
 
 
 def markdown(done: dict, settings) -> list[str]:
-    lines = ["| landscape | build | arm | examples (share) | points | picks' margin mean / max | shown front: "
+    versions = sorted({str(r.get("fit_version", "?")) for r in done.values()})
+    lines = [f"Measured with FIT_VERSION {', '.join(versions)}.", "",
+             "| landscape | build | arm | examples (share) | points | picks' margin mean / max | shown front: "
              "median / worst task (pts), coverage | picks' coverage | families | front factor |",
              "|---|---|---|---:|---:|---:|---|---:|---|---|"]
     for key, r in done.items():
@@ -99,6 +106,19 @@ def markdown(done: dict, settings) -> list[str]:
     return lines
 
 
+def combine(parts: list[dict]) -> dict:
+    """One result from runs of other arms on the same builds and code (refuses a mismatch)."""
+    done: dict = {}
+    for part in parts:
+        for key, r in part.items():
+            have = done.setdefault(key, {**r, "arms": {}})
+            for field in ("digest", "fit_version"):
+                if have.get(field) != r.get(field):
+                    raise SystemExit(f"{key}: {field} {have.get(field)} in one file, {r.get(field)} in another")
+            have["arms"].update(r["arms"])
+    return done
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
@@ -106,7 +126,12 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", nargs="+", default=["full", "auto"])
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--out", default="landscape_seeds")
+    ap.add_argument("--combine", nargs="+", default=None, help="result or partial JSON files to join into one table")
     args = ap.parse_args(argv)
+    if args.combine:
+        done = combine([json.loads(Path(f).read_text()) for f in args.combine])
+        publish(args.out, done, markdown(done, args.settings))
+        return 0
     partial = RESULTS / f"{args.out}.partial.json"
     done = json.loads(partial.read_text()) if args.resume and partial.exists() else {}
 
