@@ -1,4 +1,6 @@
 """Quadratic + Gaussian-process surrogate: exact where MAP's quadratic is, better where it is not, honest std."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.stats import qmc
@@ -96,3 +98,26 @@ def test_accuracies_of_zero_and_one_stay_finite_under_the_logit_link():
         s.fit(C, y)
         mean, std = s.predict(C, return_std=True)
         assert np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all((mean >= 0) & (mean <= 1))
+
+
+def test_a_fixed_set_accuracy_is_not_explained_as_noise_beyond_its_binomial_variance():
+    """The 90 points an adaptive run placed on the untuned fashion-views seed-1 testbed (300 images per task),
+    and 40 points of its shown front measured on the full sets. Unbounded, the nugget of task `rot90` grew to
+    3× the binomial variance of 300 images and its front missed by 3.5 points (median); the issue's bar is 2
+    on every task."""
+    data = np.load(Path(__file__).parent / "fixtures" / "fashion_views_s1_design.npz")
+    worst = 0.0
+    for i in range(data["observed"].shape[1]):
+        s = KrigingSurrogate(bounds=data["bounds"]).fit(data["samples"], data["observed"][:, i])
+        worst = max(worst, float(np.median(np.abs(s.predict(data["audit"]) - data["measured"][:, i]))))
+    assert worst <= 0.02, f"worst task's median error along the front {worst * 100:.2f} points"
+
+
+def test_the_nugget_is_free_where_the_set_size_is_unknown():
+    """A loss (not k/n) keeps today's fit: the bound applies only to accuracies over a known number of examples."""
+    rng = np.random.default_rng(1)
+    C = rng.random((40, 2))
+    y = 1.0 + C.sum(axis=1) + 0.3 * rng.standard_normal(40)
+    s = KrigingSurrogate(higher_is_better=False, bounds=np.tile([0.0, 1.0], (2, 1))).fit(C, y)
+    assert s.nugget_cap_ == 1.0
+    assert s.noise_scale_ > 0.1  # the noise is explained as noise

@@ -17,10 +17,13 @@ def infer_n_examples(metric: np.ndarray, largest: int = 20000) -> int | None:
     y = np.asarray(metric, dtype=float).ravel()
     if y.size == 0 or np.any((y < 0) | (y > 1)):
         return None
-    n = np.arange(1, largest + 1)
-    frac = np.abs(np.outer(n, y) - np.round(np.outer(n, y)))
-    ok = np.flatnonzero(np.all(frac < 1e-6 * n[:, None], axis=1))
-    return int(n[ok[0]]) if ok.size else None
+    for start in range(1, largest + 1, 1024):  # in blocks: the usual set sizes are found in the first
+        n = np.arange(start, min(start + 1024, largest + 1))
+        frac = np.abs(np.outer(n, y) - np.round(np.outer(n, y)))
+        ok = np.flatnonzero(np.all(frac < 1e-6 * n[:, None], axis=1))
+        if ok.size:
+            return int(n[ok[0]])
+    return None
 
 
 def clip_for_link(link: str, metric: np.ndarray, n_examples: int | None = None) -> np.ndarray:
