@@ -81,10 +81,7 @@ def front_scale(measured: np.ndarray, told_mean: np.ndarray, told_std: np.ndarra
     Why: the left-out calibration covers the whole design, where errors run smaller than at new points
     on the front, and by task differently. Each adaptive round told a mean and std for the front points
     it chose before they were measured (NaN rows: points nobody was told about), which is what a pick
-    is: an unmeasured front point, measured on the full set. The factor is the split-conformal quantile
-    (the ⌈(m + 1)·target⌉-th smallest of m errors), so a new front point's error falls inside with at least
-    `target` probability; the plain empirical quantile of m = 20–60 errors covers only m·target/(m + 1) of
-    them and put the picks' coverage at 59–100 % on untuned testbeds. Only values measured on the full set count
+    is: an unmeasured front point, measured on the full set. Only values measured on the full set count
     (`noise_variance` 0, (n, T)): a subsample shares its level error with the subsamples the fit saw,
     so its error says little about a full-set measurement's. Metric units.
     """
@@ -95,9 +92,8 @@ def front_scale(measured: np.ndarray, told_mean: np.ndarray, told_std: np.ndarra
     out = np.ones(y.shape[1])
     for i in range(y.shape[1]):
         zi = z[np.isfinite(z[:, i]), i]
-        if len(zi) >= MIN_FRONT_ERRORS:  # the conformal quantile: a new error falls below the k-th of m with
-            k = min(len(zi), int(np.ceil((len(zi) + 1) * target)))  # probability k/(m + 1)
-            out[i] = float(np.clip(np.sort(zi)[k - 1] / 2, _CALIBRATION_GRID[0], _CALIBRATION_GRID[-1]))
+        if len(zi) >= MIN_FRONT_ERRORS:
+            out[i] = float(np.clip(np.quantile(zi, target) / 2, _CALIBRATION_GRID[0], _CALIBRATION_GRID[-1]))
     return out
 
 
