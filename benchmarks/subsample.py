@@ -3,6 +3,8 @@
     python -m benchmarks.subsample                 # both 8-task testbeds (hidden, deep): minutes
     python -m benchmarks.subsample --zoo           # also the 8-task demo zoo (real CLIP evaluations)
     python -m benchmarks.subsample --quick         # the hidden testbed only, fewer settings
+    python -m benchmarks.subsample --small --zoo   # the 300-image testbeds and the zoo, full and auto
+                                                   # (to subsample_small.{json,md})
     python -m benchmarks.subsample --untuned       # the two testbeds no constant was tuned on, apart
     python -m benchmarks.subsample --large         # the same two on 9,200 images per task, apart
     python -m benchmarks.subsample --llm-only      # the LLM demo (4 skills, exact match), added to the table
@@ -366,6 +368,8 @@ def main(argv=None) -> int:
     ap.add_argument("--zoo", action="store_true", help="also the 8-task demo zoo (real CLIP evaluations)")
     ap.add_argument("--zoo-only", action="store_true", help="only the zoo; keep the testbeds' rows of the last run")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--small", action="store_true",
+                    help="only the 300-image testbeds (deep, hidden; full and auto) and, with --zoo, the zoo: minutes")
     ap.add_argument("--llm-only", action="store_true",
                     help="only the LLM demo (examples/demo_llm.yaml); keep the other rows of the last run")
     ap.add_argument("--untuned", action="store_true",
@@ -380,6 +384,8 @@ def main(argv=None) -> int:
     ap.add_argument("--combine", nargs="+", metavar="JSON", help="only write the report of these runs' results together")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.small and out == RESULTS / "subsample":  # a part of the table: never over the whole one
+        out = RESULTS / "subsample_small"
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.combine:
         problems = [p for f in args.combine for p in json.loads(Path(f).read_text())]
@@ -422,6 +428,8 @@ def main(argv=None) -> int:
                 ("hidden", "validation", ["auto", 60], False), ("deep", "augmented", ["auto"], True)]
         if args.quick:
             plan = plan[:1]
+        if args.small:
+            plan = [("deep", "validation", ["auto"], False), ("hidden", "validation", ["auto"], False)]
         partial = out.with_suffix(".partial.json")
         saved = json.loads(partial.read_text()) if partial.exists() else []
 
