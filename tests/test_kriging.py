@@ -104,7 +104,7 @@ def test_a_fixed_set_accuracy_is_not_explained_as_noise_beyond_its_binomial_vari
     """The 90 points an adaptive run placed on the untuned fashion-views seed-1 testbed (300 images per task),
     and 40 points of its shown front measured on the full sets. Unbounded, the nugget of task `rot90` grew to
     3× the binomial variance of 300 images and its front missed by 3.5 points (median); the issue's bar is 2
-    on every task."""
+    on every task. (Made by tests/fixtures/make_fashion_views_s1_design.py.)"""
     data = np.load(Path(__file__).parent / "fixtures" / "fashion_views_s1_design.npz")
     worst = 0.0
     for i in range(data["observed"].shape[1]):
