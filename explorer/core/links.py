@@ -17,7 +17,7 @@ def infer_n_examples(metric: np.ndarray, largest: int = 20000) -> int | None:
     y = np.asarray(metric, dtype=float).ravel()
     if y.size == 0 or np.any((y < 0) | (y > 1)):
         return None
-    for start in range(1, largest + 1, 1024):  # in blocks: the usual set sizes are found in the first
+    for start in range(1, largest + 1, 1024):  # in blocks of 1024: the usual set sizes lie in the first
         n = np.arange(start, min(start + 1024, largest + 1))
         frac = np.abs(np.outer(n, y) - np.round(np.outer(n, y)))
         ok = np.flatnonzero(np.all(frac < 1e-6 * n[:, None], axis=1))
