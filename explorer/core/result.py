@@ -26,7 +26,7 @@ TRUST_RANGE_SHARE = 0.05
 
 #: Version of the surrogate and front code: part of the key of every cached front (front_cache.py).
 #: Bump it whenever a change to the fit or the front search changes the front for the same points.
-FIT_VERSION = "11"  # 11: the kriging nugget is bounded by the set's binomial variance (kriging._nugget_cap)
+FIT_VERSION = "12"  # 11: the kriging nugget is bounded by the set's binomial variance (kriging._nugget_cap); 12: not where the points do not outnumber the trend's terms
 
 
 @dataclass
