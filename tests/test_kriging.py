@@ -9,6 +9,7 @@ from explorer.core.design import sample_design
 from explorer.core.kriging import KrigingSurrogate
 from explorer.core.pareto import surrogate_objectives
 from explorer.core.links import clip_for_link, infer_n_examples
+from explorer.core.model_selection import fit_surrogate
 from explorer.core.surrogate import QuadraticSurrogate
 from explorer.demo.landscapes import make_landscape
 
@@ -135,3 +136,19 @@ def test_the_nugget_is_free_where_the_set_size_is_unknown():
     s = KrigingSurrogate(higher_is_better=False, bounds=np.tile([0.0, 1.0], (2, 1))).fit(C, y)
     assert s.nugget_cap_ == 1.0
     assert s.noise_scale_ > 0.1  # the noise is explained as noise
+
+
+def test_the_default_family_keeps_kriging_where_the_quadratic_wins_only_at_the_rounds_points():
+    """90 points of a full-set run on the untuned fashion-views testbed's 9,200 images per task, which of them
+    the rounds placed on the front, and 40 points of its shown front measured there. Until FIT_VERSION 13 the
+    default family took the quadratic for task `rot90` (lower left-out error at the rounds' points, which lie
+    where the std is largest) and the shown front missed by 2.11 points on it; kriging on the same points is
+    inside the issue's 2-point bar on every task. (Made by tests/fixtures/make_fashion_views_large_90.py.)"""
+    data = np.load(Path(__file__).parent / "fixtures" / "fashion_views_large_90.npz")
+    worst, families = 0.0, ""
+    for i in range(data["observed"].shape[1]):
+        s = fit_surrogate(data["samples"], data["observed"][:, i], True, data["bounds"], "auto",
+                          front_samples=data["on_front"])
+        families += s.family_[0]
+        worst = max(worst, float(np.median(np.abs(s.predict(data["audit"]) - data["measured"][:, i]))))
+    assert worst <= 0.02, f"worst task's median error along the front {worst * 100:.2f} points (families {families})"

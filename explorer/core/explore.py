@@ -47,7 +47,7 @@ def explore(
 
     design: "space_filling" (MAP: the whole budget on a space-filling design), "adaptive"
     (part of it on the predicted front, see explorer.core.adaptive) or "auto" (`default_design`).
-    family: surrogate family per task, "auto" (by left-out error), "quadratic" (MAP) or "kriging".
+    family: surrogate family per task, "auto" (kriging; the quadratic where kriging fails), "quadratic" (MAP) or "kriging".
 
     evaluate: takes a 1-D array of T coefficients, returns {task: metric}.
     bounds: one (lo, hi) pair for all tasks or one pair per task.

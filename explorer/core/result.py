@@ -26,7 +26,7 @@ TRUST_RANGE_SHARE = 0.05
 
 #: Version of the surrogate and front code: part of the key of every cached front (front_cache.py).
 #: Bump it whenever a change to the fit or the front search changes the front for the same points.
-FIT_VERSION = "12"  # 11: the kriging nugget is bounded by the set's binomial variance (kriging._nugget_cap); 12: not where the points do not outnumber the trend's terms
+FIT_VERSION = "13"  # 11: the kriging nugget is bounded by the set's binomial variance (kriging._nugget_cap); 12: not where the points do not outnumber the trend's terms; 13: family "auto" is kriging (model_selection)
 
 
 @dataclass
@@ -137,7 +137,7 @@ def trust_thresholds(observed: np.ndarray) -> np.ndarray:
 
 def fit_surrogates(tasks, samples, observed, bounds, senses, family: str = "auto", link: str = "auto",
                    front_samples=None, noise_variance=None, shared_variance=None, front_scale=None) -> dict:
-    """One surrogate per task (family chosen per task by left-out error when "auto").
+    """One surrogate per task ("auto": kriging, or the quadratic where kriging fails).
 
     front_samples: boolean mask of the samples that adaptive rounds placed on the predicted
     front; the family is chosen on their left-out error when there are enough of them.
@@ -215,7 +215,7 @@ def fit_result(
     sampled box, so the front never extrapolates. `front` restores the `front_*` arrays of a
     front computed before for exactly these inputs (the store's cache, see front_cache.py):
     no front search runs then; `surrogates` ({task: fitted surrogate}, from the same cache) skips
-    the fitting. `family`: "auto" (per task, the lower leave-one-out error), "quadratic" (MAP)
+    the fitting. `family`: "auto" (kriging, or the quadratic where kriging fails), "quadratic" (MAP)
     or "kriging" (see explorer.core.model_selection). `noise_variance` (n, T): each measurement's known
     sampling variance when it was made on a subsample of the task's examples (explorer.core.sampling);
     `shared_variance` (T,): per task, the variance of the level error those subsamples share
