@@ -140,7 +140,7 @@ def fit_surrogates(tasks, samples, observed, bounds, senses, family: str = "auto
     """One surrogate per task ("auto": kriging, or the quadratic where kriging fails).
 
     front_samples: boolean mask of the samples that adaptive rounds placed on the predicted
-    front; the family is chosen on their left-out error when there are enough of them.
+    front; each surrogate's `candidates_` reports its left-out error there.
     """
     noise = None if noise_variance is None else np.asarray(noise_variance, dtype=float).reshape(np.shape(observed))
     shared = np.zeros(len(tasks)) if shared_variance is None else np.asarray(shared_variance, dtype=float).ravel()
