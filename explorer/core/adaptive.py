@@ -6,8 +6,8 @@ front is where predictions are optimistic). Here a smaller space-filling design 
 over merge strengths (`design.strength_stratified_design`: in 8 dimensions a uniform design has
 almost no weak merges, where many-task fronts often lie); then, in rounds,
 
-1. one surrogate per task is fitted to everything measured so far (family chosen per task by
-   leave-one-out error, see explorer.core.model_selection) and their front is computed;
+1. one surrogate per task is fitted to everything measured so far (kriging by default, see
+   explorer.core.model_selection) and their front is computed;
 2. front points are scored by their largest predictive std over tasks, relative to the std the
    surrogates must reach to vouch for a point (`explorer.core.result.trust_thresholds`);
 3. a batch is picked greedily, each pick damping the scores around it (and around every measured
@@ -15,8 +15,8 @@ almost no weak merges, where many-task fronts often lie); then, in rounds,
 4. the batch is measured; before refitting, its error under the previous surrogates is the
    held-out error on the front: when its RMS falls below `tol` (metric units), sampling stops.
 
-The points placed on the front are marked ("adaptive"); their left-out errors choose each task's
-surrogate family for the final fit (`explorer.core.model_selection.fit_surrogate`). Runs of a spec
+The points placed on the front are marked ("adaptive"); what the rounds told about them before they
+were measured calibrates the final fit's std (`surrogate.front_scale`). Runs of a spec
 go through the store in explorer.experiment.loop. Unlike MAP's
 reference Bayesian mode, every measurement is kept, acquisition is a deterministic argmax, and
 regions with no samples have the largest std, so they are explored rather than ignored.
