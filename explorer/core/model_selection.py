@@ -6,7 +6,7 @@ residual (`KrigingSurrogate`) follows what the quadratic misses and says how uns
 nests the quadratic (residual scale b → 0) and its left-out density already decides how much
 residual to model, so "auto" is kriging; the quadratic stands in only where kriging's fit fails.
 Until FIT_VERSION 13 "auto" took the quadratic wherever its left-out error at the front points was
-lower; it did so in 5 of 58 measured 8-task runs, and all 5 missed the 2-point bar on their worst
+lower; it did so in 5 of 76 recorded 8-task runs, and all 5 missed the 2-point bar on their worst
 task. Where that task was measured alone, kriging on the same points was inside the bar (fashion-relabel
 `cycle1` 1.60 against 2.18, benchmarks/fidelity_limits.py; fashion-views large `rot90` 0.87 against
 2.11). The rounds' front points lie where the std is largest, not where the front is shown
