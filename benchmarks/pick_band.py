@@ -95,7 +95,8 @@ def coverage(r: dict, factor: np.ndarray) -> np.ndarray:
 
 def markdown(done: list[dict]) -> str:
     lo, hi = COVERAGE_BAND
-    cov = {rule: np.array([coverage(r, factors(r)[rule]).mean() for r in done]) for rule in RULES}
+    rule_factors = [factors(r) for r in done]
+    cov = {rule: np.array([coverage(r, f[rule]).mean() for r, f in zip(done, rule_factors)]) for rule in RULES}
     lines = [f"Measured with FIT_VERSION {', '.join(sorted({str(r['fit_version']) for r in done}))}; "
              f"{len(done)} landscapes, full sets, 10 picks × 8 tasks each.", "",
              "| landscape | build | " + " | ".join(RULES) + " | std told in the rounds / at the picks (pts) |",
@@ -111,7 +112,7 @@ def markdown(done: list[dict]) -> str:
                      f"{c.mean():.1%} | {c.min():.0%} |")
     rng = np.random.default_rng(0)
     within = [np.std([per[rng.integers(0, len(per), len(per))].mean() for _ in range(2000)])
-              for per in (coverage(r, factors(r)["shipped"]) for r in done)]
+              for per in (coverage(r, f["shipped"]) for r, f in zip(done, rule_factors))]
     lines += ["", f"Shipped rule: the picks' coverage varies between landscapes by {np.std(cov['shipped']):.1%} (std); "
               f"resampling one landscape's 10 picks moves it by {np.median(within):.1%} (median bootstrap std). "
               "The rounds measure where the std is largest, the picks lie where it is smallest."]

@@ -101,16 +101,28 @@ def test_accuracies_of_zero_and_one_stay_finite_under_the_logit_link():
         assert np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all((mean >= 0) & (mean <= 1))
 
 
+def worst_front_error(fixture: str, fit) -> tuple[float, str, dict]:
+    """A shipped run's points and its measured shown front (tests/fixtures): the worst task's median
+    |predicted − measured| when each task is fitted by `fit(data, i)`, with the families used."""
+    data = np.load(Path(__file__).parent / "fixtures" / fixture)
+    worst, families = 0.0, ""
+    for i in range(data["observed"].shape[1]):
+        s = fit(data, i)
+        families += getattr(s, "family_", "kriging")[0]
+        worst = max(worst, float(np.median(np.abs(s.predict(data["audit"]) - data["measured"][:, i]))))
+    return worst, families, data
+
+
+def kriging_fit(data, i):
+    return KrigingSurrogate(bounds=data["bounds"]).fit(data["samples"], data["observed"][:, i])
+
+
 def test_a_fixed_set_accuracy_is_not_explained_as_noise_beyond_its_binomial_variance():
     """The 90 points an adaptive run placed on the untuned fashion-views seed-1 testbed (300 images per task),
     and 40 points of its shown front measured on the full sets. Unbounded, the nugget of task `rot90` grew to
     3× the binomial variance of 300 images and its front missed by 3.5 points (median); the issue's bar is 2
     on every task. (Made by tests/fixtures/make_fashion_views_s1_design.py.)"""
-    data = np.load(Path(__file__).parent / "fixtures" / "fashion_views_s1_design.npz")
-    worst = 0.0
-    for i in range(data["observed"].shape[1]):
-        s = KrigingSurrogate(bounds=data["bounds"]).fit(data["samples"], data["observed"][:, i])
-        worst = max(worst, float(np.median(np.abs(s.predict(data["audit"]) - data["measured"][:, i]))))
+    worst, _, _ = worst_front_error("fashion_views_s1_design.npz", kriging_fit)
     assert worst <= 0.02, f"worst task's median error along the front {worst * 100:.2f} points"
 
 
@@ -119,12 +131,8 @@ def test_the_nugget_stays_free_where_the_points_do_not_outnumber_the_trend():
     per task, and 40 points of its shown front measured there. With the nugget bounded by the binomial variance
     there, the left-out density chose an interpolating fit and the front missed by 11 points on one task.
     (Made by tests/fixtures/make_fashion_views_large_45.py.)"""
-    data = np.load(Path(__file__).parent / "fixtures" / "fashion_views_large_45.npz")
+    worst, _, data = worst_front_error("fashion_views_large_45.npz", kriging_fit)
     assert len(data["samples"]) == 45
-    worst = 0.0
-    for i in range(data["observed"].shape[1]):
-        s = KrigingSurrogate(bounds=data["bounds"]).fit(data["samples"], data["observed"][:, i])
-        worst = max(worst, float(np.median(np.abs(s.predict(data["audit"]) - data["measured"][:, i]))))
     assert worst <= 0.02, f"worst task's median error along the front {worst * 100:.2f} points"
 
 
@@ -144,11 +152,7 @@ def test_the_default_family_keeps_kriging_where_the_quadratic_wins_only_at_the_r
     default family took the quadratic for task `rot90` (lower left-out error at the rounds' points, which lie
     where the std is largest) and the shown front missed by 2.11 points on it; kriging on the same points is
     inside the issue's 2-point bar on every task. (Made by tests/fixtures/make_fashion_views_large_90.py.)"""
-    data = np.load(Path(__file__).parent / "fixtures" / "fashion_views_large_90.npz")
-    worst, families = 0.0, ""
-    for i in range(data["observed"].shape[1]):
-        s = fit_surrogate(data["samples"], data["observed"][:, i], True, data["bounds"], "auto",
-                          front_samples=data["on_front"])
-        families += s.family_[0]
-        worst = max(worst, float(np.median(np.abs(s.predict(data["audit"]) - data["measured"][:, i]))))
+    worst, families, _ = worst_front_error(
+        "fashion_views_large_90.npz", lambda data, i: fit_surrogate(data["samples"], data["observed"][:, i], True,
+                                                                    data["bounds"], "auto", front_samples=data["on_front"]))
     assert worst <= 0.02, f"worst task's median error along the front {worst * 100:.2f} points (families {families})"
