@@ -45,11 +45,20 @@ def cli(*args, env=None, check=None):
 def rows(store):
     if not Path(store).exists():
         return []
+    data = Path(store).read_bytes()
+    if not data.startswith(b"SQLite format 3\x00"):  # not a store (yet): compare its bytes instead
+        return [data]
+    # a store being written is waited for (a lock is an OperationalError, which is a DatabaseError: it
+    # must not pass for "not a store"); any other error, a damaged store among them, fails the test
+    conn = sqlite3.connect(store, timeout=60)
     try:
-        with sqlite3.connect(store) as conn:
-            return conn.execute("SELECT experiment, task_identity, coeff_key, value FROM evaluations ORDER BY 1,2,3").fetchall()
-    except sqlite3.DatabaseError:  # not a store (yet): compare its bytes instead
-        return [Path(store).read_bytes()]
+        return conn.execute("SELECT experiment, task_identity, coeff_key, value FROM evaluations ORDER BY 1,2,3").fetchall()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):  # created, its tables not yet
+            return []
+        raise
+    finally:
+        conn.close()
 
 
 def test_run_prints_references_r2_and_front(toy):
