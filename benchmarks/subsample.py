@@ -24,6 +24,7 @@ Rivals at equal examples: (b) full-set MAP given as many points as the subsample
 (MAP needs at least (T+1)(T+2)/2 = 45 at 8 tasks: when fewer are bought, it runs at 45 and its row
 says so), (c) optuna's TPE on the same subsample (every trial on the auto design's count), its pick
 per preference the best measured trial by the achievement function, measured on the full set.
+On the demos both rivals run through real `Experiment`s as ours do (`demo_tpe_arm`).
 Testbeds judge picks by their real margin (how much every task could gain at once, dense real
 search: 0 = on the front); the zoo, without a truth, by the achievement on measured values.
 Writes benchmarks/results/subsample.{json,md}.
@@ -208,6 +209,9 @@ def testbed_arms(kind: str, settings, log, split: str = "validation", done: dict
 
     full = ours("full")
     for setting in settings:
+        if isinstance(setting, tuple):  # (examples, points): another split of the same examples
+            arm = ours(setting[0], setting[1], label=f"ours, examples: {setting[0]}, {setting[1]} points")
+            continue
         arm = ours(setting)
         if setting == "auto":
             # (b) full-set MAP at equal examples: as many full points as the subsampled run's examples buy
@@ -272,6 +276,44 @@ def tpe_arm(tb, examples: int, prefs, measure, n_total: int, log, split: str = "
     return arm
 
 
+def demo_tpe_arm(exp, examples: int, prefs, log) -> dict:
+    """(c) on a demo: optuna's TPE through a real Experiment set to `examples: auto`, every trial measured
+    as a design point (the auto design's prefix of each task), as many trials as `examples` buy once the
+    picks are paid for; its pick per preference is the best trial by the achievement on those values,
+    then measured on the full sets."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if np.any(exp.senses < 0):
+        raise SystemExit("the TPE rival assumes every metric is maximised")
+    t = len(exp.tasks)
+    full_point = sum(exp.n_examples(task) for task in exp.tasks)
+    per_trial = sum(examples_for("auto", exp.n_examples(task), "design") for task in exp.tasks)
+    trials = max(1, int((examples - len(prefs) * full_point) // per_trial))
+    study = optuna.create_study(directions=["maximize"] * t, sampler=optuna.samplers.TPESampler(seed=0))
+    lo, hi = exp.bounds[:, 0], exp.bounds[:, 1]
+    C, V = [], []
+
+    def objective(trial):
+        c = np.array([trial.suggest_float(f"c{i}", float(lo[i]), float(hi[i])) for i in range(t)])
+        v = exp.evaluate(c, "design")
+        C.append(c)
+        V.append(v)
+        return [float(x) for x in v]
+
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=trials)
+    C, V = np.array(C), np.array(V)
+    picks = np.array([C[pick_measured(V, w, V)] for w in prefs])
+    measured = np.array([exp.evaluate(c, "verify") for c in picks])
+    arm = {"setting": "TPE, auto's design examples per trial", "points": trials,
+           "examples": int(trials * per_trial + len(prefs) * full_point), "V": measured.tolist(),
+           "seconds": round(time.perf_counter() - start, 1)}
+    log(f"TPE: { {k: v for k, v in arm.items() if k != 'V'} }")
+    exp.release()
+    return arm
+
+
 def zoo_arms(spec: Path, store: Path, settings, log, name: str = "8-task demo zoo", resume: bool = False) -> dict:
     """A demo (the 8-task zoo, the LLM demo) through real `Experiment`s (the shipped path), one store per arm.
 
@@ -290,16 +332,20 @@ def zoo_arms(spec: Path, store: Path, settings, log, name: str = "8-task demo zo
         return {k: str((spec.parent / v).resolve()) if isinstance(v, str) and (spec.parent / v).is_file() else v
                 for k, v in params.items()}
 
-    every = []
     prefs = preferences(len(doc["tasks"]))
-    for setting in ["full", *settings]:
-        path = store.parent / f"{spec.stem}-subsample-{setting}.yaml"
+
+    def experiment(setting, budget=None, tag=None):
+        """A fresh (unless `resume`) Experiment of the demo with `evaluation.examples: setting`."""
+        tag = tag or str(setting)
+        path = store.parent / f"{spec.stem}-subsample-{tag}.yaml"
         d = dict(doc)
         d["evaluation"] = {"examples": setting}
+        if budget is not None:
+            d["budget"] = int(budget)
         # one store per arm: the evaluation setting is not part of the experiment's key (values on the
         # full set are the same whatever the setting), so a shared store would serve one arm the other's
-        d["store"] = str(store.parent / (f"subsample-{setting}.sqlite" if spec.stem == "demo8" else
-                                         f"{spec.stem}-subsample-{setting}.sqlite"))
+        d["store"] = str(store.parent / (f"subsample-{tag}.sqlite" if spec.stem == "demo8" else
+                                         f"{spec.stem}-subsample-{tag}.sqlite"))
         d["model"] = {**doc["model"], **{k: str((spec.parent / v).resolve()) for k, v in doc["model"].items()
                                          if k in ("base", "config_dir")}}
         d["tasks"] = {t: {**ts, "checkpoint": str((spec.parent / ts["checkpoint"]).resolve()),
@@ -308,9 +354,12 @@ def zoo_arms(spec: Path, store: Path, settings, log, name: str = "8-task demo zo
         if not resume:
             for old in Path(d["store"]).parent.glob(Path(d["store"]).name + "*"):  # the file, its -wal and -shm
                 old.unlink()
-        exp = Experiment.from_file(path)
+        return Experiment.from_file(path)
+
+    def ours(setting, budget=None, label=None, tag=None):
+        exp = experiment(setting, budget, tag)
         start = time.perf_counter()
-        result = exp.run(progress=False)
+        result = exp.run(budget=budget, progress=False)
         n = {t: exp.n_examples(t) for t in exp.tasks}
         full_point = sum(n.values())
         C, _, kinds, how = exp.measured_examples()
@@ -331,11 +380,27 @@ def zoo_arms(spec: Path, store: Path, settings, log, name: str = "8-task demo zo
         arm = {"setting": str(setting), "points": len(run), "examples": spent,
                "share": None, **{k: picks[k] for k in ("pick_coverage", "pick_error")}, **fid,
                "before_picks": before, "seconds": round(time.perf_counter() - start, 1), "V": picks["V"].tolist()}
-        out["arms"][f"ours, examples: {setting}"] = arm
-        every.append(picks["V"])
-        log(f"{name} {setting}: { {k: v for k, v in arm.items() if k != 'V'} }")
+        out["arms"][label or f"ours, examples: {setting}"] = arm
+        log(f"{name} {label or setting}: { {k: v for k, v in arm.items() if k != 'V'} }")
         exp.release()
-    allv = np.vstack(every)
+        return arm, full_point
+
+    full, full_point = ours("full")
+    for setting in settings:
+        arm, _ = ours(setting)
+        if setting != "auto":
+            continue
+        # (b) full-set MAP at equal examples: as many full points as the subsampled run's examples buy
+        points = int(arm["examples"] // full_point) - len(prefs)
+        budget = max(points, n_quadratic_terms(len(doc["tasks"])))
+        b, _ = ours("full", budget, tag="full-equal",
+                    label=f"full-set MAP at equal examples ({budget} points"
+                          f"{'' if budget == points else f'; {points} would not fit a quadratic'})")
+        b["bought_points"] = points
+        # (c) TPE on the same subsample (the auto design's examples per trial), same examples
+        out["arms"]["TPE, same subsample, equal examples"] = demo_tpe_arm(experiment("auto", tag="tpe"), arm["examples"],
+                                                                          prefs, log)
+    allv = np.vstack([np.asarray(a["V"]) for a in out["arms"].values()])
     full = out["arms"]["ours, examples: full"]
     for name, arm in out["arms"].items():
         arm["share"] = arm["examples"] / full["examples"]
@@ -408,7 +473,9 @@ def main(argv=None) -> int:
             partial.write_text(json.dumps(saved, indent=1))
 
         # on 9,200 images auto measures 1,101 per design point: fixed counts below it show where it breaks
-        split, settings, equal = ("large", ["auto", 1000, 500], True) if args.large else ("validation", ["auto"], False)
+        # (500, 180): twice the points on half the examples, at the cost of the 1,000-example arm
+        split, settings, equal = (("large", ["auto", 1000, 500, (500, 180)], True) if args.large
+                                  else ("validation", ["auto"], False))
         for kind in UNTUNED_KINDS:
             label = f"testbed {kind} T = 8" + ("" if split == "validation" else f", {split}")
             done = next((p for p in saved if p["problem"] == label or p["problem"].startswith(label + " (")), None)
@@ -424,8 +491,8 @@ def main(argv=None) -> int:
         problems = [p for p in json.loads(out.with_suffix(".json").read_text()) if p["problem"].startswith("testbed")]
     elif not args.zoo_only:
         # most informative first; every arm is saved as it finishes, and a rerun skips finished arms
-        plan = [("hidden", "augmented", ["auto", 300, 600, 1000], True), ("deep", "validation", ["auto"], False),
-                ("hidden", "validation", ["auto", 60], False), ("deep", "augmented", ["auto"], True)]
+        plan = [("hidden", "augmented", ["auto", 300, 600, 1000], True), ("deep", "validation", ["auto"], True),
+                ("hidden", "validation", ["auto", 60], True), ("deep", "augmented", ["auto"], True)]
         if args.quick:
             plan = plan[:1]
         if args.small:
