@@ -3,13 +3,14 @@
 The analytic smooth landscape (T = 8, seed 0) is the cheapest 8-task problem with exact truth: the
 default engine (`explorer.explore`: the adaptive design from 4 tasks on, surrogate family per
 task) spends its 2P = 90 evaluations, then the shown (trusted) front is measured at 40 thinned
-points, as `benchmarks/run.py` does. README row "analytic T = 8 (smooth / sharp)": median
-|pred − meas| 0.22, worst task's median 0.43, ±2 std coverage 96 % (98 % since FIT_VERSION 9); picks at N₁: mean real
-margin 0.12 points (`benchmarks/results/benchmark-partial.md`; 0.06 since FIT_VERSION 10). The bounds
-below hold on every run of `benchmarks/claims_spread.py` (4 landscape seeds × OpenBLAS's Haswell and
-SkylakeX kernels: median 0.14–0.25, worst task 0.23–0.43, coverage 92–98 %, picks' mean margin
-0.03–0.09, worst pick 0.43), so they do not depend on the machine's BLAS kernel; the coverage band is
-the issue's, widened on top to 99 %.
+points, as `benchmarks/run.py` does. README row "analytic T = 8 (smooth / sharp)" (FIT_VERSION 13): median
+|pred − meas| 0.22, worst task's median 0.35, ±2 std coverage 96 %; picks at N₁: mean real margin 0.05
+points (`benchmarks/results/benchmark-partial.md`). This seed meets the bounds below on both of
+OpenBLAS's Haswell and SkylakeX kernels (`benchmarks/claims_spread.py`), so they do not depend on the
+machine's BLAS kernel. Over its 4 landscape seeds × 2 kernels the front's bounds hold on every run
+(median 0.16–0.22, worst task 0.23–0.43, coverage 92–98 %), the picks' not: seed 1 on Haswell has
+mean 0.15 and worst pick 0.80 (0.43 with FIT_VERSION 10). The coverage band is the issue's, widened
+on top to 99 %.
 """
 import numpy as np
 import pytest
@@ -50,13 +51,13 @@ def test_shown_front_error_matches_readme(shown_front):
     error, _ = shown_front
     assert len(error) == POINTS
     assert np.median(error) <= 0.26  # README: 0.22 points
-    assert np.median(error, axis=0).max() <= 0.50  # README: worst task's median 0.43 points
+    assert np.median(error, axis=0).max() <= 0.50  # README: worst task's median 0.35 points
 
 
 def test_two_std_coverage_within_band(shown_front):
     error, std = shown_front
     coverage = np.mean(error <= 2 * std)
-    assert 0.80 <= coverage <= 0.99  # README: 98 % (FIT_VERSION 9)
+    assert 0.80 <= coverage <= 0.99  # README: 96 % (FIT_VERSION 13)
 
 
 def test_picks_are_close_to_the_exact_front(explored):
@@ -64,5 +65,5 @@ def test_picks_are_close_to_the_exact_front(explored):
     _, front = land.true_front(1000)
     picks = np.array([result.decide(w).coefficients for w in preferences(8)])
     margins = 100 * np.array([exact_margin(land, c, front) for c in picks])
-    assert margins.mean() <= 0.15  # README: 0.06–0.09 points at N₁ (0.34 on one kernel before FIT_VERSION 10; plain MAP: 3.49)
+    assert margins.mean() <= 0.15  # README: 0.05 points at N₁ (0.34 on one kernel before FIT_VERSION 10; plain MAP: 4.68 over both analytic 8-task landscapes)
     assert margins.max() <= 0.6
