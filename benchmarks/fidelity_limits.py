@@ -37,6 +37,32 @@ from explorer.demo.testbeds import UNTUNED_KINDS, make_testbed  # noqa: E402
 from explorer.experiment.loop import run_adaptive  # noqa: E402
 
 
+def audit_rows(result) -> tuple[np.ndarray, np.ndarray]:
+    """(the shown front's rows, the FIDELITY_POINTS of them the audit measures), as
+    `benchmarks.subsample.judge_front` picks them."""
+    rows = np.flatnonzero(result.front_trusted) if np.any(result.front_trusted) else np.arange(len(result.front_predicted))
+    return rows, rows[thin(result.front_predicted[rows], min(FIDELITY_POINTS, len(rows)), 0)]
+
+
+def dense_points(result, rows: np.ndarray, dense: int, rng) -> np.ndarray:
+    """The run's points plus `dense` more scattered around its front's `rows` (std 0.05 box widths)."""
+    lo, hi = result.bounds[:, 0], result.bounds[:, 1]
+    around = result.front_coefficients[rng.choice(rows, dense)] + rng.normal(0, 0.05, (dense, len(lo))) * (hi - lo)
+    return np.vstack([result.samples, np.clip(around, lo, hi)])
+
+
+def dense_fit_error(result, C_dense, V_dense, C_audit, V_audit, noise=None) -> np.ndarray:
+    """Per task, median |predicted − measured| (pts) at the audit points of the run's family per task
+    fitted to the dense points' values (`noise`: their known variances, (n, T))."""
+    errs = []
+    for i, t in enumerate(result.tasks):
+        family = getattr(result.surrogates[t], "family_", "kriging")
+        s = make_surrogate(family, bool(result.senses[i] > 0), result.bounds, "auto").fit(
+            C_dense, V_dense[:, i], noise_variance=None if noise is None else noise[:, i])
+        errs.append(float(np.median(np.abs(s.predict(C_audit) - V_audit[:, i])) * 100))
+    return np.array(errs)
+
+
 def one_testbed(kind: str, split: str, dense: int, step: float, seed: int = 0, build: int = 0) -> dict:
     tb = make_testbed(kind, 8, seed=build)
     result = run_adaptive(TestbedRun(tb, "full", None, split=split), None, progress=False)
@@ -44,8 +70,7 @@ def one_testbed(kind: str, split: str, dense: int, step: float, seed: int = 0, b
     def measure(C):
         return tb.values(np.atleast_2d(C), split=split)
 
-    rows = np.flatnonzero(result.front_trusted) if np.any(result.front_trusted) else np.arange(len(result.front_predicted))
-    audit = rows[thin(result.front_predicted[rows], min(FIDELITY_POINTS, len(rows)), 0)]
+    rows, audit = audit_rows(result)
     C_audit = result.front_coefficients[audit]
     V_audit = measure(C_audit)
     shipped = np.median(np.abs(result.front_predicted[audit] - V_audit), axis=0) * 100
@@ -53,20 +78,14 @@ def one_testbed(kind: str, split: str, dense: int, step: float, seed: int = 0, b
     rng = np.random.default_rng(seed)
     lo, hi = result.bounds[:, 0], result.bounds[:, 1]
     width = hi - lo
-    around = result.front_coefficients[rng.choice(rows, dense)] + rng.normal(0, 0.05, (dense, len(lo))) * width
-    around = np.clip(around, lo, hi)
-    C_dense = np.vstack([result.samples, around])
-    V_dense = np.vstack([result.observed, measure(around)])
+    C_dense = dense_points(result, rows, dense, rng)
+    V_dense = np.vstack([result.observed, measure(C_dense[len(result.samples):])])
     families = {}
     for family in ("quadratic", "kriging"):
         families[family] = [np.median(np.abs(make_surrogate(family, bool(result.senses[i] > 0), result.bounds, "auto")
                                              .fit(result.samples, result.observed[:, i]).predict(C_audit) - V_audit[:, i])) * 100
                             for i in range(len(result.tasks))]
-    dense_err = []
-    for i, t in enumerate(result.tasks):
-        family = getattr(result.surrogates[t], "family_", "kriging")
-        s = make_surrogate(family, bool(result.senses[i] > 0), result.bounds, "auto").fit(C_dense, V_dense[:, i])
-        dense_err.append(np.median(np.abs(s.predict(C_audit) - V_audit[:, i])) * 100)
+    dense_err = dense_fit_error(result, C_dense, V_dense, C_audit, V_audit)
 
     u = rng.normal(size=C_audit.shape)
     u /= np.linalg.norm(u, axis=1, keepdims=True)

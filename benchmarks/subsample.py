@@ -245,29 +245,41 @@ def score_by_achievement(out: dict, prefs) -> None:
                                             for i, w in enumerate(prefs)]))
 
 
-def tpe_arm(tb, examples: int, prefs, measure, n_total: int, log, split: str = "validation", truth: bool = True) -> dict:
+def tpe_picks(measure, lo, hi, trials: int, prefs) -> np.ndarray:
+    """(c)'s search, shared by the testbeds and the demos: optuna's TPE (seed 0) maximising every task's
+    value `measure(c)` over `trials` trials in the box [lo, hi]; per preference, the best measured trial
+    by the achievement function on those values (picks, (len(prefs), T))."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    t = tb.n_tasks
-    n = examples_for("auto", n_total, "design")
-    orders = [example_order(n_total, f"testbed:{task}") for task in tb.tasks]
-    trials = max(1, int((examples - len(prefs) * n_total * t) // (n * t)))
+    t = len(lo)
     study = optuna.create_study(directions=["maximize"] * t, sampler=optuna.samplers.TPESampler(seed=0))
     C, V = [], []
 
     def objective(trial):
-        c = np.array([trial.suggest_float(f"c{i}", 0.0, 1.0) for i in range(t)])
-        scores = tb.values(c[None], split=split, per_example=True)[0]
-        v = [float(scores[i, orders[i][:n]].mean()) for i in range(t)]
+        c = np.array([trial.suggest_float(f"c{i}", float(lo[i]), float(hi[i])) for i in range(t)])
+        v = [float(x) for x in measure(c)]
         C.append(c)
         V.append(v)
         return v
 
-    start = time.perf_counter()
     study.optimize(objective, n_trials=trials)
     C, V = np.array(C), np.array(V)
-    picks = np.array([C[pick_measured(V, w, V)] for w in prefs])
+    return np.array([C[pick_measured(V, w, V)] for w in prefs])
+
+
+def tpe_arm(tb, examples: int, prefs, measure, n_total: int, log, split: str = "validation", truth: bool = True) -> dict:
+    t = tb.n_tasks
+    n = examples_for("auto", n_total, "design")
+    orders = [example_order(n_total, f"testbed:{task}") for task in tb.tasks]
+    trials = max(1, int((examples - len(prefs) * n_total * t) // (n * t)))
+
+    def on_subsample(c):
+        scores = tb.values(c[None], split=split, per_example=True)[0]
+        return [scores[i, orders[i][:n]].mean() for i in range(t)]
+
+    start = time.perf_counter()
+    picks = tpe_picks(on_subsample, np.zeros(t), np.ones(t), trials, prefs)
     margin = tb.real_margin(picks) * 100 if truth else np.full(len(prefs), np.nan)
     arm = {"setting": f"TPE, {n} examples per trial", "points": trials, "examples": int(trials * n * t + len(prefs) * n_total * t),
            "margin_mean": float(margin.mean()), "margin_max": float(margin.max()), "V": measure(picks).tolist(),
@@ -277,34 +289,16 @@ def tpe_arm(tb, examples: int, prefs, measure, n_total: int, log, split: str = "
 
 
 def demo_tpe_arm(exp, examples: int, prefs, log) -> dict:
-    """(c) on a demo: optuna's TPE through a real Experiment set to `examples: auto`, every trial measured
+    """(c) on a demo: `tpe_picks` through a real Experiment set to `examples: auto`, every trial measured
     as a design point (the auto design's prefix of each task), as many trials as `examples` buy once the
-    picks are paid for; its pick per preference is the best trial by the achievement on those values,
-    then measured on the full sets."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    picks are paid for; the picks are then measured on the full sets."""
     if np.any(exp.senses < 0):
         raise SystemExit("the TPE rival assumes every metric is maximised")
-    t = len(exp.tasks)
     full_point = sum(exp.n_examples(task) for task in exp.tasks)
     per_trial = sum(examples_for("auto", exp.n_examples(task), "design") for task in exp.tasks)
     trials = max(1, int((examples - len(prefs) * full_point) // per_trial))
-    study = optuna.create_study(directions=["maximize"] * t, sampler=optuna.samplers.TPESampler(seed=0))
-    lo, hi = exp.bounds[:, 0], exp.bounds[:, 1]
-    C, V = [], []
-
-    def objective(trial):
-        c = np.array([trial.suggest_float(f"c{i}", float(lo[i]), float(hi[i])) for i in range(t)])
-        v = exp.evaluate(c, "design")
-        C.append(c)
-        V.append(v)
-        return [float(x) for x in v]
-
     start = time.perf_counter()
-    study.optimize(objective, n_trials=trials)
-    C, V = np.array(C), np.array(V)
-    picks = np.array([C[pick_measured(V, w, V)] for w in prefs])
+    picks = tpe_picks(lambda c: exp.evaluate(c, "design"), exp.bounds[:, 0], exp.bounds[:, 1], trials, prefs)
     measured = np.array([exp.evaluate(c, "verify") for c in picks])
     arm = {"setting": "TPE, auto's design examples per trial", "points": trials,
            "examples": int(trials * per_trial + len(prefs) * full_point), "V": measured.tolist(),
@@ -385,7 +379,7 @@ def zoo_arms(spec: Path, store: Path, settings, log, name: str = "8-task demo zo
         exp.release()
         return arm, full_point
 
-    full, full_point = ours("full")
+    _, full_point = ours("full")
     for setting in settings:
         arm, _ = ours(setting)
         if setting != "auto":

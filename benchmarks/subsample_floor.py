@@ -34,10 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.fidelity_limits import audit_rows, dense_fit_error, dense_points  # noqa: E402
 from benchmarks.publish import publish  # noqa: E402
 from benchmarks.subsample import FIDELITY_POINTS, TestbedRun  # noqa: E402
-from explorer.core.model_selection import make_surrogate  # noqa: E402
-from explorer.core.pareto import thin  # noqa: E402
 from explorer.core.sampling import example_order  # noqa: E402
 from explorer.demo.testbeds import UNTUNED_KINDS, make_testbed  # noqa: E402
 from explorer.experiment.loop import run_adaptive  # noqa: E402
@@ -51,28 +50,12 @@ def prefix_means(scores: np.ndarray, orders: list[np.ndarray], n: int) -> np.nda
     return np.column_stack([scores[:, i, order[:n]].mean(axis=1) for i, order in enumerate(orders)])
 
 
-def dense_fit_error(result, C_dense, V_dense, noise, C_audit, V_audit) -> np.ndarray:
-    """Per task, median |predicted − full-set value| (pts) at the audit points of the shipped family fitted
-    to the dense points' values (noise: their variances, or None for full-set values)."""
-    errs = []
-    for i, t in enumerate(result.tasks):
-        family = getattr(result.surrogates[t], "family_", "kriging")
-        s = make_surrogate(family, bool(result.senses[i] > 0), result.bounds, "auto").fit(
-            C_dense, V_dense[:, i], noise_variance=None if noise is None else noise[:, i])
-        errs.append(float(np.median(np.abs(s.predict(C_audit) - V_audit[:, i])) * 100))
-    return np.array(errs)
-
-
 def one_testbed(kind: str, split: str, dense: int, build: int, shares, log) -> dict:
     tb = make_testbed(kind, 8, seed=build)
     result = run_adaptive(TestbedRun(tb, "full", None, split=split), None, progress=False)
-    rows = np.flatnonzero(result.front_trusted) if np.any(result.front_trusted) else np.arange(len(result.front_predicted))
-    C_audit = result.front_coefficients[rows[thin(result.front_predicted[rows], min(FIDELITY_POINTS, len(rows)), 0)]]
-    rng = np.random.default_rng(build)
-    lo, hi = result.bounds[:, 0], result.bounds[:, 1]
-    around = np.clip(result.front_coefficients[rng.choice(rows, dense)]
-                     + rng.normal(0, 0.05, (dense, len(lo))) * (hi - lo), lo, hi)
-    C_dense = np.vstack([result.samples, around])
+    rows, audit = audit_rows(result)
+    C_audit = result.front_coefficients[audit]
+    C_dense = dense_points(result, rows, dense, np.random.default_rng(build))
     S_audit = tb.values(C_audit, split=split, per_example=True)
     S_dense = tb.values(C_dense, split=split, per_example=True)
     n_total = S_dense.shape[-1]
@@ -82,7 +65,7 @@ def one_testbed(kind: str, split: str, dense: int, build: int, shares, log) -> d
            + (" (untuned)" if kind in UNTUNED_KINDS or build else ""), "digest": tb.weights_digest,
            "tasks": list(result.tasks), "n_total": int(n_total), "points": int(len(result.samples)),
            "dense_points": int(len(C_dense)), "rows": []}
-    full = dense_fit_error(result, C_dense, V_dense, None, C_audit, V_audit)
+    full = dense_fit_error(result, C_dense, V_dense, C_audit, V_audit)
     out["rows"].append({"n": int(n_total), "prefix": [0.0] * len(result.tasks), "dense": full.tolist()})
     log(f"{out['testbed']}: full {np.median(full):.2f} / {full.max():.2f}")
     for share in shares:
@@ -92,7 +75,7 @@ def one_testbed(kind: str, split: str, dense: int, build: int, shares, log) -> d
         offset = gap.mean(axis=0)  # the shared part, known exactly (oracle)
         unshared = np.broadcast_to(gap.var(axis=0, ddof=1), gap.shape)
         prefix = np.median(np.abs(P_audit + offset - V_audit), axis=0) * 100
-        fitted = dense_fit_error(result, C_dense, P_dense + offset, unshared, C_audit, V_audit)
+        fitted = dense_fit_error(result, C_dense, P_dense + offset, C_audit, V_audit, unshared)
         out["rows"].append({"n": n, "prefix": prefix.tolist(), "dense": fitted.tolist(),
                             "unshared_std": (np.sqrt(unshared[0]) * 100).tolist(),
                             "shared_std": (np.abs(offset) * 100).tolist()})
